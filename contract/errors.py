@@ -1,0 +1,122 @@
+"""Typed errors shared by the API, the workers, the media library and the model.
+
+Every failure a user can see is one of these. Each carries the fal ``error_type`` string, the HTTP status the
+result endpoint answers with, and (for input problems) the input field it concerns. Pure Python: importing
+this module pulls in neither Redis, HTTP nor torch, so ``media`` and ``model`` may raise these too.
+
+Two body shapes exist in fal's protocol (reference/queue-protocol.md §3) and ``to_body`` picks the right one:
+- model/validation errors (422): ``{"detail": [{"loc": ["body", field], "msg": …, "type": …}]}``
+- request/infrastructure errors: ``{"detail": "<text>", "error_type": "<code>"}``
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class LipsyncError(Exception):
+    """Base class: a failure with a fal ``error_type`` and an HTTP status."""
+
+    error_type: str = "internal_error"
+    status_code: int = 500
+
+    def __init__(self, message: str, *, field: str | None = None, error_type: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        if error_type is not None:
+            self.error_type = error_type
+
+    @property
+    def is_validation(self) -> bool:
+        return self.status_code == 422
+
+    def to_body(self) -> dict[str, Any]:
+        if self.is_validation:
+            loc = ["body", self.field] if self.field else ["body"]
+            return {"detail": [{"loc": loc, "msg": self.message, "type": self.error_type}]}
+        return {"detail": self.message, "error_type": self.error_type}
+
+    def to_record(self) -> dict[str, Any]:
+        """What a finished request stores, enough to rebuild the error on the API side."""
+        return {
+            "error_type": self.error_type,
+            "status_code": self.status_code,
+            "message": self.message,
+            "field": self.field,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "LipsyncError":
+        err = cls(record["message"], field=record.get("field"), error_type=record["error_type"])
+        err.status_code = int(record["status_code"])
+        return err
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.error_type!r}, {self.message!r}, field={self.field!r})"
+
+
+# --- input and media problems: 422, named after the field -------------------------------------------------
+
+
+class InvalidInput(LipsyncError):
+    """A request field is wrong in a way only visible after looking at the data (e.g. an edit out of range)."""
+
+    error_type = "invalid_input"
+    status_code = 422
+
+
+class FileDownloadError(LipsyncError):
+    """A file input could not be fetched: refused address, HTTP error, too large, timed out."""
+
+    error_type = "file_download_error"
+    status_code = 422
+
+
+class InvalidMedia(LipsyncError):
+    """The file is not usable media of the expected kind (not a video, truncated, no audio stream, …)."""
+
+    error_type = "invalid_media"
+    status_code = 422
+
+
+class NoFaceDetected(LipsyncError):
+    error_type = "no_face_detected"
+    status_code = 422
+
+
+# --- request lifecycle: fal's request-error codes ---------------------------------------------------------
+
+
+class RequestCancelled(LipsyncError):
+    """The user cancelled the request (fal's ``client_cancelled``, HTTP 499)."""
+
+    error_type = "client_cancelled"
+    status_code = 499
+
+    def __init__(self, message: str = "Request was cancelled", **kwargs: Any):
+        super().__init__(message, **kwargs)
+
+
+class RequestTimeout(LipsyncError):
+    error_type = "request_timeout"
+    status_code = 504
+
+
+class RunnerDisconnected(LipsyncError):
+    """The worker running the request died (killed, OOM, host lost)."""
+
+    error_type = "runner_disconnected"
+    status_code = 503
+
+
+class StorageError(LipsyncError):
+    """The result could not be written to storage."""
+
+    error_type = "storage_error"
+    status_code = 500
+
+
+class InternalError(LipsyncError):
+    error_type = "internal_error"
+    status_code = 500
