@@ -1,0 +1,47 @@
+"""Object storage shared by the API and the workers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from contract.settings import Settings
+from storage.base import ObjectTooLarge, Storage, StoredObject, safe_file_name, safe_key
+from storage.filesystem import FileSystemStorage
+from storage.signing import Signer
+
+
+def public_result(result: dict[str, Any], storage: Storage, *, base_url: str, ttl_s: int) -> dict[str, Any]:
+    """A stored result (files as ``{"key", …}``) as users see it: files as fal File objects with signed URLs."""
+    out = {}
+    for name, value in result.items():
+        if isinstance(value, dict) and "key" in value:
+            value = {
+                "url": storage.url(value["key"], base_url=base_url, ttl_s=ttl_s),
+                "content_type": value.get("content_type"),
+                "file_name": value.get("file_name"),
+                "file_size": value.get("file_size"),
+            }
+        out[name] = value
+    return out
+
+
+def make_signer(settings: Settings) -> Signer:
+    return Signer.from_settings(settings.signing_secret, settings.storage_dir)
+
+
+def make_storage(settings: Settings, signer: Signer) -> Storage:
+    return FileSystemStorage(settings.storage_dir, signer)
+
+
+__all__ = [
+    "FileSystemStorage",
+    "ObjectTooLarge",
+    "Signer",
+    "Storage",
+    "StoredObject",
+    "make_signer",
+    "public_result",
+    "make_storage",
+    "safe_file_name",
+    "safe_key",
+]

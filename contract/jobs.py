@@ -1,0 +1,381 @@
+"""The queue contract: request records, statuses, log entries, and their life in Redis.
+
+The API and the workers meet here and nowhere else. A request's truth is one Redis hash (``RequestRecord``)
+plus one Redis stream of its log lines and status changes. RQ only carries the work to a worker: the job id
+is the request id and the job's one argument is that id.
+
+Every state change is one Lua script, so the races that matter resolve in Redis: a cancel and a worker's
+start, a worker's finish and the reaper's verdict on a worker it thinks dead. Whoever changes the status
+first wins; the loser's script returns 0 and changes nothing.
+
+Status flow (fal's three statuses; failures and cancels end COMPLETED with an error)::
+
+    IN_QUEUE ──start──► IN_PROGRESS ──complete──► COMPLETED
+        └─────────────── complete (cancel, queue timeout) ──┘
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+import redis
+
+from contract.errors import LipsyncError, RequestCancelled, RequestTimeout, RunnerDisconnected
+
+PREFIX = "lipsync"
+RUN_REQUEST = "worker.tasks.run_request"  # the RQ job function, named so the API never imports the worker
+LOG_STREAM_MAXLEN = 2000
+DURATION_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+class RequestStatus(str, Enum):
+    IN_QUEUE = "IN_QUEUE"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+
+
+class LogLevel(str, Enum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARN = "WARN"
+    ERROR = "ERROR"
+    STDOUT = "STDOUT"
+    STDERR = "STDERR"
+
+
+def utcnow_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+class Keys:
+    """Every Redis key the contract uses, in one place."""
+
+    running = f"{PREFIX}:running"  # ZSET request id -> start time
+    queued = f"{PREFIX}:queued"  # ZSET request id -> deadline to start
+    webhooks_due = f"{PREFIX}:webhooks:due"  # ZSET request id -> next attempt time
+    webhooks_inflight = f"{PREFIX}:webhooks:inflight"  # ZSET request id -> lease end
+    stats = f"{PREFIX}:stats:jobs"  # HASH counters for /metrics
+
+    @staticmethod
+    def request(rid: str) -> str:
+        return f"{PREFIX}:req:{rid}"
+
+    @staticmethod
+    def events(rid: str) -> str:
+        return f"{PREFIX}:events:{rid}"
+
+    @staticmethod
+    def heartbeat(rid: str) -> str:
+        return f"{PREFIX}:hb:{rid}"
+
+    @staticmethod
+    def cancel(rid: str) -> str:
+        return f"{PREFIX}:cancel:{rid}"
+
+
+@dataclass
+class ResultFile:
+    """The output file as stored: the API turns ``key`` into a signed URL when it answers."""
+
+    key: str
+    content_type: str
+    file_name: str
+    file_size: int
+
+
+@dataclass
+class RequestRecord:
+    request_id: str
+    app_id: str
+    owner: str
+    status: RequestStatus
+    input: dict[str, Any]
+    created_at: float
+    base_url: str = ""
+    webhook_url: str = ""
+    started_at: float | None = None
+    completed_at: float | None = None
+    worker: str = ""
+    result: dict[str, Any] | None = None  # output JSON with ResultFile dicts in place of File objects
+    error: dict[str, Any] | None = None  # LipsyncError.to_record()
+    metrics: dict[str, Any] = field(default_factory=dict)
+    webhook_attempts: int = 0
+
+    _JSON_FIELDS = ("input", "result", "error", "metrics")
+
+    def to_hash(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for name, value in self.__dict__.items():
+            if name in self._JSON_FIELDS:
+                out[name] = json.dumps(value)
+            elif isinstance(value, RequestStatus):
+                out[name] = value.value
+            elif value is not None:
+                out[name] = str(value)
+        return out
+
+    @classmethod
+    def from_hash(cls, raw: dict[bytes | str, bytes | str]) -> "RequestRecord":
+        h = {_s(k): _s(v) for k, v in raw.items()}
+        return cls(
+            request_id=h["request_id"],
+            app_id=h["app_id"],
+            owner=h["owner"],
+            status=RequestStatus(h["status"]),
+            input=json.loads(h["input"]),
+            created_at=float(h["created_at"]),
+            base_url=h.get("base_url", ""),
+            webhook_url=h.get("webhook_url", ""),
+            started_at=float(h["started_at"]) if h.get("started_at") else None,
+            completed_at=float(h["completed_at"]) if h.get("completed_at") else None,
+            worker=h.get("worker", ""),
+            result=json.loads(h.get("result") or "null"),
+            error=json.loads(h.get("error") or "null"),
+            metrics=json.loads(h.get("metrics") or "{}"),
+            webhook_attempts=int(h.get("webhook_attempts", 0)),
+        )
+
+    @property
+    def error_obj(self) -> LipsyncError | None:
+        return LipsyncError.from_record(self.error) if self.error else None
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass
+class Event:
+    """One entry of a request's event stream: a log line or a status change."""
+
+    id: str
+    kind: str  # "log" | "status"
+    data: dict[str, str]
+
+    def log_entry(self) -> dict[str, str]:
+        return {
+            "message": self.data.get("message", ""),
+            "level": self.data.get("level", "INFO"),
+            "source": "USER",
+            "timestamp": self.data.get("timestamp", ""),
+        }
+
+
+def parse_events(raw: list[tuple[Any, dict[Any, Any]]]) -> list[Event]:
+    events = []
+    for entry_id, fields in raw:
+        data = {_s(k): _s(v) for k, v in fields.items()}
+        events.append(Event(id=_s(entry_id), kind=data.pop("kind", "log"), data=data))
+    return events
+
+
+# --- Lua: each transition is atomic ---------------------------------------------------------------------
+
+_START = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'IN_QUEUE' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'IN_PROGRESS', 'started_at', ARGV[1], 'worker', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[3])
+redis.call('ZREM', KEYS[3], ARGV[3])
+redis.call('SET', KEYS[4], ARGV[2], 'PX', ARGV[4])
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', 'kind', 'status', 'status', 'IN_PROGRESS')
+return 1
+"""
+
+# KEYS: request, running, queued, heartbeat, events, webhooks_due, stats
+# ARGV: completed_at, result, error, metrics, ttl, expected status or '', request id, maxlen, stats fields...
+_COMPLETE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if (not status) or status == 'COMPLETED' then return 0 end
+if ARGV[6] ~= '' and status ~= ARGV[6] then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'COMPLETED', 'completed_at', ARGV[1],
+           'result', ARGV[2], 'error', ARGV[3], 'metrics', ARGV[4])
+redis.call('ZREM', KEYS[2], ARGV[7])
+redis.call('ZREM', KEYS[3], ARGV[7])
+redis.call('DEL', KEYS[4])
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[8], '*', 'kind', 'status', 'status', 'COMPLETED')
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('EXPIRE', KEYS[5], ARGV[5])
+if (redis.call('HGET', KEYS[1], 'webhook_url') or '') ~= '' then
+  redis.call('ZADD', KEYS[6], ARGV[1], ARGV[7])
+end
+for i = 9, #ARGV do redis.call('HINCRBYFLOAT', KEYS[7], ARGV[i], 1) end
+return 1
+"""
+
+# Claim up to ARGV[2] due webhooks: move them from the due set to the in-flight set with a lease.
+_CLAIM_WEBHOOKS = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, id in ipairs(ids) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZADD', KEYS[2], ARGV[3], id)
+end
+return ids
+"""
+
+_RESTORE_EXPIRED_LEASES = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+for _, id in ipairs(ids) do
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('ZADD', KEYS[1], ARGV[1], id)
+end
+return #ids
+"""
+
+
+class JobStore:
+    """Request records in Redis. Synchronous: workers call it directly, the API from its thread pool."""
+
+    def __init__(self, connection: redis.Redis, *, result_ttl_s: int = 7 * 24 * 3600):
+        self.r = connection
+        self.result_ttl_s = result_ttl_s
+        self._start = connection.register_script(_START)
+        self._complete = connection.register_script(_COMPLETE)
+        self._claim = connection.register_script(_CLAIM_WEBHOOKS)
+        self._restore = connection.register_script(_RESTORE_EXPIRED_LEASES)
+
+    # --- create and read ------------------------------------------------------------------------------
+
+    def create(self, record: RequestRecord, *, queued_deadline: float, pipe: redis.client.Pipeline) -> None:
+        """Queue the writes that create ``record``; the caller executes ``pipe`` with the RQ enqueue."""
+        pipe.hset(Keys.request(record.request_id), mapping=record.to_hash())
+        pipe.zadd(Keys.queued, {record.request_id: queued_deadline})
+        pipe.xadd(Keys.events(record.request_id), {"kind": "status", "status": RequestStatus.IN_QUEUE.value})
+
+    def get(self, rid: str) -> RequestRecord | None:
+        raw = self.r.hgetall(Keys.request(rid))
+        return RequestRecord.from_hash(raw) if raw else None
+
+    def events(self, rid: str, after: str = "-", count: int | None = None) -> list[Event]:
+        start = "-" if after == "-" else f"({after}"
+        return parse_events(self.r.xrange(Keys.events(rid), min=start, max="+", count=count))
+
+    def logs(self, rid: str) -> list[dict[str, str]]:
+        return [e.log_entry() for e in self.events(rid) if e.kind == "log"]
+
+    # --- worker side -----------------------------------------------------------------------------------
+
+    def start(self, rid: str, worker: str, heartbeat_ttl_s: float) -> bool:
+        keys = [Keys.request(rid), Keys.running, Keys.queued, Keys.heartbeat(rid), Keys.events(rid)]
+        args = [time.time(), worker, rid, int(heartbeat_ttl_s * 1000), LOG_STREAM_MAXLEN]
+        return bool(self._start(keys=keys, args=args))
+
+    def heartbeat(self, rid: str, worker: str, ttl_s: float) -> None:
+        # XX: only refresh a live heartbeat; once completion deleted it, a late beat must not revive it
+        self.r.set(Keys.heartbeat(rid), worker, px=int(ttl_s * 1000), xx=True)
+
+    def log(self, rid: str, message: str, level: LogLevel = LogLevel.INFO) -> None:
+        entry = {"kind": "log", "level": level.value, "message": message, "timestamp": utcnow_iso()}
+        self.r.xadd(Keys.events(rid), entry, maxlen=LOG_STREAM_MAXLEN, approximate=True)
+
+    def is_cancel_requested(self, rid: str) -> bool:
+        return bool(self.r.exists(Keys.cancel(rid)))
+
+    def complete(
+        self,
+        rid: str,
+        *,
+        result: dict[str, Any] | None = None,
+        error: LipsyncError | None = None,
+        metrics: dict[str, Any] | None = None,
+        expected: RequestStatus | None = None,
+    ) -> bool:
+        """Finish a request with a result or an error. False if it had already finished (or was not ``expected``)."""
+        now = time.time()
+        record = self.r.hmget(Keys.request(rid), ["started_at", "created_at"])
+        started = float(record[0] or record[1] or now)
+        outcome = "error" if error is not None else "ok"
+        duration = now - started
+        bucket = next((str(b) for b in DURATION_BUCKETS if duration <= b), "+Inf")
+        stats = [f"count:{outcome}", f"bucket:{outcome}:{bucket}"]
+        keys = [
+            Keys.request(rid),
+            Keys.running,
+            Keys.queued,
+            Keys.heartbeat(rid),
+            Keys.events(rid),
+            Keys.webhooks_due,
+            Keys.stats,
+        ]
+        args = [
+            now,
+            json.dumps(result),
+            json.dumps(error.to_record() if error else None),
+            json.dumps(metrics or {}),
+            self.result_ttl_s,
+            expected.value if expected else "",
+            rid,
+            LOG_STREAM_MAXLEN,
+            *stats,
+        ]
+        done = bool(self._complete(keys=keys, args=args))
+        if done:
+            # Summed outside the script: HINCRBYFLOAT of a float string is exact enough for a metric.
+            self.r.hincrbyfloat(Keys.stats, f"sum:{outcome}", duration)
+        return done
+
+    # --- cancel (API side) -----------------------------------------------------------------------------
+
+    def request_cancel(self, rid: str) -> RequestStatus:
+        """Flag a cancel; returns the status seen. A queued request is finished here, a running one by its worker."""
+        self.r.set(Keys.cancel(rid), 1, ex=24 * 3600)
+        record = self.get(rid)
+        assert record is not None
+        if record.status is RequestStatus.IN_QUEUE:
+            self.complete(rid, error=RequestCancelled(), expected=RequestStatus.IN_QUEUE)
+        return record.status
+
+    # --- reaping: requests whose worker died, or that waited too long -------------------------------------
+
+    def reap(self, now: float | None = None) -> list[str]:
+        """Finish IN_PROGRESS requests whose heartbeat lapsed and IN_QUEUE ones past their deadline."""
+        now = time.time() if now is None else now
+        reaped = []
+        for raw in self.r.zrange(Keys.running, 0, -1):
+            rid = _s(raw)
+            if not self.r.exists(Keys.heartbeat(rid)):
+                error = RunnerDisconnected("The worker running this request stopped responding (killed or lost).")
+                if self.complete(rid, error=error, expected=RequestStatus.IN_PROGRESS):
+                    reaped.append(rid)
+                else:
+                    self.r.zrem(Keys.running, rid)
+        for raw in self.r.zrangebyscore(Keys.queued, "-inf", now):
+            rid = _s(raw)
+            error = RequestTimeout("The request waited in the queue longer than allowed and was dropped.")
+            if self.complete(rid, error=error, expected=RequestStatus.IN_QUEUE):
+                reaped.append(rid)
+            else:
+                self.r.zrem(Keys.queued, rid)
+        return reaped
+
+    # --- webhooks ----------------------------------------------------------------------------------------
+
+    def claim_webhooks(self, limit: int, lease_s: float) -> list[str]:
+        now = time.time()
+        self._restore(keys=[Keys.webhooks_due, Keys.webhooks_inflight], args=[now])
+        ids = self._claim(keys=[Keys.webhooks_due, Keys.webhooks_inflight], args=[now, limit, now + lease_s])
+        return [_s(i) for i in ids]
+
+    def webhook_done(self, rid: str) -> None:
+        self.r.zrem(Keys.webhooks_inflight, rid)
+
+    def webhook_retry(self, rid: str, at: float) -> int:
+        """Schedule another attempt; returns the number of attempts made so far."""
+        attempts = self.r.hincrby(Keys.request(rid), "webhook_attempts", 1)
+        pipe = self.r.pipeline()
+        pipe.zrem(Keys.webhooks_inflight, rid)
+        pipe.zadd(Keys.webhooks_due, {rid: at})
+        pipe.execute()
+        return int(attempts)
+
+    # --- figures for /metrics ---------------------------------------------------------------------------
+
+    def job_stats(self) -> dict[str, float]:
+        return {_s(k): float(v) for k, v in self.r.hgetall(Keys.stats).items()}
+
+    def counts(self) -> dict[str, int]:
+        return {"running": self.r.zcard(Keys.running), "queued": self.r.zcard(Keys.queued)}

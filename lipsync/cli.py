@@ -1,0 +1,64 @@
+"""The ``lipsync`` command: ``lipsync api`` runs the HTTP API, ``lipsync worker`` one GPU worker.
+
+Configuration comes from ``LIPSYNC_*`` environment variables (README lists them); flags cover only what
+differs between processes on one host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _api(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from contract.settings import get_settings
+    from server.app import create_app
+
+    uvicorn.run(
+        create_app(get_settings()),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level.lower(),
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
+    )
+
+
+def _worker(args: argparse.Namespace) -> None:
+    from contract.settings import get_settings
+    from worker.worker import run_worker  # imports the model stack: keep it out of `lipsync api`
+
+    run_worker(get_settings(), name=args.name, queues=args.queue or None, burst=args.burst)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lipsync", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    api = sub.add_parser("api", help="run the HTTP API (fal queue protocol)")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")
+    api.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
+    api.set_defaults(func=_api)
+
+    worker = sub.add_parser("worker", help="run one worker (loads the pipeline once, then serves jobs)")
+    worker.add_argument("--name", help="unique, stable worker name, e.g. $(hostname)-gpu0")
+    worker.add_argument("--queue", action="append", help="queue to serve (repeatable); default: every app's")
+    worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    worker.set_defaults(func=_worker)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,346 @@
+"""Face detection, landmarks and tracking over a video's frames.
+
+Offline default: dlib's HOG frontal-face detector (built into the ``dlib-bin`` wheel, no model file) plus the
+68-point shape predictor shipped in ``face-recognition-models`` (see media/README.md for why). When an
+insightface model pack is on disk (``insightface_root`` or ``$LIPSYNC_INSIGHTFACE_ROOT``) and insightface
+imports, its detector and 68-point 3D landmarks are used instead. Both give landmarks in the iBUG 68-point
+layout, so masks and alignment do not care which one ran.
+
+``track_faces`` is the first pass over the frames: it keeps only small per-frame numbers (landmarks and the
+alignment of a square crop), picks the dominant face, bridges brief misses, smooths the alignment inside
+each continuous shot, and leaves frames without a face marked absent (they pass through unchanged).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from media.errors import NoFaceDetected
+
+log = logging.getLogger(__name__)
+
+N_LANDMARKS = 68
+LEFT_EYE = slice(36, 42)
+RIGHT_EYE = slice(42, 48)
+MOUTH = slice(48, 68)
+
+
+@dataclass(frozen=True)
+class FaceDetection:
+    box: np.ndarray
+    """(4,) float32 x0, y0, x1, y1 in frame pixels."""
+    score: float
+    landmarks: np.ndarray
+    """(68, 2) float32 x, y in frame pixels, iBUG 68-point layout."""
+
+    @property
+    def area(self) -> float:
+        return float(max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1]))
+
+
+class FaceAnalyzer(Protocol):
+    """Anything that finds faces with 68 landmarks in an RGB uint8 frame."""
+
+    name: str
+
+    def detect(self, rgb: np.ndarray) -> list[FaceDetection]: ...
+
+
+def face_models_dir() -> str:
+    """Folder of the dlib model files shipped by ``face-recognition-models`` (found without importing it:
+    its ``__init__`` needs ``pkg_resources``, which recent setuptools no longer has)."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("face-recognition-models is not installed; it ships the dlib landmark models")
+    return os.path.join(list(spec.submodule_search_locations)[0], "models")
+
+
+class DlibFaceAnalyzer:
+    """dlib HOG detector on a resized copy of the frame + 68-point landmarks on the full frame.
+
+    ``detect_size``: the frame is scaled so its longer side is this many pixels before detection (HOG finds
+    faces of about 80 px and up at that scale; small frames are enlarged, large ones shrunk for speed).
+    """
+
+    name = "dlib-hog+68"
+
+    def __init__(self, *, detect_size: int = 640, upsample: int = 0, models_dir: str | None = None):
+        import dlib  # lazy: importing media does not load dlib
+
+        models_dir = models_dir or face_models_dir()
+        self.detect_size = detect_size
+        self.upsample = upsample
+        self._dlib = dlib
+        self._detector = dlib.get_frontal_face_detector()
+        self._predictor = dlib.shape_predictor(os.path.join(models_dir, "shape_predictor_68_face_landmarks.dat"))
+
+    def detect(self, rgb: np.ndarray) -> list[FaceDetection]:
+        rgb = np.ascontiguousarray(rgb)
+        h, w = rgb.shape[:2]
+        scale = self.detect_size / max(h, w)
+        small = rgb if abs(scale - 1.0) < 1e-3 else cv2.resize(
+            rgb, (max(1, round(w * scale)), max(1, round(h * scale))),
+            interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
+        )
+        rects, scores, _ = self._detector.run(small, self.upsample, 0.0)
+        out = []
+        for rect, score in zip(rects, scores):
+            x0, y0, x1, y1 = (rect.left() / scale, rect.top() / scale, rect.right() / scale, rect.bottom() / scale)
+            full = self._dlib.rectangle(int(x0), int(y0), int(x1), int(y1))
+            shape = self._predictor(rgb, full)
+            pts = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+            out.append(FaceDetection(np.array([x0, y0, x1, y1], np.float32), float(score), pts))
+        return out
+
+
+class InsightFaceAnalyzer:
+    """insightface (e.g. ``buffalo_l``) detector + 68-point 3D landmarks, used when its pack is on disk.
+
+    Not exercised offline (no pack can be downloaded here); kept small so it is easy to check by eye.
+    """
+
+    name = "insightface"
+
+    def __init__(self, root: str, pack: str = "buffalo_l"):
+        from insightface.app import FaceAnalysis  # type: ignore[import-not-found]
+
+        self._app = FaceAnalysis(name=pack, root=root, allowed_modules=["detection", "landmark_3d_68", "recognition"])
+        self._app.prepare(ctx_id=0, det_size=(640, 640))
+
+    def detect(self, rgb: np.ndarray) -> list[FaceDetection]:
+        faces = self._app.get(np.ascontiguousarray(rgb[:, :, ::-1]))
+        return [
+            FaceDetection(f.bbox.astype(np.float32), float(f.det_score), f.landmark_3d_68[:, :2].astype(np.float32))
+            for f in faces
+        ]
+
+
+def default_face_analyzer(insightface_root: str | None = None) -> FaceAnalyzer:
+    """insightface when its model pack is found (argument or ``$LIPSYNC_INSIGHTFACE_ROOT``), else dlib."""
+    root = insightface_root or os.environ.get("LIPSYNC_INSIGHTFACE_ROOT")
+    if root and os.path.isdir(os.path.join(root, "models")) and importlib.util.find_spec("insightface"):
+        try:
+            analyzer: FaceAnalyzer = InsightFaceAnalyzer(root)
+            log.info("face analyzer: insightface from %s", root)
+            return analyzer
+        except Exception as exc:  # a broken pack must not stop the offline path
+            log.warning("insightface pack at %s unusable (%s); using dlib", root, exc)
+    log.info("face analyzer: dlib HOG + 68-point landmarks (face-recognition-models)")
+    return DlibFaceAnalyzer()
+
+
+# --- alignment ------------------------------------------------------------------------------------------
+
+
+def alignment_from_landmarks(landmarks: np.ndarray) -> np.ndarray:
+    """(…, 68, 2) landmarks → (…, 4) [centre x, centre y, side, angle] of a square face crop.
+
+    The square follows the usual FFHQ-style rule: centred a little below the eyes, oriented by the eye
+    line and the eye-to-mouth vector, side 2·max(2·|eye-to-eye|, 1.8·|eye-to-mouth|) — the whole head.
+    """
+    le = landmarks[..., LEFT_EYE, :].mean(-2)
+    re = landmarks[..., RIGHT_EYE, :].mean(-2)
+    mouth = landmarks[..., MOUTH, :].mean(-2)
+    eye_avg = (le + re) / 2
+    e2e = re - le
+    e2m = mouth - eye_avg
+    x_axis = e2e - np.stack([-e2m[..., 1], e2m[..., 0]], -1)  # e2e and e2m turned by 90°, averaged
+    angle = np.arctan2(x_axis[..., 1], x_axis[..., 0])
+    half = np.maximum(np.linalg.norm(e2e, axis=-1) * 2.0, np.linalg.norm(e2m, axis=-1) * 1.8)
+    centre = eye_avg + e2m * 0.1
+    return np.concatenate([centre, (2 * half)[..., None], angle[..., None]], -1).astype(np.float32)
+
+
+def affine_for(alignment: np.ndarray, size: int) -> np.ndarray:
+    """(2, 3) float64 affine mapping frame pixels to a ``size`` x ``size`` crop for one alignment row."""
+    cx, cy, side, angle = (float(v) for v in alignment)
+    s = size / side
+    c, si = np.cos(angle) * s, np.sin(angle) * s
+    # rotate by -angle and scale about the centre, then move the centre to the crop's middle
+    m = np.array([[c, si, 0.0], [-si, c, 0.0]])
+    m[:, 2] = np.array([size / 2.0, size / 2.0]) - m[:, :2] @ np.array([cx, cy])
+    return m
+
+
+# --- tracking -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FaceTrack:
+    """Per-frame face of a video, indexed by the decoded (source) frame number."""
+
+    present: np.ndarray
+    """(T,) bool: a face is tracked in this frame (detected, or bridged over a brief miss)."""
+    detected: np.ndarray
+    """(T,) bool: the detector itself found the face in this frame."""
+    landmarks: np.ndarray
+    """(T, 68, 2) float32 frame pixels, lightly smoothed; NaN where absent."""
+    alignment: np.ndarray
+    """(T, 4) float32 smoothed crop square [cx, cy, side, angle]; NaN where absent."""
+    frame_size: tuple[int, int]
+    """(width, height) of the frames the track was made on."""
+    analyzer: str
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.present.shape[0])
+
+    @property
+    def coverage(self) -> float:
+        """Frames with a face / all frames."""
+        return float(self.present.mean()) if self.num_frames else 0.0
+
+    def affine(self, index: int, size: int) -> np.ndarray:
+        """Frame → crop affine (2, 3) for a ``size`` crop of frame ``index`` (which must have a face)."""
+        if not self.present[index]:
+            raise IndexError(f"frame {index} has no tracked face")
+        return affine_for(self.alignment[index], size)
+
+    def sample_indices(self, count: int) -> list[int]:
+        """Up to ``count`` evenly spaced frames where the detector found the face (for the face-ID)."""
+        idx = np.flatnonzero(self.detected)
+        if idx.size <= count:
+            return idx.tolist()
+        return idx[np.linspace(0, idx.size - 1, count).round().astype(int)].tolist()
+
+    def require_face(self, field: str = "video") -> "FaceTrack":
+        """Return self, or raise NoFaceDetected when no frame has a face."""
+        if not self.present.any():
+            raise NoFaceDetected(
+                f"no face was found in any of the {self.num_frames} frames of the {field}", field=field
+            )
+        return self
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def _pick_dominant(faces: list[FaceDetection], previous: np.ndarray | None) -> FaceDetection:
+    """The largest face, unless the face followed so far is still there and not much smaller."""
+    largest = max(faces, key=lambda f: f.area)
+    if previous is not None:
+        same = [f for f in faces if _iou(f.box, previous) > 0.3 and f.area >= 0.5 * largest.area]
+        if same:
+            return max(same, key=lambda f: _iou(f.box, previous))
+    return largest
+
+
+def _smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average along axis 0, the window shrinking at both ends (no edge bias)."""
+    if window <= 1 or values.shape[0] < 2:
+        return values
+    half = window // 2
+    csum = np.concatenate([np.zeros((1,) + values.shape[1:]), np.cumsum(values, axis=0, dtype=np.float64)])
+    n = values.shape[0]
+    i = np.arange(n)
+    lo, hi = np.maximum(0, i - half), np.minimum(n, i + half + 1)
+    shape = (-1,) + (1,) * (values.ndim - 1)
+    return ((csum[hi] - csum[lo]) / (hi - lo).reshape(shape)).astype(values.dtype)
+
+
+def _unwrap_angles(alignment: np.ndarray) -> np.ndarray:
+    out = alignment.copy()
+    out[:, 3] = np.unwrap(out[:, 3])
+    return out
+
+
+def track_faces(
+    frames: Iterable[np.ndarray],
+    analyzer: FaceAnalyzer | None = None,
+    *,
+    max_gap: int = 6,
+    smooth_window: int = 7,
+    cut_iou: float = 0.1,
+) -> FaceTrack:
+    """First pass: detect, follow and smooth the dominant face over frames or (n, H, W, 3) chunks.
+
+    ``max_gap``: misses up to this many frames inside one shot are bridged by interpolation (a hand
+    passing, a blink of the detector); longer ones pass through unchanged. A jump of the face box (IoU
+    with the last box below ``cut_iou``) starts a new shot, and smoothing never crosses shots.
+    ``smooth_window``: frames in the centred moving average of the crop alignment.
+    Returns a FaceTrack even with no face at all; call ``require_face()`` to turn that into NoFaceDetected.
+    """
+    analyzer = analyzer or default_face_analyzer()
+    raw: list[np.ndarray | None] = []
+    shot: list[int] = []
+    prev_box: np.ndarray | None = None
+    last_seen = -(10**9)
+    shot_id = 0
+    size = (0, 0)
+    for frame in _frames_of(frames):
+        size = (frame.shape[1], frame.shape[0])
+        i = len(raw)
+        faces = analyzer.detect(frame)
+        if i - last_seen > max_gap + 1:
+            prev_box = None
+        if not faces:
+            raw.append(None)
+            shot.append(-1)
+            continue
+        face = _pick_dominant(faces, prev_box)
+        if prev_box is None or _iou(face.box, prev_box) < cut_iou:
+            shot_id += 1
+        raw.append(face.landmarks)
+        shot.append(shot_id)
+        prev_box, last_seen = face.box, i
+    return _build_track(raw, np.array(shot, dtype=np.int64), max_gap, smooth_window, size, analyzer.name)
+
+
+def _frames_of(frames: Iterable[np.ndarray]) -> Iterable[np.ndarray]:
+    for item in frames:
+        if item.ndim == 4:
+            yield from item
+        else:
+            yield item
+
+
+def _build_track(
+    raw: list[np.ndarray | None],
+    shot: np.ndarray,
+    max_gap: int,
+    smooth_window: int,
+    size: tuple[int, int],
+    analyzer: str,
+) -> FaceTrack:
+    n = len(raw)
+    detected = np.array([r is not None for r in raw], dtype=bool)
+    landmarks = np.full((n, N_LANDMARKS, 2), np.nan, np.float32)
+    for i, r in enumerate(raw):
+        if r is not None:
+            landmarks[i] = r
+    # Bridge brief misses between two detections of the same shot.
+    seen = np.flatnonzero(detected)
+    for a, b in zip(seen[:-1], seen[1:]):
+        if 1 < b - a <= max_gap + 1 and shot[a] == shot[b]:
+            w = ((np.arange(a + 1, b) - a) / (b - a)).astype(np.float32)[:, None, None]
+            landmarks[a + 1 : b] = landmarks[a] * (1 - w) + landmarks[b] * w
+            shot[a + 1 : b] = shot[a]
+    present = shot >= 0
+    alignment = np.full((n, 4), np.nan, np.float32)
+    for s in np.unique(shot[present]):
+        idx = np.flatnonzero(shot == s)
+        # a shot is contiguous after bridging; guard anyway by splitting at holes
+        for run in np.split(idx, np.flatnonzero(np.diff(idx) > 1) + 1):
+            al = _unwrap_angles(alignment_from_landmarks(landmarks[run]))
+            alignment[run] = _smooth(al, smooth_window)
+            landmarks[run] = _smooth(landmarks[run], 3)
+    track = FaceTrack(present, detected, landmarks, alignment, size, analyzer)
+    log.info(
+        "face coverage %.1f%% (%d of %d frames; %d detected, %d bridged) with %s",
+        100 * track.coverage, int(present.sum()), n, int(detected.sum()), int(present.sum() - detected.sum()),
+        analyzer,
+    )
+    return track

@@ -1,0 +1,98 @@
+"""Paste-back: put a (generated) face crop into its frame with a feathered mask and colour matching.
+
+The crop is warped back with the inverse of its crop affine into the face's bounding region only, the
+mask likewise, and blended: out = frame·(1 - m) + crop·m. Before that the crop's colour is shifted so its
+mean along the seam (where the mask is between 0 and 1) equals the original frame's, so a slightly
+different skin tone or exposure from the model never shows as an edge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from media.crop import crop_face, landmarks_in_crop
+from media.faces import FaceTrack
+from media.masks import face_blend_mask
+
+
+def _region(affine: np.ndarray, size: int, width: int, height: int) -> tuple[int, int, int, int] | None:
+    inv = cv2.invertAffineTransform(affine)
+    corners = np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float64)
+    pts = corners @ inv[:, :2].T + inv[:, 2]
+    x0, y0 = np.floor(pts.min(0)).astype(int)
+    x1, y1 = np.ceil(pts.max(0)).astype(int) + 1
+    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(width, x1), min(height, y1)
+    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+
+
+def match_colour(crop: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Shift ``crop``'s colour so its mean along the mask's seam equals ``reference``'s (both crop-sized)."""
+    seam = mask * (1.0 - mask)
+    total = float(seam.sum())
+    if total < 1e-3:
+        return crop
+    diff = (reference.astype(np.float32) - crop.astype(np.float32)) * seam[..., None]
+    shift = diff.reshape(-1, 3).sum(0) / total
+    return np.clip(crop.astype(np.float32) + shift, 0, 255).astype(np.uint8)
+
+
+def paste_face(
+    frame: np.ndarray, crop: np.ndarray, affine: np.ndarray, mask: np.ndarray, *, colour_match: bool = True
+) -> np.ndarray:
+    """One frame (H, W, 3) uint8 with ``crop`` (S, S, 3) blended in through ``mask`` (S, S) in [0, 1].
+
+    ``affine`` is the frame → crop transform the crop was made with.
+    """
+    size = crop.shape[0]
+    h, w = frame.shape[:2]
+    region = _region(affine, size, w, h)
+    if region is None:
+        return frame.copy()
+    if colour_match:
+        crop = match_colour(crop, crop_face(frame, affine, size), mask)
+    x0, y0, x1, y1 = region
+    m = affine.copy()
+    m[:, 2] += m[:, :2] @ np.array([x0, y0], np.float64)
+    # crop pixels per frame pixel; blur first when shrinking a lot so the warp does not alias
+    scale = float(np.sqrt(abs(np.linalg.det(affine[:, :2]))))
+    src = crop
+    if scale > 1.25:
+        src = cv2.GaussianBlur(crop, (0, 0), sigmaX=0.45 * np.sqrt(scale * scale - 1.0))
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    warped = cv2.warpAffine(src, m, (x1 - x0, y1 - y0), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+    alpha = cv2.warpAffine(mask.astype(np.float32), m, (x1 - x0, y1 - y0), flags=flags, borderValue=0.0)
+    out = frame.copy()
+    roi = out[y0:y1, x0:x1].astype(np.float32)
+    roi += alpha[..., None] * (warped.astype(np.float32) - roi)
+    out[y0:y1, x0:x1] = np.clip(roi + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+def paste_faces(
+    frames: np.ndarray,
+    crops: np.ndarray,
+    track: FaceTrack,
+    indices: Sequence[int],
+    *,
+    masks: np.ndarray | None = None,
+    colour_match: bool = True,
+) -> np.ndarray:
+    """Paste ``crops`` (n, S, S, 3) back into ``frames`` (n, H, W, 3), the track's frames ``indices``.
+
+    ``masks`` (n, S, S) float in [0, 1] says where the crop replaces the frame (e.g. ``mouth_mask``); by
+    default the feathered whole-face ``face_blend_mask``. Frames whose index is -1 or without a tracked face
+    come back unchanged. Returns a new array.
+    """
+    if not (len(frames) == len(crops) == len(indices)):
+        raise ValueError(f"{len(frames)} frames, {len(crops)} crops and {len(indices)} indices must match")
+    size = crops.shape[1]
+    out = np.array(frames, copy=True)
+    for k, i in enumerate(indices):
+        if i < 0 or not track.present[i]:
+            continue
+        mask = masks[k] if masks is not None else face_blend_mask(landmarks_in_crop(track, i, size), size)
+        out[k] = paste_face(frames[k], crops[k], track.affine(i, size), mask, colour_match=colour_match)
+    return out

@@ -1,0 +1,151 @@
+"""Streaming video decode: constant fps, output size, rotation applied, at most ``num_frames`` frames.
+
+Frames come out as RGB uint8 arrays in chunks of shape (n, H, W, 3), so memory stays flat however long the
+input is. Variable frame rate is resampled to the output's constant rate by nearest timestamp: output frame
+j (time j/fps from the first frame) shows the source frame whose timestamp is closest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+
+import av
+import cv2
+import numpy as np
+
+from media.errors import TruncatedMedia
+from media.probe import OutputSpec, check_decodable, is_image_file, open_container, read_image, rotation_of
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK = 32
+"""Frames per decoded chunk."""
+
+_EPS = 1e-6
+
+
+def resize_frame(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize with area averaging when shrinking and bicubic when enlarging; no copy if already the size."""
+    h, w = rgb.shape[:2]
+    if (w, h) == (width, height):
+        return rgb
+    interp = cv2.INTER_AREA if width * height < w * h else cv2.INTER_CUBIC
+    return cv2.resize(rgb, (width, height), interpolation=interp)
+
+
+def iter_video_chunks(
+    path: str | os.PathLike[str], spec: OutputSpec, *, chunk_size: int = DEFAULT_CHUNK, field: str = "video"
+) -> Iterator[np.ndarray]:
+    """Yield the output frames of a ``video`` input (video or still image) as (n, H, W, 3) uint8 chunks.
+
+    Video: resampled to ``spec.fps``, resized to ``spec.width`` x ``spec.height``, rotation applied, at most
+    ``spec.num_frames`` frames from the start. Image: the still repeated ``spec.num_frames`` times.
+    Raises TruncatedMedia (422 on ``field``) when the stream breaks off or holds no decodable frame.
+    """
+    path = os.fspath(path)
+    frames = _iter_image(path, spec, field) if is_image_file(path) else _iter_video(path, spec, field)
+    batch: list[np.ndarray] = []
+    for frame in frames:
+        batch.append(frame)
+        if len(batch) == chunk_size:
+            yield np.stack(batch)
+            batch = []
+    if batch:
+        yield np.stack(batch)
+
+
+def iter_video_frames(
+    path: str | os.PathLike[str], spec: OutputSpec, *, field: str = "video"
+) -> Iterator[np.ndarray]:
+    """Same frames as ``iter_video_chunks``, one (H, W, 3) array at a time."""
+    path = os.fspath(path)
+    return _iter_image(path, spec, field) if is_image_file(path) else _iter_video(path, spec, field)
+
+
+def read_video(path: str | os.PathLike[str], spec: OutputSpec, *, field: str = "video") -> np.ndarray:
+    """All output frames at once, (T, H, W, 3) uint8. For short clips and tests; prefer the iterators."""
+    chunks = list(iter_video_chunks(path, spec, field=field))
+    return np.concatenate(chunks) if chunks else np.zeros((0, spec.height, spec.width, 3), np.uint8)
+
+
+def _iter_image(path: str, spec: OutputSpec, field: str) -> Iterator[np.ndarray]:
+    still = resize_frame(read_image(path, field), spec.width, spec.height)
+    still.setflags(write=False)
+    for _ in range(spec.num_frames):
+        yield still
+
+
+class _Converter:
+    """Turns a decoded frame into an output-sized RGB array, rotation applied, caching the last result."""
+
+    def __init__(self, spec: OutputSpec):
+        self.spec = spec
+        self._last_key: object = None
+        self._last: np.ndarray | None = None
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        if frame is self._last_key and self._last is not None:
+            return self._last
+        k = rotation_of(frame) // 90
+        w, h = (self.spec.height, self.spec.width) if k % 2 else (self.spec.width, self.spec.height)
+        rgb = frame.to_ndarray(format="rgb24")
+        rgb = resize_frame(rgb, w, h)
+        if k:
+            rgb = np.ascontiguousarray(np.rot90(rgb, k))
+        rgb.setflags(write=False)
+        self._last_key, self._last = frame, rgb
+        return rgb
+
+
+def _iter_video(path: str, spec: OutputSpec, field: str) -> Iterator[np.ndarray]:
+    convert = _Converter(spec)
+    step = 1.0 / float(spec.fps)
+    emitted = 0
+    decoded = 0
+    with open_container(path, field) as container:
+        stream = container.streams.video[0]
+        check_decodable(stream, field)
+        stream.thread_type = "AUTO"
+        announced = int(stream.frames or 0)
+        prev: av.VideoFrame | None = None
+        prev_t = t0 = 0.0
+        prev_dur = step
+        try:
+            for frame in container.decode(stream):
+                t = frame.time if frame.time is not None else prev_t + prev_dur
+                if decoded == 0:
+                    t0 = t
+                t -= t0
+                decoded += 1
+                if prev is not None:
+                    mid = (prev_t + t) / 2.0
+                    while emitted < spec.num_frames and emitted * step < mid - _EPS:
+                        yield convert(prev)
+                        emitted += 1
+                    prev_dur = max(t - prev_t, _EPS)
+                if emitted >= spec.num_frames:
+                    return
+                prev, prev_t = frame, t
+        except av.FFmpegError as exc:
+            raise TruncatedMedia(
+                f"the {field} video breaks off after {decoded} frames; the file is truncated or corrupt "
+                f"({exc.strerror or exc})",
+                field=field,
+            ) from exc
+        if prev is None:
+            raise TruncatedMedia(f"the {field} video holds no decodable frame", field=field)
+        if announced and decoded < announced - 1:
+            raise TruncatedMedia(
+                f"the {field} video announces {announced} frames but only {decoded} could be decoded; "
+                "the file is truncated",
+                field=field,
+            )
+        # The last source frame covers its own duration.
+        end = prev_t + prev_dur
+        while emitted < spec.num_frames and emitted * step < end - _EPS:
+            yield convert(prev)
+            emitted += 1
+    if emitted < spec.num_frames:
+        log.info("the %s video ends after %d output frames (num_frames was %d)", field, emitted, spec.num_frames)

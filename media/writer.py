@@ -1,0 +1,191 @@
+"""MP4 out: H.264 (yuv420p, CRF quality) + AAC, ``+faststart``, written frame by frame.
+
+The writer takes frames incrementally, so memory stays flat, and lays the audio on the video timeline as it
+goes: after frame j the audio is written up to time (j + 1)/fps, padded with silence past the track's end;
+at ``close`` it stops at exactly num_frames/fps (cut when the track is longer). The input's sample rate and
+channel count are kept when AAC supports them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from types import TracebackType
+
+import av
+import numpy as np
+
+from media.audio import AudioTrack, timeline_samples
+
+log = logging.getLogger(__name__)
+
+AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
+DEFAULT_CRF = 18
+"""x264 constant-rate factor: 18 is visually lossless for most content."""
+DEFAULT_PRESET = "medium"
+AUDIO_BITRATE_PER_CHANNEL = 160_000
+"""AAC bits per second per channel (320 kb/s stereo), capped by what the sample rate allows."""
+
+
+@dataclass(frozen=True)
+class WrittenVideo:
+    path: str
+    num_frames: int
+    fps: Fraction
+    width: int
+    height: int
+    audio_samples: int
+    audio_sample_rate: int | None
+
+    @property
+    def duration_s(self) -> float:
+        return float(self.num_frames / self.fps)
+
+
+class Mp4Writer:
+    """Streaming MP4 writer. Use as a context manager; ``write`` takes (H, W, 3) or (n, H, W, 3) RGB uint8.
+
+    ``audio``: the track to mux (any length; it is padded or cut to the frames written). None: no audio.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        fps: Fraction | int | float,
+        width: int,
+        height: int,
+        audio: AudioTrack | None = None,
+        crf: int = DEFAULT_CRF,
+        preset: str = DEFAULT_PRESET,
+    ):
+        if width % 2 or height % 2:
+            raise ValueError(f"H.264 yuv420p needs even sizes, got {width}x{height}")
+        self.path = os.fspath(path)
+        self.fps = Fraction(fps).limit_denominator(1001)
+        self.width, self.height = width, height
+        self._container = av.open(self.path, mode="w", format="mp4", options={"movflags": "+faststart"})
+        self._video = self._container.add_stream("libx264", rate=self.fps)
+        self._video.width, self._video.height = width, height
+        self._video.pix_fmt = "yuv420p"
+        self._video.codec_context.time_base = 1 / self.fps
+        self._video.options = {"crf": str(crf), "preset": preset}
+        self._frames = 0
+        self._audio_in = audio
+        self._audio_stream = None
+        self._audio_written = 0
+        if audio is not None:
+            self._open_audio(audio)
+        self._closed = False
+        self.result: WrittenVideo | None = None
+
+    def _open_audio(self, audio: AudioTrack) -> None:
+        rate = audio.sample_rate
+        if rate not in AAC_RATES:
+            import soxr
+
+            rate = 48000
+            samples = soxr.resample(audio.samples, audio.sample_rate, rate, quality="HQ").astype(np.float32)
+            log.info("audio at %d Hz is not an AAC rate; resampled to %d Hz", audio.sample_rate, rate)
+            audio = AudioTrack(samples, rate)
+        self._audio_in = audio
+        layout = "stereo" if audio.channels == 2 else "mono"
+        stream = self._container.add_stream("aac", rate=rate)
+        stream.layout = layout
+        stream.format = "fltp"
+        bitrate = min(AUDIO_BITRATE_PER_CHANNEL, 6 * rate) * audio.channels
+        stream.bit_rate = bitrate
+        stream.codec_context.time_base = Fraction(1, rate)
+        self._audio_stream = stream
+        self._layout = layout
+
+    def __enter__(self) -> "Mp4Writer":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._abort()
+
+    @property
+    def frames_written(self) -> int:
+        return self._frames
+
+    def write(self, frames: np.ndarray) -> None:
+        """Append one frame (H, W, 3) or a chunk (n, H, W, 3) of RGB uint8 frames at the output size."""
+        if self._closed:
+            raise RuntimeError("the writer is closed")
+        batch = frames[None] if frames.ndim == 3 else frames
+        if batch.shape[1:] != (self.height, self.width, 3):
+            raise ValueError(f"frames are {batch.shape[1:]}, the writer expects {(self.height, self.width, 3)}")
+        for rgb in batch:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb, dtype=np.uint8), format="rgb24")
+            frame.pts = self._frames
+            frame.time_base = self._video.codec_context.time_base
+            self._container.mux(self._video.encode(frame))
+            self._frames += 1
+            self._write_audio_until(self._frames)
+
+    def _write_audio_until(self, num_frames: int) -> None:
+        if self._audio_stream is None or self._audio_in is None:
+            return
+        track = self._audio_in
+        end = timeline_samples(num_frames, self.fps, track.sample_rate)
+        if end <= self._audio_written:
+            return
+        part = track.samples[self._audio_written : min(end, track.num_samples)]
+        if part.shape[0] < end - self._audio_written:
+            pad = np.zeros((end - self._audio_written - part.shape[0], track.channels), np.float32)
+            part = np.concatenate([part, pad])
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(part.T, dtype=np.float32), format="fltp", layout=self._layout)
+        frame.sample_rate = track.sample_rate
+        frame.pts = self._audio_written
+        frame.time_base = Fraction(1, track.sample_rate)
+        self._container.mux(self._audio_stream.encode(frame))
+        self._audio_written = end
+
+    def close(self) -> WrittenVideo:
+        """Flush the encoders and finish the file (the moov atom is moved to the front)."""
+        if self._closed:
+            assert self.result is not None
+            return self.result
+        if self._frames == 0:
+            self._abort()
+            raise ValueError("no frame was written; an MP4 needs at least one")
+        self._container.mux(self._video.encode(None))
+        rate = None
+        if self._audio_stream is not None and self._audio_in is not None:
+            self._container.mux(self._audio_stream.encode(None))
+            rate = self._audio_in.sample_rate
+            have = self._audio_in.num_samples
+            action = "padded with silence" if have < self._audio_written else "cut" if have > self._audio_written else "exact"
+            log.info("audio %.3f s laid on the %.3f s video: %s", have / rate, self._audio_written / rate, action)
+        self._container.close()
+        self._closed = True
+        self.result = WrittenVideo(
+            self.path, self._frames, self.fps, self.width, self.height, self._audio_written, rate
+        )
+        return self.result
+
+    def _abort(self) -> None:
+        if not self._closed:
+            self._closed = True
+            try:
+                self._container.close()
+            except Exception:  # the file is being discarded anyway
+                pass
+            if os.path.exists(self.path):
+                os.remove(self.path)
+
+
+def write_mp4(
+    path: str | os.PathLike[str], frames: np.ndarray, fps: Fraction | int, audio: AudioTrack | None = None, **kwargs: object
+) -> WrittenVideo:
+    """Write a whole (T, H, W, 3) array at once (short clips, tests)."""
+    with Mp4Writer(path, fps=fps, width=frames.shape[2], height=frames.shape[1], audio=audio, **kwargs) as w:  # type: ignore[arg-type]
+        w.write(frames)
+    assert w.result is not None
+    return w.result

@@ -1,0 +1,522 @@
+"""LipSyncPipeline: face-crop frames + mouth mask + audio -> lip-synced face-crop frames.
+
+The recipe (``__call__``), in diffusers' numbered style:
+
+1. check inputs (``ModelInputError`` = ``contract.errors.InvalidInput`` + ``ValueError``, naming the field);
+2. resolve the schema knobs (face-ID auto rule, VAE overlap rounding, frame blocks), recording every choice;
+3. encode the prompt (T5) and the audio (Whisper, per latent frame windows; zeros = null audio for guidance);
+4. encode the masked video (chunked VAE), the latent mouth mask and the appearance references;
+5. draw the initial noise for the whole timeline in one draw from ``seed``;
+6. set the flow-matching timesteps (LTX's resolution-dependent shift);
+7. denoise: per step, per frame block, blend the blocks' velocities, one Euler step;
+8. decode (chunked VAE, streamed) and composite in pixel space: outside the mask the input pixels are kept
+   bit for bit.
+
+The pipeline knows nothing of HTTP, queues or files other than its own weights directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from contract.errors import InvalidInput
+from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler
+from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift
+from safetensors.torch import save_model
+from transformers import PreTrainedTokenizerBase, T5Config, T5EncoderModel, WhisperConfig
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from .audio_encoder import build_audio_encoder, encode_audio, latent_frame_windows
+from .autoencoder_lipsync import decode_chunked, denormalize_latents, encode_chunked, normalize_latents, plan_chunks
+from .config import LipSyncConfig, PipelineConfig, load_config, pipeline_config_from_dict
+from .frame_blocks import block_weights, plan_frame_blocks
+from .loading import LoadReport, WeightsLoadError, load_weights, read_state_dict
+from .text_encoder import build_text_encoder, build_tokenizer, encode_prompt
+from .transformer_lipsync import LipSyncConditioning, LipSyncTransformer3DModel, reference_logit_bias
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[str, int, int, str], None]
+"""``callback(stage, step, total, message)``; stages: ``vae_encode``, ``block``, ``denoise``, ``vae_decode``.
+It may raise to abort (the worker's cancel): the exception propagates and no further step runs."""
+
+
+class ModelInputError(InvalidInput, ValueError):
+    """A bad argument to the pipeline: an HTTP 422 naming the request field (``field``), and a ValueError."""
+
+
+@dataclass
+class LipSyncPipelineOutput:
+    """Result of :meth:`LipSyncPipeline.__call__`.
+
+    Attributes:
+        frames: (T, H, W, 3) uint8 generated face-crop frames (input pixels outside the mask, bit for bit).
+        notes: every adjustment or automatic choice made (also logged), e.g. the resolved face-ID strength.
+        face_id_cond_strength: the strength actually used (after the ``-1`` rule).
+        vae_overlap_window_width: the overlap actually used.
+        num_frame_blocks: how many transformer blocks each step ran.
+    """
+
+    frames: np.ndarray
+    notes: list[str] = field(default_factory=list)
+    face_id_cond_strength: int = 0
+    vae_overlap_window_width: int = 0
+    num_frame_blocks: int = 1
+
+
+class LipSyncPipeline:
+    """Audio-driven mouth inpainting (and whole-frame generation) on face crops.
+
+    Args:
+        transformer: :class:`LipSyncTransformer3DModel`.
+        vae: diffusers ``AutoencoderKLLTXVideo``.
+        audio_encoder: transformers ``WhisperEncoder``.
+        text_encoder: transformers ``T5EncoderModel``; tokenizer: its tokenizer.
+        scheduler: diffusers ``FlowMatchEulerDiscreteScheduler``.
+        config: :class:`PipelineConfig` (steps, guidance, conditioning rules).
+    """
+
+    COMPONENTS = ("transformer", "vae", "audio_encoder", "text_encoder", "scheduler")
+
+    def __init__(self, transformer: LipSyncTransformer3DModel, vae: AutoencoderKLLTXVideo,
+                 audio_encoder: WhisperEncoder, text_encoder: T5EncoderModel, tokenizer: PreTrainedTokenizerBase,
+                 scheduler: FlowMatchEulerDiscreteScheduler, config: PipelineConfig):
+        self.transformer, self.vae = transformer.eval(), vae.eval()
+        self.audio_encoder, self.text_encoder = audio_encoder.eval(), text_encoder.eval()
+        self.tokenizer, self.scheduler, self.config = tokenizer, scheduler, config
+        self.load_reports: list[LoadReport] = []
+
+    # ------------------------------------------------------------------------------------------------ build/load
+    @classmethod
+    def from_config(cls, name_or_path: str | Path | LipSyncConfig = "tiny", *, init_seed: int = 0,
+                    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "LipSyncPipeline":
+        """Randomly initialised pipeline of a preset (``"tiny"``, ``"base"``) or config file; reproducible by
+        ``init_seed`` without touching the global RNG."""
+        config = name_or_path if isinstance(name_or_path, LipSyncConfig) else load_config(name_or_path)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            pipe = cls(LipSyncTransformer3DModel(**config.transformer), AutoencoderKLLTXVideo(**config.vae),
+                       build_audio_encoder(config.audio_encoder), build_text_encoder(config.text_encoder),
+                       build_tokenizer(None), FlowMatchEulerDiscreteScheduler(**config.scheduler), config.pipeline)
+        return pipe.to(device, dtype)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32, transformer_overrides: dict | None = None,
+                        allow_new_lipsync_modules: bool = False) -> "LipSyncPipeline":
+        """Load the diffusers-style layout written by :meth:`save_pretrained` (or assembled by hand)::
+
+            <dir>/pipeline_config.json                        PipelineConfig (optional: defaults)
+            <dir>/transformer/config.json + diffusion_pytorch_model.safetensors[.index.json]
+            <dir>/vae/config.json + diffusion_pytorch_model.safetensors
+            <dir>/audio_encoder/config.json + model.safetensors   (a full Whisper checkpoint works too)
+            <dir>/text_encoder/config.json + model.safetensors    (a full T5 checkpoint works too)
+            <dir>/scheduler/scheduler_config.json
+            <dir>/tokenizer/                                  optional; else the byte-level ByT5 tokenizer
+
+        ``transformer/`` may hold a *stock* ``LTXVideoTransformer3DModel`` checkpoint: pass the lip-sync
+        sizes in ``transformer_overrides`` and ``allow_new_lipsync_modules=True``; the new modules keep their
+        fresh initialisation and are listed in ``pipe.load_reports``. Any other missing, unexpected or
+        mis-shaped key raises :class:`WeightsLoadError` naming all of them.
+        """
+        root = Path(directory)
+        if not root.is_dir():
+            raise FileNotFoundError(f"model directory {root} does not exist")
+        pipeline_config = PipelineConfig()
+        if (root / "pipeline_config.json").is_file():
+            pipeline_config = pipeline_config_from_dict(json.loads((root / "pipeline_config.json").read_text()),
+                                                        str(root / "pipeline_config.json"))
+        transformer, t_report = load_transformer(root / "transformer", overrides=transformer_overrides,
+                                                 allow_new_lipsync_modules=allow_new_lipsync_modules)
+        vae, v_report = load_vae(root / "vae")
+        audio_encoder, a_report = load_audio_encoder(root / "audio_encoder")
+        text_encoder, x_report = load_text_encoder(root / "text_encoder")
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(
+            FlowMatchEulerDiscreteScheduler.load_config(str(root / "scheduler")))
+        pipe = cls(transformer, vae, audio_encoder, text_encoder, build_tokenizer(root / "tokenizer"), scheduler,
+                   pipeline_config)
+        pipe.load_reports = [t_report, v_report, a_report, x_report]
+        return pipe.to(device, dtype)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write every component in the layout :meth:`from_pretrained` reads."""
+        root = Path(directory)
+        root.mkdir(parents=True, exist_ok=True)
+        self.transformer.save_pretrained(root / "transformer", safe_serialization=True)
+        self.vae.save_pretrained(root / "vae", safe_serialization=True)
+        for name, module in (("audio_encoder", self.audio_encoder), ("text_encoder", self.text_encoder)):
+            (root / name).mkdir(exist_ok=True)
+            module.config.save_pretrained(root / name)
+            save_model(module, str(root / name / "model.safetensors"))
+        self.scheduler.save_config(root / "scheduler")
+        (root / "pipeline_config.json").write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
+        (root / "model_index.json").write_text(json.dumps({
+            "_class_name": "LipSyncPipeline",
+            "transformer": ["model.transformer_lipsync", "LipSyncTransformer3DModel"],
+            "vae": ["diffusers", "AutoencoderKLLTXVideo"],
+            "audio_encoder": ["transformers", "WhisperEncoder"],
+            "text_encoder": ["transformers", "T5EncoderModel"],
+            "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        }, indent=2))
+
+    def to(self, device: str | torch.device, dtype: torch.dtype = torch.float32) -> "LipSyncPipeline":
+        for module in (self.transformer, self.vae, self.audio_encoder, self.text_encoder):
+            module.to(device=device, dtype=dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.transformer.parameters()).dtype
+
+    # ------------------------------------------------------------------------------------------------ checks
+    def check_inputs(self, frames: np.ndarray, mouth_mask: np.ndarray, generate: np.ndarray, audio: np.ndarray,
+                     fps: float, face_id_embedding: np.ndarray | None, reference_frames: np.ndarray | None,
+                     vae_chunk_size: int, vae_overlap_window_width: int, frame_block_width: int,
+                     feed_forward_num_splits: int, face_id_cond_strength: int, appearance_cond_strength: int,
+                     num_inference_steps: int, guidance_scale: float) -> None:
+        multiple = self.config.vae_spatial_multiple
+        if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ModelInputError(f"frames must be a (T, H, W, 3) uint8 array, got "
+                                  f"{getattr(frames, 'dtype', type(frames))} {getattr(frames, 'shape', '')}", field="video")
+        num_frames, height, width, _ = frames.shape
+        if num_frames < 1 or height % multiple or width % multiple or height == 0 or width == 0:
+            raise ModelInputError(f"frames must have T >= 1 and height/width multiples of {multiple}, got "
+                                  f"{frames.shape}", field="video")
+        if mouth_mask.shape != (num_frames, height, width):
+            raise ModelInputError(f"mouth_mask must have shape {(num_frames, height, width)}, got {mouth_mask.shape}",
+                                  field="video")
+        if not (np.isfinite(mouth_mask).all() and mouth_mask.min() >= 0 and mouth_mask.max() <= 1):
+            raise ModelInputError("mouth_mask values must lie in [0, 1]", field="video")
+        if generate.shape != (num_frames,) or generate.dtype != np.bool_:
+            raise ModelInputError(f"generate must be a ({num_frames},) bool array, got {generate.dtype} "
+                                  f"{generate.shape}", field="video")
+        if audio.ndim != 1 or not np.isfinite(audio).all():
+            raise ModelInputError("audio must be a finite 1-D (mono) waveform", field="audio")
+        if not fps > 0:
+            raise ModelInputError(f"fps must be > 0, got {fps}", field="frame_rate")
+        if vae_chunk_size < 9 or (vae_chunk_size - 1) % 8:
+            raise ModelInputError(f"vae_chunk_size must be 8n+1 and >= 9, got {vae_chunk_size}", field="vae_chunk_size")
+        if not 0 <= vae_overlap_window_width < vae_chunk_size:
+            raise ModelInputError(f"vae_overlap_window_width must be in [0, vae_chunk_size={vae_chunk_size}), got "
+                                  f"{vae_overlap_window_width}", field="vae_overlap_window_width")
+        if frame_block_width < 1:
+            raise ModelInputError(f"frame_block_width must be >= 1, got {frame_block_width}", field="frame_block_width")
+        if feed_forward_num_splits < 1:
+            raise ModelInputError(f"feed_forward_num_splits must be >= 1, got {feed_forward_num_splits}",
+                                  field="feed_forward_num_splits")
+        if face_id_cond_strength != -1 and not 0 <= face_id_cond_strength <= 16:
+            raise ModelInputError(f"face_id_cond_strength must be -1 or 0..16, got {face_id_cond_strength}",
+                                  field="face_id_cond_strength")
+        if not 1 <= appearance_cond_strength <= 16:
+            raise ModelInputError(f"appearance_cond_strength must be 1..16, got {appearance_cond_strength}",
+                                  field="appearance_cond_strength")
+        id_dim = self.transformer.config.id_embed_dim
+        if face_id_embedding is not None and np.asarray(face_id_embedding).shape != (id_dim,):
+            raise ModelInputError(f"face_id_embedding must have shape ({id_dim},), got "
+                                  f"{np.asarray(face_id_embedding).shape}", field="face_id_cond_strength")
+        if reference_frames is not None and (reference_frames.dtype != np.uint8 or reference_frames.ndim != 4
+                                             or reference_frames.shape[1:] != (height, width, 3)):
+            raise ModelInputError(f"reference_frames must be (R, {height}, {width}, 3) uint8, got "
+                                  f"{reference_frames.dtype} {reference_frames.shape}", field="video")
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        if guidance_scale < 1.0:
+            raise ValueError(f"guidance_scale must be >= 1, got {guidance_scale}")
+
+    def resolve_face_id_strength(self, strength: int, has_embedding: bool, any_generate: bool) -> tuple[int, str]:
+        """The ``face_id_cond_strength = -1`` rule: 0 without an identity embedding; else the 'generate' value
+        (8, nominal) when frames are synthesised from nothing (image input, additions, bridges: long synthetic
+        spans drift), else the 'video' value (4: mouth inpainting already sees the real face)."""
+        if strength == -1:
+            if not has_embedding:
+                return 0, "face_id_cond_strength -1 -> 0 (no face-ID embedding given)"
+            chosen = self.config.face_id_auto_strength_generate if any_generate else self.config.face_id_auto_strength_video
+            reason = "frames are generated" if any_generate else "pure mouth inpainting"
+            return chosen, f"face_id_cond_strength -1 -> {chosen} ({reason})"
+        if strength > 0 and not has_embedding:
+            return 0, f"face_id_cond_strength {strength} -> 0 (no face-ID embedding given)"
+        return strength, ""
+
+    # ------------------------------------------------------------------------------------------------ call
+    @torch.no_grad()
+    def __call__(self, frames: np.ndarray, mouth_mask: np.ndarray, generate: np.ndarray, audio: np.ndarray,
+                 fps: float, *, prompt: str | None = None, face_id_embedding: np.ndarray | None = None,
+                 reference_frames: np.ndarray | None = None, vae_chunk_size: int = 65,
+                 vae_overlap_window_width: int = 16, frame_block_width: int = 136, feed_forward_num_splits: int = 2,
+                 face_id_cond_strength: int = -1, appearance_cond_strength: int = 1, seed: int = 42,
+                 num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                 callback: ProgressCallback | None = None) -> LipSyncPipelineOutput:
+        """Generate lip-synced face-crop frames.
+
+        Args:
+            frames: (T, H, W, 3) uint8 face crops at the working size (H, W multiples of 32).
+            mouth_mask: (T, H, W) float32 in [0, 1]; 1 = regenerate (soft edges allowed).
+            generate: (T,) bool; True = synthesise the whole frame (timeline additions, removal bridges, image
+                input); those frames' pixels are ignored.
+            audio: (N,) float32 mono waveform at ``config.audio_sample_rate`` (16 kHz) on the *output* timeline:
+                frame j is heard at j / fps (shorter audio is silence-padded by clamping, longer is ignored).
+            fps: output frame rate.
+            prompt: text; None or "" uses ``config.default_prompt`` (noted).
+            face_id_embedding: (id_embed_dim,) identity vector, or None.
+            reference_frames: (R, H, W, 3) uint8 appearance references; None picks them evenly from the frames
+                that are not ``generate``.
+            vae_chunk_size, vae_overlap_window_width, frame_block_width, feed_forward_num_splits,
+            face_id_cond_strength, appearance_cond_strength, seed: the request's schema fields (model/README.md).
+            num_inference_steps, guidance_scale: default to the config.
+            callback: ``callback(stage, step, total, message)`` per VAE chunk, per block and per step; it may raise
+                to cancel (propagated, nothing swallowed).
+
+        Returns:
+            :class:`LipSyncPipelineOutput` with ``frames`` (T, H, W, 3) uint8.
+        """
+        cfg = self.config
+        steps = cfg.num_inference_steps if num_inference_steps is None else num_inference_steps
+        guidance = cfg.guidance_scale if guidance_scale is None else guidance_scale
+        mouth_mask = np.asarray(mouth_mask, dtype=np.float32)
+        generate = np.asarray(generate)
+        audio = np.asarray(audio, dtype=np.float32)
+
+        # 1. Check inputs
+        self.check_inputs(frames, mouth_mask, generate, audio, fps, face_id_embedding, reference_frames,
+                          vae_chunk_size, vae_overlap_window_width, frame_block_width, feed_forward_num_splits,
+                          face_id_cond_strength, appearance_cond_strength, steps, guidance)
+        notify = callback or (lambda stage, step, total, message: None)
+        device, dtype = self.device, self.dtype
+        num_frames, height, width, _ = frames.shape
+        ratio_t, ratio_s = self.vae.temporal_compression_ratio, self.vae.spatial_compression_ratio
+        padded_frames = (num_frames - 1 + ratio_t - 1) // ratio_t * ratio_t + 1  # 8n+1 >= T
+        num_latent = (padded_frames - 1) // ratio_t + 1
+        lh, lw = height // ratio_s, width // ratio_s
+        hw = lh * lw
+
+        # 2. Resolve knobs (every automatic choice is noted and logged)
+        notes: list[str] = []
+        id_strength, note = self.resolve_face_id_strength(face_id_cond_strength, face_id_embedding is not None,
+                                                          bool(generate.any()))
+        notes += [note] if note else []
+        plan, chunk_notes = plan_chunks(padded_frames, vae_chunk_size, vae_overlap_window_width, ratio_t)
+        notes += chunk_notes
+        blocks = plan_frame_blocks(num_latent, frame_block_width, ratio_t)
+        weights = [w.to(device).repeat_interleave(hw)[None, :, None] for w in block_weights(blocks, num_latent)]
+        if prompt is None or not prompt.strip():
+            prompt = cfg.default_prompt
+            notes.append(f"no prompt given and no captioning model configured: using the default {prompt!r}")
+        for line in notes:
+            logger.info(line)
+
+        # 3. Encode prompt and audio
+        text, text_mask = encode_prompt(self.tokenizer, self.text_encoder, prompt, cfg.max_prompt_tokens)
+        features = encode_audio(self.audio_encoder, audio, cfg.audio_sample_rate)
+        audio_windows = latent_frame_windows(features.float(), num_latent, fps, cfg.audio_feature_rate,
+                                             cfg.audio_context_frames, self.transformer.config.audio_steps_per_frame,
+                                             ratio_t)[None].to(device, dtype)  # (1, F, steps, layers, d)
+        do_cfg = guidance > 1.0
+        if do_cfg:  # batch = [conditional, null audio]
+            audio_windows = torch.cat([audio_windows, torch.zeros_like(audio_windows)])
+            text, text_mask = text.repeat(2, 1, 1), text_mask.repeat(2, 1)
+        batch = audio_windows.shape[0]
+
+        # 4. Masked video latents, latent mask, references
+        pixel_mask = np.where(generate[:, None, None], np.float32(1.0), mouth_mask)
+        frame_index = np.minimum(np.arange(padded_frames), num_frames - 1)  # pad by repeating the last frame
+
+        def read_masked(start: int, end: int) -> torch.Tensor:
+            idx = frame_index[start:end]
+            pixels = torch.from_numpy(frames[idx]).to(device, torch.float32) / 127.5 - 1.0
+            keep = 1.0 - torch.from_numpy(pixel_mask[idx]).to(device)[..., None]
+            return (pixels * keep).permute(3, 0, 1, 2)[None].to(dtype)  # masked region -> 0 (mid grey)
+
+        masked = encode_chunked(self.vae, read_masked, padded_frames, vae_chunk_size, plan.overlap,
+                                progress=lambda i, n: notify("vae_encode", i, n, f"VAE encode chunk {i}/{n}"))
+        masked = pack_latents(normalize_latents(self.vae, masked.float()))  # (1, F*h*w, C)
+        latent_mask = torch.from_numpy(latent_mouth_mask(pixel_mask[frame_index], ratio_t, ratio_s)).to(device)
+        cond = torch.cat([masked, latent_mask.reshape(1, -1, 1)], dim=2)
+        references, reference_coords, bias, note = self._encode_references(
+            frames, generate, reference_frames, appearance_cond_strength, height, width)
+        notes += [note] if note else []
+        video_coords = latent_coords(num_latent, lh, lw, fps, ratio_t, ratio_s, device)
+        id_embeds = None
+        if id_strength > 0:
+            id_embeds = torch.as_tensor(np.asarray(face_id_embedding, dtype=np.float32), device=device)[None]
+            id_embeds = id_embeds.expand(batch, -1).to(dtype)
+
+        # 5. Initial noise: the whole (padded) timeline in one draw, independent of blocks, chunks and splits
+        generator = torch.Generator("cpu").manual_seed(int(seed) % 2**64)
+        latents = torch.randn((1, self.transformer.config.in_channels, num_latent, lh, lw), generator=generator)
+        latents = pack_latents(latents.to(device))
+
+        # 6. Timesteps: sigmas 1 -> 1/N with LTX's shift for the sequence length of one block
+        sigmas = np.linspace(1.0, 1.0 / steps, steps)
+        mu = calculate_shift(blocks[0].end * hw - blocks[0].start * hw, self.scheduler.config.get("base_image_seq_len", 256),
+                             self.scheduler.config.get("max_image_seq_len", 4096),
+                             self.scheduler.config.get("base_shift", 0.5), self.scheduler.config.get("max_shift", 1.15))
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler.config)  # per call: no shared state
+        scheduler.set_timesteps(sigmas=sigmas, mu=mu, device=device)
+
+        # 7. Denoising loop
+        for i, t in enumerate(scheduler.timesteps):
+            velocity = torch.zeros_like(latents)
+            for b, (block, weight) in enumerate(zip(blocks, weights)):
+                tokens = slice(block.start * hw, block.end * hw)
+                conditioning = LipSyncConditioning(
+                    text=text, text_mask=text_mask, audio=audio_windows[:, block.start : block.end],
+                    id_embeds=id_embeds, id_scale=id_strength / 8.0,
+                    references=None if references is None else references.expand(batch, -1, -1),
+                    reference_coords=None if reference_coords is None else reference_coords.expand(batch, -1, -1),
+                    reference_bias=bias)
+                pred = self.transformer(
+                    latents[:, tokens].expand(batch, -1, -1).to(dtype), cond[:, tokens].expand(batch, -1, -1).to(dtype),
+                    t.expand(batch).to(dtype), video_coords[:, :, tokens].expand(batch, -1, -1),
+                    block.end - block.start, conditioning, ff_num_splits=feed_forward_num_splits).float()
+                if do_cfg:
+                    pred = pred[1:] + guidance * (pred[:1] - pred[1:])
+                velocity[:, tokens] += weight * pred
+                notify("block", b + 1, len(blocks), f"step {i + 1}/{steps}, block {b + 1}/{len(blocks)}")
+            latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
+            notify("denoise", i + 1, steps, f"denoising step {i + 1}/{steps}")
+
+        # 8. Decode (chunked, streamed) and composite in pixel space
+        latents = denormalize_latents(self.vae, unpack_latents(latents, num_latent, lh, lw)).to(dtype)
+        temb = None
+        if self.vae.config.timestep_conditioning:
+            temb = torch.full((1,), cfg.decode_timestep, device=device, dtype=dtype)
+        output = np.empty_like(frames)
+        position = 0
+        for segment in decode_chunked(self.vae, latents, vae_chunk_size, plan.overlap, temb,
+                                      progress=lambda i, n: notify("vae_decode", i, n, f"VAE decode chunk {i}/{n}")):
+            end = min(position + segment.shape[2], num_frames)
+            if end > position:
+                decoded = ((segment[0, :, : end - position].float().clamp(-1, 1) + 1) * 127.5).permute(1, 2, 3, 0)
+                output[position:end] = composite(frames[position:end], decoded.cpu().numpy(), pixel_mask[position:end])
+            position += segment.shape[2]
+        return LipSyncPipelineOutput(frames=output, notes=notes, face_id_cond_strength=id_strength,
+                                     vae_overlap_window_width=plan.overlap, num_frame_blocks=len(blocks))
+
+    def _encode_references(self, frames: np.ndarray, generate: np.ndarray, reference_frames: np.ndarray | None,
+                           strength: int, height: int, width: int):
+        """Appearance references -> clean latent tokens, RoPE coordinates outside the clip, and the key bias."""
+        pool = reference_frames if reference_frames is not None else frames[~generate]
+        if len(pool) == 0:
+            return None, None, 0.0, "no appearance reference available (all frames generated, none given)"
+        count = min(strength, self.config.max_reference_frames, len(pool))
+        picks = pool[np.linspace(0, len(pool) - 1, count).round().astype(int)]
+        device, dtype = self.device, self.dtype
+        pixels = torch.from_numpy(picks).to(device, torch.float32) / 127.5 - 1.0
+        # Each reference is its own single-frame clip (B=count, T=1): a causal VAE encodes it like a first frame.
+        moments = self.vae.encoder(pixels.permute(0, 3, 1, 2)[:, :, None].to(dtype))
+        refs = normalize_latents(self.vae, moments[:, : moments.shape[1] // 2].float())  # (count, C, 1, h, w)
+        lh, lw = refs.shape[-2:]
+        tokens = refs.permute(0, 2, 3, 4, 1).reshape(1, count * lh * lw, -1)
+        coords = latent_coords(1, lh, lw, 1.0, 1, self.vae.spatial_compression_ratio, device)
+        coords[:, 0] = self.config.reference_time_seconds
+        coords = coords.repeat(1, 1, count)
+        return tokens.to(dtype), coords, reference_logit_bias(strength, count), ""
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def pack_latents(latents: torch.Tensor) -> torch.Tensor:
+    """(B, C, F, h, w) -> (B, F*h*w, C): frame-major, then row, then column (LTX's order, patch 1)."""
+    return latents.permute(0, 2, 3, 4, 1).flatten(1, 3)
+
+
+def unpack_latents(tokens: torch.Tensor, num_frames: int, height: int, width: int) -> torch.Tensor:
+    return tokens.reshape(tokens.shape[0], num_frames, height, width, -1).permute(0, 4, 1, 2, 3)
+
+
+def latent_coords(num_frames: int, height: int, width: int, fps: float, ratio_t: int, ratio_s: int,
+                  device: torch.device | str) -> torch.Tensor:
+    """(1, 3, F*h*w) RoPE coordinates on the real timeline: time in seconds of each latent frame's last pixel
+    frame (LTXConditionPipeline's convention), y and x in pixels."""
+    f, y, x = torch.meshgrid(torch.arange(num_frames, dtype=torch.float32), torch.arange(height, dtype=torch.float32),
+                             torch.arange(width, dtype=torch.float32), indexing="ij")
+    coords = torch.stack([f * ratio_t / fps, y * ratio_s, x * ratio_s]).flatten(1)
+    return coords[None].to(device)
+
+
+def latent_mouth_mask(pixel_mask: np.ndarray, ratio_t: int, ratio_s: int) -> np.ndarray:
+    """(T=8n+1, H, W) pixel mask -> (F, h, w) latent mask: max over each latent's pixels (frame 0 alone, then
+    8 frames per latent), so a latent is regenerated if any of its pixels is."""
+    t, h, w = pixel_mask.shape
+    first = pixel_mask[:1]
+    rest = pixel_mask[1:].reshape(-1, ratio_t, h, w).max(axis=1) if t > 1 else pixel_mask[:0]
+    per_latent = np.concatenate([first, rest])
+    return per_latent.reshape(-1, h // ratio_s, ratio_s, w // ratio_s, ratio_s).max(axis=(2, 4)).astype(np.float32)
+
+
+def composite(original: np.ndarray, decoded: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Paste the generated pixels back: ``decoded * m + original * (1 - m)`` rounded to uint8. Where m == 0
+    this is exactly the original pixel (x * 1 + y * 0 == x in float32 for finite y)."""
+    m = mask[..., None].astype(np.float32)
+    out = decoded.astype(np.float32) * m + original.astype(np.float32) * (1.0 - m)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+def _read_component_config(directory: Path) -> dict:
+    path = directory / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"missing {path}")
+    return json.loads(path.read_text())
+
+
+def load_transformer(directory: Path, *, overrides: dict | None = None, allow_new_lipsync_modules: bool = False,
+                     ) -> tuple[LipSyncTransformer3DModel, LoadReport]:
+    """Our transformer from ``directory`` (ours, or a stock ``LTXVideoTransformer3DModel`` save)."""
+    config = {k: v for k, v in _read_component_config(directory).items() if not k.startswith("_")}
+    config.update(overrides or {})
+    LipSyncConfig.validate_section("transformer", config, str(directory))
+    model = LipSyncTransformer3DModel(**config)
+    allow = LipSyncTransformer3DModel.new_module_prefixes() if allow_new_lipsync_modules else ()
+    report = load_weights(model, read_state_dict(directory), component="transformer", source=str(directory),
+                          allow_new=allow)
+    return model, report
+
+
+def load_vae(directory: Path) -> tuple[AutoencoderKLLTXVideo, LoadReport]:
+    config = {k: v for k, v in _read_component_config(directory).items() if not k.startswith("_")}
+    LipSyncConfig.validate_section("vae", config, str(directory))
+    model = AutoencoderKLLTXVideo(**config)
+    return model, load_weights(model, read_state_dict(directory), component="vae", source=str(directory))
+
+
+def _strip(prefixes: tuple[str, ...], ignore: tuple[str, ...]) -> Callable[[str], str | None]:
+    def rename(key: str) -> str | None:
+        if key.startswith(ignore):
+            return None
+        for prefix in prefixes:
+            if key.startswith(prefix):
+                return key[len(prefix):]
+        return key
+    return rename
+
+
+def load_audio_encoder(directory: Path) -> tuple[WhisperEncoder, LoadReport]:
+    """Whisper encoder; a full ``WhisperModel`` / ``WhisperForConditionalGeneration`` checkpoint works too
+    (``model.encoder.`` / ``encoder.`` prefixes are stripped and decoder weights are ignored, listed as such)."""
+    model = WhisperEncoder(WhisperConfig.from_pretrained(str(directory), local_files_only=True)).eval()
+    rename = _strip(("model.encoder.", "encoder."), ("model.decoder.", "decoder.", "proj_out."))
+    return model, load_weights(model, read_state_dict(directory), component="audio_encoder",
+                               source=str(directory), rename=rename)
+
+
+def load_text_encoder(directory: Path) -> tuple[T5EncoderModel, LoadReport]:
+    """T5 encoder; decoder and LM-head weights of a full T5 checkpoint are ignored (listed as such)."""
+    model = T5EncoderModel(T5Config.from_pretrained(str(directory), local_files_only=True)).eval()
+    rename = _strip((), ("decoder.", "lm_head."))
+    return model, load_weights(model, read_state_dict(directory), component="text_encoder",
+                               source=str(directory), rename=rename)
+
+
+__all__ = ["LipSyncPipeline", "LipSyncPipelineOutput", "ModelInputError", "ProgressCallback", "WeightsLoadError",
+           "load_transformer", "load_vae", "load_audio_encoder", "load_text_encoder"]

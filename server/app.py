@@ -1,0 +1,101 @@
+"""The API application: ``create_app(settings)`` wires Redis, storage, auth and the routers.
+
+Torch-free by design (the worker owns the model), so the API imports and starts in well under a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import redis
+import redis.asyncio as aioredis
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
+
+from contract.errors import LipsyncError
+from contract.schema import InputInvalid
+from contract.settings import Settings, get_settings
+from server.auth import KeyRing
+from server.http import error_response, validation_response
+from server.metrics import HttpMetrics, JobCollector
+from server.proxy import FalProxyMiddleware
+from server.routers import health, queue, storage as storage_routes
+from server.service import QueueService
+from storage import make_signer, make_storage
+
+log = logging.getLogger("lipsync.api")
+
+
+async def _reap_forever(service: QueueService, interval_s: float) -> None:
+    """Finish requests whose worker died or that waited too long (see contract.jobs.JobStore.reap)."""
+    while True:
+        try:
+            for rid in await asyncio.to_thread(service.store.reap):
+                log.warning("reaped request %s", rid)
+        except redis.RedisError as exc:
+            log.warning("reaper: redis unavailable: %s", exc)
+        await asyncio.sleep(interval_s)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    registry = CollectorRegistry()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        connection = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+        aredis = aioredis.Redis.from_url(settings.redis_url, health_check_interval=30)
+        signer = make_signer(settings)
+        storage = make_storage(settings, signer)
+        service = QueueService(settings, connection, storage, signer)
+        registry.register(
+            JobCollector(service.store, lambda: {name: q.count for name, q in service.queues.items()})
+        )
+        app.state.settings = settings
+        app.state.redis, app.state.aredis = connection, aredis
+        app.state.signer, app.state.storage, app.state.service = signer, storage, service
+        app.state.keys = KeyRing.load(settings.api_keys, settings.api_keys_file)
+        app.state.metrics_registry = registry
+        if app.state.keys.open:
+            log.warning("no API keys configured (LIPSYNC_API_KEYS): the API is open to anyone who can reach it")
+        reaper = asyncio.create_task(_reap_forever(service, settings.reaper_interval_s))
+        try:
+            yield
+        finally:
+            reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
+            await aredis.aclose()
+            connection.close()
+
+    app = FastAPI(
+        title="lipsync",
+        description="Self-hosted pipio/lipsync behind fal's queue protocol.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+
+    @app.exception_handler(LipsyncError)
+    async def _lipsync_error(request: Request, exc: LipsyncError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(InputInvalid)
+    async def _invalid_input(request: Request, exc: InputInvalid) -> JSONResponse:
+        return validation_response(exc.detail)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "Internal server error", "error_type": "internal_error"}, status_code=500)
+
+    app.include_router(health.router)
+    app.include_router(storage_routes.router)
+    app.include_router(queue.router)  # last: its submit route matches any POST path
+    app.add_middleware(HttpMetrics, registry=registry)
+    app.add_middleware(FalProxyMiddleware, path=settings.proxy_path)
+    return app

@@ -1,0 +1,36 @@
+"""Errors only the API raises. Each is a ``LipsyncError``, so the one handler in ``app.py`` answers them all."""
+
+from __future__ import annotations
+
+from contract.errors import LipsyncError
+
+
+class Unauthorized(LipsyncError):
+    error_type = "unauthorized"
+    status_code = 401
+
+    def __init__(self, message: str = "Unauthorized: missing or invalid API key"):
+        super().__init__(message)
+
+
+class Forbidden(LipsyncError):
+    error_type = "forbidden"
+    status_code = 403
+
+    def __init__(self, message: str = "Signature is missing, invalid or expired"):
+        super().__init__(message)
+
+
+class NotFound(LipsyncError):
+    error_type = "not_found"
+    status_code = 404
+
+
+class StillRunning(LipsyncError):
+    error_type = "request_in_progress"
+    status_code = 400
+
+
+class PayloadTooLarge(LipsyncError):
+    error_type = "payload_too_large"
+    status_code = 413

@@ -1,0 +1,185 @@
+"""The queue routes: submit, status (+ SSE stream), result, cancel, and the synchronous run.
+
+URL shapes are fal's (reference/queue-protocol.md §1): ``/{owner}/{alias}[/{path}]`` to submit and
+``/{owner}/{alias}/requests/{id}[/status|/status/stream|/cancel]`` for the rest. Synchronous runs live under
+``/run/`` so one origin serves both of fal's hosts (§10.3, option b).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from contract.errors import InvalidInput, LipsyncError
+from contract.jobs import Keys, RequestRecord, RequestStatus, parse_events
+from contract.schema import InputInvalid
+from server.auth import require_owner
+from server.http import base_url_of, error_response, read_json_body
+from server.protocol import (
+    ERROR_RESPONSES,
+    CancelResponse,
+    StatusResponse,
+    SubmitResponse,
+)
+from server.service import App, QueueService
+
+router = APIRouter(responses=ERROR_RESPONSES)
+
+SSE_KEEPALIVE_S = 15.0
+Owner = Annotated[str, Depends(require_owner)]
+
+
+def get_service(request: Request) -> QueueService:
+    return request.app.state.service
+
+
+Service = Annotated[QueueService, Depends(get_service)]
+
+
+def _logs_flag(logs: str | None) -> bool:
+    # JS sends logs=0|1, Python (httpx) logs=false|true.
+    return (logs or "").lower() in {"1", "true", "yes"}
+
+
+def _webhook(url: str | None) -> str | None:
+    if url is None:
+        return None
+    if not url.lower().startswith(("http://", "https://")) or len(url) > 2048:
+        raise InputInvalid([{"loc": ["query", "fal_webhook"], "msg": "must be an http(s) URL", "type": "value_error"}])
+    return url
+
+
+def _status_body(service: QueueService, record: RequestRecord, base_url: str, with_logs: bool) -> dict[str, Any]:
+    logs = service.store.logs(record.request_id) if with_logs else None
+    position = service.queue_position(record) if record.status is RequestStatus.IN_QUEUE else None
+    return StatusResponse.build(record, base_url, logs=logs, queue_position=position).to_json()
+
+
+def _result_response(service: QueueService, record: RequestRecord) -> JSONResponse:
+    try:
+        body = service.result_body(record)
+    except LipsyncError as err:
+        return error_response(err, request_id=record.request_id)
+    return JSONResponse(body, headers={"X-Fal-Request-Id": record.request_id})
+
+
+@router.get("/{app_path:path}/requests/{request_id}/status/stream", summary="Stream status (SSE)")
+async def stream_status(
+    request: Request, app_path: str, request_id: str, owner: Owner, service: Service, logs: str | None = None
+) -> StreamingResponse:
+    app, _ = service.resolve(app_path)
+    record = await run_in_threadpool(service.get, app, owner, request_id)
+    events = _stream_events(request, service, record, base_url_of(request), _logs_flag(logs))
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Fal-Request-Id": request_id}
+    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+
+async def _stream_events(
+    request: Request, service: QueueService, record: RequestRecord, base_url: str, with_logs: bool
+) -> AsyncIterator[str]:
+    """One ``data:`` event per batch of new events (new log lines only), closed right after COMPLETED."""
+    aredis = request.app.state.aredis
+    rid, last = record.request_id, "0-0"
+    while True:
+        batch = await aredis.xread({Keys.events(rid): last}, block=int(SSE_KEEPALIVE_S * 1000), count=1000)
+        if not batch:
+            yield ": keepalive\n\n"
+            continue
+        new = parse_events(batch[0][1])
+        last = new[-1].id
+        record = await run_in_threadpool(service.store.get, rid)
+        if record is None:  # expired while we watched
+            return
+        logs = [e.log_entry() for e in new if e.kind == "log"] if with_logs else None
+        position = await run_in_threadpool(service.queue_position, record) if record.status is RequestStatus.IN_QUEUE else None
+        body = StatusResponse.build(record, base_url, logs=logs, queue_position=position).to_json()
+        yield f"data: {json.dumps(body)}\n\n"
+        if record.status is RequestStatus.COMPLETED:
+            return
+
+
+@router.get("/{app_path:path}/requests/{request_id}/status", summary="Request status")
+def get_status(
+    request: Request, app_path: str, request_id: str, owner: Owner, service: Service, logs: str | None = None
+) -> JSONResponse:
+    app, _ = service.resolve(app_path)
+    record = service.get(app, owner, request_id)
+    body = _status_body(service, record, base_url_of(request), _logs_flag(logs))
+    code = 200 if record.status is RequestStatus.COMPLETED else 202
+    return JSONResponse(body, status_code=code, headers={"X-Fal-Request-Id": request_id})
+
+
+@router.put("/{app_path:path}/requests/{request_id}/cancel", summary="Cancel a request", response_model=CancelResponse)
+def cancel_request(app_path: str, request_id: str, owner: Owner, service: Service) -> JSONResponse:
+    app, _ = service.resolve(app_path)
+    try:
+        record = service.get(app, owner, request_id)
+    except LipsyncError:
+        return JSONResponse({"status": "NOT_FOUND"}, status_code=404)
+    if record.status is RequestStatus.COMPLETED or service.cancel(record) is RequestStatus.COMPLETED:
+        return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)
+    return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
+
+
+@router.get("/{app_path:path}/requests/{request_id}", summary="Request result")
+def get_result(app_path: str, request_id: str, owner: Owner, service: Service) -> JSONResponse:
+    app, _ = service.resolve(app_path)
+    return _result_response(service, service.get(app, owner, request_id))
+
+
+async def _submit(request: Request, app_path: str, owner: str, service: QueueService, webhook: str | None) -> RequestRecord:
+    app, sub_path = service.resolve(app_path)
+    if sub_path:
+        raise InvalidInput(f"'{app.app_id}' has no endpoint '{sub_path}'", field=None)
+    body = await read_json_body(request, service.settings.max_request_bytes)
+    return await run_in_threadpool(
+        service.submit, app, owner, body, base_url=base_url_of(request), webhook_url=_webhook(webhook)
+    )
+
+
+@router.post("/run/{app_path:path}", summary="Run synchronously and wait for the result")
+async def run_sync(request: Request, app_path: str, owner: Owner, service: Service) -> JSONResponse:
+    record = await _submit(request, app_path, owner, service, None)
+    rid, last = record.request_id, "0-0"
+    aredis = request.app.state.aredis
+    deadline = asyncio.get_running_loop().time() + service.settings.sync_timeout_s
+    while record.status is not RequestStatus.COMPLETED:
+        if await request.is_disconnected():
+            await run_in_threadpool(service.cancel, record)  # nobody waits for it: free the GPU
+            return JSONResponse({"detail": "client disconnected"}, status_code=499)
+        if asyncio.get_running_loop().time() > deadline:
+            await run_in_threadpool(service.cancel, record)
+            return error_response(
+                LipsyncError("Synchronous run timed out", error_type="request_timeout"), request_id=rid, status_code=504
+            )
+        batch = await aredis.xread({Keys.events(rid): last}, block=1000, count=1000)
+        if batch:
+            last = parse_events(batch[0][1])[-1].id
+        record = await run_in_threadpool(service.store.get, rid)
+    return await run_in_threadpool(_result_response, service, record)
+
+
+@router.post("/{app_path:path}", summary="Submit a request to the queue", response_model=SubmitResponse)
+async def submit(
+    request: Request,
+    app_path: str,
+    owner: Owner,
+    service: Service,
+    fal_webhook: Annotated[str | None, Query(description="URL to POST the result to when done")] = None,
+) -> JSONResponse:
+    record = await _submit(request, app_path, owner, service, fal_webhook)
+    position = await run_in_threadpool(service.queue_position, record)
+    body = SubmitResponse(
+        **StatusResponse.build(record, base_url_of(request), logs=None).model_dump(
+            include={"request_id", "response_url", "status_url", "cancel_url"}
+        ),
+        queue_position=position,
+        gateway_request_id=record.request_id,
+    )
+    return JSONResponse(body.model_dump(), headers={"X-Fal-Request-Id": record.request_id})

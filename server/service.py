@@ -1,0 +1,170 @@
+"""The queue service: what submit, status, result and cancel do, with no HTTP in it.
+
+Routers call these methods and turn their answers into the protocol's bodies; the methods raise
+``LipsyncError`` subclasses (not HTTPException) for the routers' one error handler.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import redis
+from pydantic import BaseModel
+from rq import Queue
+
+from contract.errors import InvalidInput
+from contract.jobs import RUN_REQUEST, JobStore, RequestRecord, RequestStatus
+from contract.schema import STORAGE_SCHEME, File, file_fields, parse_data_uri, validate_input
+from contract.settings import AppConfig, Settings
+from server.errors import NotFound, StillRunning
+from storage import Signer, Storage, public_result, safe_key
+from storage.filesystem import FILES_PREFIX
+
+
+@dataclass(frozen=True)
+class App:
+    app_id: str
+    config: AppConfig
+    input_model: type[BaseModel]
+
+
+def load_apps(settings: Settings) -> dict[str, App]:
+    return {app_id: App(app_id, config, config.load_input_model()) for app_id, config in settings.apps.items()}
+
+
+class QueueService:
+    def __init__(self, settings: Settings, connection: redis.Redis, storage: Storage, signer: Signer):
+        self.settings = settings
+        self.r = connection
+        self.store = JobStore(connection, result_ttl_s=settings.result_ttl_s)
+        self.storage = storage
+        self.signer = signer
+        self.apps = load_apps(settings)
+        self.queues = {app.config.queue: Queue(app.config.queue, connection=connection) for app in self.apps.values()}
+
+    # --- apps -----------------------------------------------------------------------------------------
+
+    def resolve(self, app_path: str) -> tuple[App, str]:
+        """Split ``owner/alias[/sub-path]`` into a configured app and its sub-path."""
+        path = app_path.strip("/")
+        for app_id, app in self.apps.items():
+            if path == app_id or path.startswith(app_id + "/"):
+                return app, path[len(app_id) + 1 :]
+        raise NotFound(f"Application '{path}' not found")
+
+    # --- submit ---------------------------------------------------------------------------------------
+
+    def submit(self, app: App, owner: str, body: Any, *, base_url: str, webhook_url: str | None) -> RequestRecord:
+        context = {"max_num_frames": self.settings.max_num_frames, "max_prompt_chars": self.settings.max_prompt_chars}
+        params = validate_input(app.input_model, body, context)
+        rid = str(uuid.uuid4())
+        normalized = params.model_dump(mode="json")
+        for name, file in file_fields(params).items():
+            normalized[name] = self._internalize(rid, name, file).model_dump(mode="json")
+        now = time.time()
+        record = RequestRecord(
+            request_id=rid,
+            app_id=app.app_id,
+            owner=owner,
+            status=RequestStatus.IN_QUEUE,
+            input=normalized,
+            created_at=now,
+            base_url=base_url,
+            webhook_url=webhook_url or "",
+        )
+        queue = self.queues[app.config.queue]
+        with self.r.pipeline() as pipe:
+            pipe.multi()  # one transaction: the record exists exactly when its job is queued
+            self.store.create(record, queued_deadline=now + self.settings.queued_ttl_s, pipe=pipe)
+            queue.enqueue_call(
+                RUN_REQUEST,
+                args=(rid,),
+                job_id=rid,
+                timeout=self.settings.job_timeout_s,
+                result_ttl=600,
+                failure_ttl=self.settings.result_ttl_s,
+                ttl=self.settings.queued_ttl_s,
+                pipeline=pipe,
+            )
+            pipe.execute()
+        return record
+
+    def _internalize(self, rid: str, field: str, file: File) -> File:
+        """Data URIs and our own upload URLs become ``storage://`` keys; other URLs stay for the worker."""
+        if file.url.lower().startswith("data:"):
+            content_type, data = parse_data_uri(file.url)
+            if len(data) > self.settings.max_input_bytes:
+                raise InvalidInput(f"data: URI is larger than {self.settings.max_input_bytes} bytes", field=field)
+            key = f"inputs/{rid}/{field}"
+            self.storage.put_chunks(key, [data], content_type, self.settings.max_input_bytes)
+            internal = {"url": STORAGE_SCHEME + key, "content_type": content_type, "file_size": len(data)}
+            return File.model_validate(internal, context={"internal": True})
+        key = self.own_file_key(file.url, field)
+        if key is not None:
+            return file.model_copy(update={"url": STORAGE_SCHEME + key})
+        return file
+
+    def own_file_key(self, url: str, field: str) -> str | None:
+        """The storage key behind one of our signed file URLs, or None for a foreign URL."""
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        if FILES_PREFIX not in parts.path or "signature" not in query:
+            return None
+        key = parts.path.split(FILES_PREFIX, 1)[1]
+        try:
+            safe_key(key)
+        except ValueError:
+            return None
+        if not self.signer.verify("get", key, query.get("expires", [None])[0], query["signature"][0]):
+            raise InvalidInput("upload URL has expired or its signature is not valid", field=field)
+        if self.storage.stat(key) is None:
+            raise InvalidInput("upload URL points to a file that does not exist", field=field)
+        return key
+
+    # --- read -----------------------------------------------------------------------------------------
+
+    def get(self, app: App, owner: str, rid: str) -> RequestRecord:
+        record = self.store.get(rid) if _is_uuid(rid) else None
+        if record is None or record.owner != owner or record.app_id != app.app_id:
+            raise NotFound(f"Request '{rid}' not found")
+        return record
+
+    def queue_position(self, record: RequestRecord) -> int:
+        queue = self.queues[self.apps[record.app_id].config.queue]
+        position = queue.get_job_position(record.request_id)
+        return int(position) if position is not None else 0
+
+    def result_body(self, record: RequestRecord) -> dict[str, Any]:
+        """The output JSON with signed URLs; raises the request's error when it failed."""
+        if record.status is not RequestStatus.COMPLETED:
+            raise StillRunning("Request is still in progress")
+        if record.error_obj is not None:
+            raise record.error_obj
+        return self.sign_result(record)
+
+    def sign_result(self, record: RequestRecord) -> dict[str, Any]:
+        return public_result(record.result or {}, self.storage, base_url=record.base_url, ttl_s=self.settings.url_ttl_s)
+
+    # --- cancel ---------------------------------------------------------------------------------------
+
+    def cancel(self, record: RequestRecord) -> RequestStatus:
+        status = self.store.request_cancel(record.request_id)
+        if status is RequestStatus.IN_QUEUE:
+            job = self.queues[self.apps[record.app_id].config.queue].fetch_job(record.request_id)
+            if job is not None and job.get_status(refresh=True) == "queued":
+                job.cancel()
+        return status
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+

@@ -1,0 +1,87 @@
+"""Filesystem storage: objects under ``<root>/objects/<key>``, served by the API at ``/files/<key>``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+from storage.base import ObjectTooLarge, Storage, StoredObject, safe_key
+from storage.signing import Signer
+
+FILES_PREFIX = "/files/"
+
+
+class FileSystemStorage(Storage):
+    def __init__(self, root: Path, signer: Signer):
+        self.root = Path(root)
+        self.objects = self.root / "objects"
+        self.objects.mkdir(parents=True, exist_ok=True)
+        self.signer = signer
+
+    def path(self, key: str) -> Path:
+        return self.objects / safe_key(key)
+
+    def _meta_path(self, key: str) -> Path:
+        return self.objects / (safe_key(key) + ".meta.json")
+
+    def _tmp(self, key: str) -> Path:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
+
+    def _commit(self, key: str, tmp: Path, content_type: str) -> StoredObject:
+        # Metadata first, then an atomic rename: a reader never sees a half-written object.
+        size = tmp.stat().st_size
+        self._meta_path(key).write_text(json.dumps({"content_type": content_type}))
+        os.replace(tmp, self.path(key))
+        return StoredObject(key=key, content_type=content_type, size=size)
+
+    def put_file(self, key: str, src: Path, content_type: str) -> StoredObject:
+        tmp = self._tmp(key)
+        try:
+            shutil.copyfile(src, tmp)
+            return self._commit(key, tmp, content_type)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def put_chunks(self, key: str, chunks: Iterable[bytes], content_type: str, max_bytes: int) -> StoredObject:
+        tmp = self._tmp(key)
+        try:
+            written = 0
+            with open(tmp, "wb") as fh:
+                for chunk in chunks:
+                    written += len(chunk)
+                    if written > max_bytes:
+                        raise ObjectTooLarge(max_bytes)
+                    fh.write(chunk)
+            return self._commit(key, tmp, content_type)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def get_to_path(self, key: str, dest: Path) -> StoredObject:
+        obj = self.stat(key)
+        if obj is None:
+            raise FileNotFoundError(key)
+        shutil.copyfile(self.path(key), dest)
+        return obj
+
+    def stat(self, key: str) -> StoredObject | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            content_type = json.loads(self._meta_path(key).read_text())["content_type"]
+        except (OSError, ValueError, KeyError):
+            content_type = "application/octet-stream"
+        return StoredObject(key=key, content_type=content_type, size=path.stat().st_size)
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+        self._meta_path(key).unlink(missing_ok=True)
+
+    def url(self, key: str, *, base_url: str, ttl_s: int) -> str:
+        return f"{base_url.rstrip('/')}{FILES_PREFIX}{safe_key(key)}?{self.signer.query('get', key, ttl_s)}"

@@ -1,0 +1,159 @@
+"""A worker process's long-lived state (pipeline, storage, Redis) and one request's life in it.
+
+``WorkerRuntime.run(request_id)`` is the whole job: claim the request, fetch its inputs, run the pipeline
+with progress and cancel, upload the output, record completion. Every failure ends the request with a typed
+error; nothing escapes to RQ, whose own job status is only transport.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import redis
+from rq.timeouts import JobTimeoutException
+
+from contract.errors import InternalError, LipsyncError, RequestCancelled, RequestTimeout, StorageError
+from contract.jobs import JobStore, LogLevel, RequestRecord
+from contract.schema import file_fields, validate_input
+from contract.settings import Settings
+from storage import Storage, make_signer, make_storage
+from worker.inputs import fetch_input
+from worker.pipeline import Pipeline, PipelineJob, PipelineOutput, load_pipeline
+from worker.safe_http import SafeHttp
+
+log = logging.getLogger("lipsync.worker")
+
+PROGRESS_LOG_INTERVAL_S = 1.0
+CANCEL_CHECK_INTERVAL_S = 0.1
+
+
+class WorkerRuntime:
+    def __init__(self, settings: Settings, name: str, connection: redis.Redis, pipeline: Pipeline):
+        self.settings = settings
+        self.name = name
+        self.r = connection
+        self.store = JobStore(connection, result_ttl_s=settings.result_ttl_s)
+        self.storage: Storage = make_storage(settings, make_signer(settings))
+        self.http = SafeHttp(allow_private=settings.allow_private_urls, timeout_s=settings.download_timeout_s)
+        self.pipeline = pipeline
+        self.input_models = {app_id: cfg.load_input_model() for app_id, cfg in settings.apps.items()}
+
+    @classmethod
+    def create(cls, settings: Settings, name: str, connection: redis.Redis) -> "WorkerRuntime":
+        started = time.perf_counter()
+        pipeline = load_pipeline(settings.pipeline, settings)
+        log.info("pipeline %r loaded in %.1f s", settings.pipeline, time.perf_counter() - started)
+        return cls(settings, name, connection, pipeline)
+
+    # --- one request ------------------------------------------------------------------------------------
+
+    def run(self, rid: str) -> None:
+        record = self.store.get(rid)
+        if record is None:
+            log.warning("request %s has expired; skipping", rid)
+            return
+        if not self.store.start(rid, self.name, self.settings.heartbeat_ttl_s):
+            log.info("request %s already finished (cancelled?); skipping", rid)
+            return
+        workdir = Path(tempfile.mkdtemp(prefix=f"lipsync-{rid[:8]}-"))
+        metrics: dict[str, Any] = {"queue_time": round(time.time() - record.created_at, 3)}
+        try:
+            result = self._run(record, workdir, metrics)
+        except LipsyncError as err:
+            self._fail(rid, err, metrics)
+        except JobTimeoutException:
+            self._fail(rid, RequestTimeout(f"Request ran longer than {self.settings.job_timeout_s} s"), metrics)
+        except Exception as exc:  # a bug or a crash in the pipeline: the request fails, the worker lives on
+            log.error("request %s crashed:\n%s", rid, traceback.format_exc())
+            self._fail(rid, InternalError(f"Pipeline failed: {type(exc).__name__}: {exc}"), metrics)
+        else:
+            self.store.complete(rid, result=result, metrics=metrics)
+            log.info("request %s completed in %.2f s", rid, metrics.get("total_time", 0.0))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _run(self, record: RequestRecord, workdir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+        rid, started = record.request_id, time.perf_counter()
+        params = validate_input(self.input_models[record.app_id], record.input, {"internal": True})
+        progress = ProgressReporter(self.store, rid)
+
+        self.store.log(rid, "Fetching inputs")
+        inputs = {}
+        for field, file in file_fields(params).items():
+            inputs[field] = fetch_input(
+                field, file, workdir, storage=self.storage, http=self.http, max_bytes=self.settings.max_input_bytes
+            )
+        metrics["fetch_time"] = round(time.perf_counter() - started, 3)
+        progress.check_cancel()
+
+        t0 = time.perf_counter()
+        output = self.pipeline(
+            PipelineJob(
+                request_id=rid,
+                params=params,
+                inputs=inputs,
+                workdir=workdir,
+                log=lambda message, level=LogLevel.INFO: self.store.log(rid, message, level),
+                progress=progress,
+            )
+        )
+        metrics["inference_time"] = round(time.perf_counter() - t0, 3)
+        metrics.update(output.metrics)
+        progress.check_cancel()
+
+        t0 = time.perf_counter()
+        self.store.log(rid, "Uploading result")
+        result = self._upload(rid, output)
+        metrics["upload_time"] = round(time.perf_counter() - t0, 3)
+        metrics["total_time"] = round(time.perf_counter() - started, 3)
+        return result
+
+    def _upload(self, rid: str, output: PipelineOutput) -> dict[str, Any]:
+        result = {}
+        for name, out in output.files.items():
+            key = f"results/{rid}/{out.file_name}"
+            try:
+                stored = self.storage.put_file(key, out.path, out.content_type)
+            except OSError as exc:
+                raise StorageError(f"Could not store the result: {exc}") from None
+            result[name] = {
+                "key": stored.key,
+                "content_type": stored.content_type,
+                "file_name": out.file_name,
+                "file_size": stored.size,
+            }
+        return result
+
+    def _fail(self, rid: str, err: LipsyncError, metrics: dict[str, Any]) -> None:
+        level = LogLevel.WARN if isinstance(err, RequestCancelled) else LogLevel.ERROR
+        self.store.log(rid, f"{err.error_type}: {err.message}", level)
+        self.store.complete(rid, error=err, metrics=metrics)
+        log.info("request %s ended with %s: %s", rid, err.error_type, err.message)
+
+
+class ProgressReporter:
+    """``progress(stage, done, total)`` for pipelines: logs at most once a second a stage, checks cancel."""
+
+    def __init__(self, store: JobStore, rid: str):
+        self.store, self.rid = store, rid
+        self._last_log: dict[str, float] = {}
+        self._last_check = 0.0
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done >= total or now - self._last_log.get(stage, 0.0) >= PROGRESS_LOG_INTERVAL_S:
+            self._last_log[stage] = now
+            self.store.log(self.rid, f"{stage} {done}/{total}")
+        if now - self._last_check >= CANCEL_CHECK_INTERVAL_S:
+            self._last_check = now
+            self.check_cancel()
+
+    def check_cancel(self) -> None:
+        if self.store.is_cancel_requested(self.rid):
+            raise RequestCancelled()

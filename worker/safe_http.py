@@ -1,0 +1,143 @@
+"""Outbound HTTP for user-given URLs (file inputs, webhooks) that cannot be pointed at our own network.
+
+Every TCP connection goes through ``GuardedBackend``: it resolves the host itself, refuses the connection
+unless every address is public (not loopback, private, link-local — 169.254.169.254 —, multicast or
+reserved), then connects to the address it checked. Checking at connect time, on the address actually
+used, covers redirects and DNS rebinding alike. ``allow_private`` (tests, LANs) turns the check off.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+import httpcore
+
+MAX_REDIRECTS = 5
+USER_AGENT = "lipsync-server/0.1"
+
+
+class RefusedAddress(httpcore.ConnectError):
+    """The URL resolves to an address user-given URLs may not reach."""
+
+
+class DownloadError(Exception):
+    """A download failed; the message is fit to show the user."""
+
+
+def is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+class GuardedBackend(httpcore.SyncBackend):
+    def __init__(self, allow_private: bool):
+        self.allow_private = allow_private
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise httpcore.ConnectError(f"cannot resolve host {host!r}: {exc}") from exc
+        addresses = [info[4][0] for info in infos]
+        if not self.allow_private and not all(is_public(a) for a in addresses):
+            raise RefusedAddress(f"host {host!r} resolves to a private, loopback or reserved address")
+        return super().connect_tcp(addresses[0], port, timeout, local_address, socket_options)
+
+
+@dataclass
+class Downloaded:
+    path: Path
+    size: int
+    content_type: str
+
+
+class SafeHttp:
+    def __init__(self, *, allow_private: bool, timeout_s: float):
+        self.timeout_s = timeout_s
+        self.pool = httpcore.ConnectionPool(network_backend=GuardedBackend(allow_private), max_connections=16)
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def _timeouts(self, total: float) -> dict[str, float]:
+        step = min(total, 15.0)
+        return {"connect": step, "read": step, "write": step, "pool": step}
+
+    def download(self, url: str, dest: Path, *, max_bytes: int) -> Downloaded:
+        """GET ``url`` into ``dest``, following up to 5 redirects, within ``timeout_s`` overall and ``max_bytes``."""
+        deadline = time.monotonic() + self.timeout_s
+        for _ in range(MAX_REDIRECTS + 1):
+            _check_scheme(url)
+            try:
+                with self.pool.stream(
+                    "GET",
+                    url,
+                    headers={"User-Agent": USER_AGENT, "Accept": "*/*"},
+                    extensions={"timeout": self._timeouts(self.timeout_s)},
+                ) as response:
+                    headers = {k.decode().lower(): v.decode("latin-1") for k, v in response.headers}
+                    if response.status in {301, 302, 303, 307, 308} and "location" in headers:
+                        url = urljoin(url, headers["location"])
+                        continue
+                    if response.status >= 400:
+                        raise DownloadError(f"the server answered HTTP {response.status}")
+                    declared = headers.get("content-length", "")
+                    if declared.isdigit() and int(declared) > max_bytes:
+                        raise DownloadError(f"file is larger than the {max_bytes}-byte limit")
+                    size = 0
+                    with open(dest, "wb") as fh:
+                        for chunk in response.iter_stream():
+                            size += len(chunk)
+                            if size > max_bytes:
+                                raise DownloadError(f"file is larger than the {max_bytes}-byte limit")
+                            if time.monotonic() > deadline:
+                                raise DownloadError(f"download took longer than {self.timeout_s:.0f} s")
+                            fh.write(chunk)
+                    content_type = headers.get("content-type", "application/octet-stream").split(";")[0].strip()
+                    return Downloaded(dest, size, content_type)
+            except RefusedAddress as exc:
+                raise DownloadError(f"refused: {exc}") from None
+            except httpcore.TimeoutException:
+                raise DownloadError("the server did not answer in time") from None
+            except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as exc:
+                raise DownloadError(f"could not fetch the URL: {exc or type(exc).__name__}") from None
+        raise DownloadError(f"more than {MAX_REDIRECTS} redirects")
+
+    def post_json(self, url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> int:
+        """POST a JSON body; returns the HTTP status. Raises DownloadError on refusal or network failure."""
+        _check_scheme(url)
+        try:
+            response = self.pool.request(
+                "POST",
+                url,
+                headers={"User-Agent": USER_AGENT, "Content-Type": "application/json", **headers},
+                content=body,
+                extensions={"timeout": self._timeouts(timeout_s)},
+            )
+        except RefusedAddress as exc:
+            raise DownloadError(f"refused: {exc}") from None
+        except httpcore.TimeoutException:
+            raise DownloadError("the receiver did not answer in time") from None
+        except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as exc:
+            raise DownloadError(f"could not reach the receiver: {exc or type(exc).__name__}") from None
+        return response.status
+
+
+def _check_scheme(url: str) -> None:
+    if urlsplit(url).scheme not in {"http", "https"}:
+        raise DownloadError("only http and https URLs can be fetched")

@@ -1,0 +1,92 @@
+"""The GPU worker: an RQ ``SimpleWorker`` (no fork per job, so the model and CUDA state stay loaded).
+
+Added to the stock class (reference/rq-workers.md, "Recommended design"):
+- the pipeline is loaded once, in ``__init__``, before the first job;
+- a heartbeat thread while a job runs, refreshing both our request heartbeat (what the reaper reads: a
+  SIGKILLed worker's request fails within ``heartbeat_ttl_s`` + ``reaper_interval_s``) and RQ's own;
+- background threads for webhook delivery and reaping, so a cluster without a live API still heals.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import redis
+from rq import Queue, SimpleWorker
+from rq.job import Job
+from rq.worker.base import BaseWorker
+
+from contract.settings import Settings
+from worker.runtime import WorkerRuntime
+from worker.tasks import bind_runtime
+from worker.webhooks import WebhookDispatcher
+
+log = logging.getLogger("lipsync.worker")
+
+
+class LipsyncWorker(SimpleWorker):
+    # The RQ registry entry then lives interval + 60 s, not job timeout + 60 s (SimpleWorker's default).
+    get_heartbeat_ttl = BaseWorker.get_heartbeat_ttl
+
+    def __init__(self, *args: Any, settings: Settings, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.settings = settings
+        self.runtime = WorkerRuntime.create(settings, self.name, self.connection)
+        bind_runtime(self.runtime)
+        self.webhooks = WebhookDispatcher(settings, self.runtime.store, self.runtime.storage, self.runtime.http)
+        self.webhooks.start()
+        self._stop_maintenance = threading.Event()
+        threading.Thread(target=self._maintain, name="reaper", daemon=True).start()
+
+    def _maintain(self) -> None:
+        while not self._stop_maintenance.wait(self.settings.reaper_interval_s):
+            try:
+                for rid in self.runtime.store.reap():
+                    log.warning("reaped request %s", rid)
+            except redis.RedisError as exc:
+                log.warning("reaper: redis unavailable: %s", exc)
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        execution = self.prepare_execution(job)
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(job, execution, stop), name="heartbeat", daemon=True)
+        beat.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            stop.set()
+            beat.join()
+        self.set_state("idle")
+
+    def _heartbeat(self, job: Job, execution: Any, stop: threading.Event) -> None:
+        interval, ttl = self.settings.heartbeat_interval_s, self.settings.heartbeat_ttl_s
+        rid = job.id
+        while not stop.wait(interval):
+            try:
+                if stop.is_set():
+                    return
+                self.runtime.store.heartbeat(rid, self.name, ttl)
+                self.maintain_heartbeats(job, execution)
+            except redis.RedisError as exc:
+                log.warning("heartbeat for %s failed: %s", rid, exc)
+
+    def teardown(self) -> None:
+        self._stop_maintenance.set()
+        self.webhooks.stop()
+        self.runtime.http.close()
+        super().teardown()
+
+
+def run_worker(settings: Settings, *, name: str | None = None, queues: list[str] | None = None, burst: bool = False) -> None:
+    connection = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    queue_names = queues or sorted({app.queue for app in settings.apps.values()})
+    worker = LipsyncWorker(
+        [Queue(q, connection=connection) for q in queue_names],
+        name=name,
+        connection=connection,
+        settings=settings,
+        job_monitoring_interval=max(int(settings.heartbeat_interval_s), 1),
+    )
+    worker.work(burst=burst, logging_level="INFO")
