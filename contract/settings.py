@@ -8,6 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 from importlib import import_module
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,10 +21,18 @@ class AppConfig(BaseModel):
 
     queue: str
     input_model: str = "contract.schema:LipsyncInput"
+    output_model: str = "contract.schema:LipsyncOutput"
 
     def load_input_model(self) -> type[BaseModel]:
-        module, _, attr = self.input_model.partition(":")
-        return getattr(import_module(module), attr)
+        return _import(self.input_model)
+
+    def load_output_model(self) -> type[BaseModel]:
+        return _import(self.output_model)
+
+
+def _import(target: str) -> Any:
+    module, _, attr = target.partition(":")
+    return getattr(import_module(module), attr)
 
 
 class Settings(BaseSettings):

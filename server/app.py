@@ -22,6 +22,7 @@ from contract.settings import Settings, get_settings
 from server.auth import KeyRing
 from server.http import error_response, validation_response
 from server.metrics import HttpMetrics, JobCollector
+from server.openapi import install_openapi
 from server.proxy import FalProxyMiddleware
 from server.routers import health, queue, storage as storage_routes
 from server.service import QueueService
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse({"detail": "Internal server error", "error_type": "internal_error"}, status_code=500)
 
+    install_openapi(app, settings)
     app.include_router(health.router)
     app.include_router(storage_routes.router)
     app.include_router(queue.router)  # last: its submit route matches any POST path

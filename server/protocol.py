@@ -117,6 +117,7 @@ class UploadedFile(BaseModel):
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": RequestErrorBody, "description": "Missing or invalid API key"},
+    400: {"model": RequestErrorBody, "description": "Bad request"},
     404: {"model": RequestErrorBody, "description": "Unknown application or request"},
     422: {"model": ValidationErrorBody, "description": "Invalid input, naming the field"},
 }

@@ -104,7 +104,7 @@ async def _stream_events(
             return
 
 
-@router.get("/{app_path:path}/requests/{request_id}/status", summary="Request status")
+@router.get("/{app_path:path}/requests/{request_id}/status", summary="Request status", response_model=StatusResponse)
 def get_status(
     request: Request, app_path: str, request_id: str, owner: Owner, service: Service, logs: str | None = None
 ) -> JSONResponse:
@@ -143,7 +143,7 @@ async def _submit(request: Request, app_path: str, owner: str, service: QueueSer
     )
 
 
-@router.post("/run/{app_path:path}", summary="Run synchronously and wait for the result")
+@router.post("/run/{app_path:path}", include_in_schema=False)  # documented per app: server/openapi.py
 async def run_sync(request: Request, app_path: str, owner: Owner, service: Service) -> JSONResponse:
     record = await _submit(request, app_path, owner, service, None)
     rid, last = record.request_id, "0-0"
@@ -165,7 +165,7 @@ async def run_sync(request: Request, app_path: str, owner: Owner, service: Servi
     return await run_in_threadpool(_result_response, service, record)
 
 
-@router.post("/{app_path:path}", summary="Submit a request to the queue", response_model=SubmitResponse)
+@router.post("/{app_path:path}", include_in_schema=False)  # documented per app: server/openapi.py
 async def submit(
     request: Request,
     app_path: str,

@@ -116,7 +116,8 @@ async def upload_file(request: Request) -> UploadedFile:
     return UploadedFile(access_url=_file_url(request, key))
 
 
-@router.api_route("/files/{key:path}", methods=["GET", "HEAD"], include_in_schema=True)
+@router.head("/files/{key:path}", include_in_schema=False)
+@router.get("/files/{key:path}")
 def download(request: Request, key: str, expires: str | None = None, signature: str | None = None) -> FileResponse:
     storage = _storage(request)
     if not _signer(request).verify("get", key, expires, signature) or not isinstance(storage, FileSystemStorage):
