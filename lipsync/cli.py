@@ -36,17 +36,18 @@ def _worker(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lipsync", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    api = sub.add_parser("api", help="run the HTTP API (fal queue protocol)")
+    api = sub.add_parser("api", parents=[common], help="run the HTTP API (fal queue protocol)")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
     api.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")
     api.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
     api.set_defaults(func=_api)
 
-    worker = sub.add_parser("worker", help="run one worker (loads the pipeline once, then serves jobs)")
+    worker = sub.add_parser("worker", parents=[common], help="run one worker (loads the pipeline once, then serves jobs)")
     worker.add_argument("--name", help="unique, stable worker name, e.g. $(hostname)-gpu0")
     worker.add_argument("--queue", action="append", help="queue to serve (repeatable); default: every app's")
     worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
