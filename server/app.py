@@ -26,6 +26,7 @@ from server.openapi import install_openapi
 from server.proxy import FalProxyMiddleware
 from server.routers import health, queue, storage as storage_routes
 from server.service import QueueService
+from server.uploads import MultipartUploads
 from storage import make_signer, make_storage
 
 log = logging.getLogger("lipsync.api")
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.redis, app.state.aredis = connection, aredis
         app.state.signer, app.state.storage, app.state.service = signer, storage, service
+        app.state.multipart = MultipartUploads(settings.storage_dir, storage, settings.max_input_bytes)
         app.state.keys = KeyRing.load(settings.api_keys, settings.api_keys_file)
         app.state.metrics_registry = registry
         if app.state.keys.open:

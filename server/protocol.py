@@ -104,6 +104,15 @@ class UploadInitiateResponse(BaseModel):
     file_url: str
 
 
+class MultipartPart(BaseModel):
+    partNumber: int
+    etag: str
+
+
+class MultipartComplete(BaseModel):
+    parts: list[MultipartPart]
+
+
 class UploadTokenResponse(BaseModel):
     token: str
     token_type: str

@@ -10,7 +10,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import redis
 from pydantic import BaseModel
@@ -22,7 +22,7 @@ from contract.schema import STORAGE_SCHEME, File, file_fields, parse_data_uri, v
 from contract.settings import AppConfig, Settings
 from server.errors import NotFound, StillRunning
 from storage import Signer, Storage, public_result, safe_key
-from storage.filesystem import FILES_PREFIX
+from storage.filesystem import parse_file_path
 
 
 @dataclass(frozen=True)
@@ -110,16 +110,15 @@ class QueueService:
 
     def own_file_key(self, url: str, field: str) -> str | None:
         """The storage key behind one of our signed file URLs, or None for a foreign URL."""
-        parts = urlsplit(url)
-        query = parse_qs(parts.query)
-        if FILES_PREFIX not in parts.path or "signature" not in query:
+        signed = parse_file_path(urlsplit(url).path)
+        if signed is None:
             return None
-        key = parts.path.split(FILES_PREFIX, 1)[1]
+        expires, signature, key = signed
         try:
             safe_key(key)
         except ValueError:
             return None
-        if not self.signer.verify("get", key, query.get("expires", [None])[0], query["signature"][0]):
+        if not self.signer.verify("get", key, expires, signature):
             raise InvalidInput("upload URL has expired or its signature is not valid", field=field)
         if self.storage.stat(key) is None:
             raise InvalidInput("upload URL points to a file that does not exist", field=field)

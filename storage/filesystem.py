@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import uuid
@@ -13,6 +14,13 @@ from storage.base import ObjectTooLarge, Storage, StoredObject, safe_key
 from storage.signing import Signer
 
 FILES_PREFIX = "/files/"
+_SIGNED_PATH = re.compile(r"/files/(?P<expires>\d+)/(?P<signature>[0-9a-f]{64})/(?P<key>.+)$")
+
+
+def parse_file_path(path: str) -> tuple[str, str, str] | None:
+    """``(expires, signature, key)`` of one of our signed file URL paths, else None."""
+    match = _SIGNED_PATH.search(path)
+    return (match["expires"], match["signature"], match["key"]) if match else None
 
 
 class FileSystemStorage(Storage):
@@ -84,4 +92,4 @@ class FileSystemStorage(Storage):
         self._meta_path(key).unlink(missing_ok=True)
 
     def url(self, key: str, *, base_url: str, ttl_s: int) -> str:
-        return f"{base_url.rstrip('/')}{FILES_PREFIX}{safe_key(key)}?{self.signer.query('get', key, ttl_s)}"
+        return f"{base_url.rstrip('/')}{FILES_PREFIX}{self.signer.path('get', key, ttl_s)}/{safe_key(key)}"

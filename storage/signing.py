@@ -1,6 +1,8 @@
 """HMAC signatures for expiring file URLs and short-lived upload tokens.
 
-A signed URL carries ``expires`` (unix seconds) and ``signature`` in its query. The signature covers the
+A signed URL carries ``expires`` (unix seconds) and ``signature``: in its path for file URLs
+(``/files/<expires>/<signature>/<key>``: fal's Python client appends paths to the URLs it gets), in its
+query for upload URLs. The signature covers the
 action (``get`` or ``put``), the object key and the expiry, so a URL cannot be stretched in time, pointed at
 another object, or turned from a download into an upload. The host is not signed: the same URL stays valid
 behind a proxy that changes it, and the API can recognise its own upload URLs in a request body.
@@ -47,8 +49,14 @@ class Signer:
         return self._mac(f"{action}\n{key}\n{expires}")
 
     def query(self, action: str, key: str, ttl_s: int) -> str:
+        """``expires=…&signature=…`` for a URL's query."""
         expires = int(time.time()) + int(ttl_s)
         return f"expires={expires}&signature={self.sign(action, key, expires)}"
+
+    def path(self, action: str, key: str, ttl_s: int) -> str:
+        """``<expires>/<signature>`` for a URL's path: other paths can then be appended to the URL."""
+        expires = int(time.time()) + int(ttl_s)
+        return f"{expires}/{self.sign(action, key, expires)}"
 
     def verify(self, action: str, key: str, expires: str | int | None, signature: str | None) -> bool:
         """True when the signature is ours and unexpired."""

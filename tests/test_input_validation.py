@@ -118,7 +118,8 @@ def test_tampered_upload_url(stack, media):
     auth = {"Authorization": f"Key {ALICE}"}
     init = httpx.post(f"{stack.base_url}/storage/upload/initiate", json={"file_name": "a.mp4"}, headers=auth).json()
     assert httpx.put(init["upload_url"], content=media["video"].read_bytes()).status_code == 200
-    tampered = init["file_url"].replace("signature=", "signature=0")
+    expires, signature, key = init["file_url"].split("/files/", 1)[1].split("/", 2)
+    tampered = init["file_url"].replace(signature, signature[::-1])
     response = _submit(stack, {"video": tampered, "audio": OK_AUDIO})
     assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "video"]
 

@@ -45,7 +45,7 @@ def test_subscribe_with_uploads_and_logs(stack, media, tmp_path, scenario):
     assert len(result["requestId"]) == 36  # read from the X-Fal-Request-Id header
     assert "COMPLETED" in result["statuses"]
     assert any(m.startswith("encoding frame") for m in result["logs"])
-    assert result["audioUrl"].startswith(stack.base_url + "/files/uploads/")
+    assert result["audioUrl"].startswith(stack.base_url + "/files/") and "/uploads/" in result["audioUrl"]
     _check_video(result, tmp_path, frames=8)
     api_log = stack.api.log()
     if scenario == "streaming":  # the status came over SSE, not polling
@@ -68,3 +68,10 @@ def test_validation_error_names_fields(stack, media):
     result = run_js(stack, media, "validation")
     assert result["raised"] and result["isValidationError"] and result["status"] == 422
     assert result["videoErrors"] and result["seedErrors"]
+
+
+def test_multipart_upload_over_90mb(stack, media):
+    result = run_js(stack, media, "multipart")
+    assert result["same"] and result["size"] == 91 * 1024 * 1024
+    assert result["url"].startswith(stack.base_url + "/files/") and "/uploads/" in result["url"]
+    assert not list((stack.workdir / "storage" / ".parts").iterdir())  # parts cleaned up after assembly

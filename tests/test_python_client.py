@@ -70,6 +70,18 @@ def test_upload_file_both_repositories(client, media, tmp_path):
     assert _download(result["video"]["url"], tmp_path)["frames"] == 4
 
 
+def test_multipart_upload(client, media, monkeypatch, stack):
+    # Files over 100 MB go through the client's multipart flow; small thresholds exercise the same code.
+    monkeypatch.setattr(fal_client.client, "MULTIPART_THRESHOLD", 1000)
+    monkeypatch.setattr(fal_client.client, "MULTIPART_CHUNK_SIZE", 1024)
+    data = media["long_video"].read_bytes()
+    assert len(data) > 3 * 1024  # several parts
+    url = client.upload(data, "video/mp4", "big.mp4")
+    download = httpx.get(url)
+    assert download.content == data and download.headers["content-type"] == "video/mp4"
+    assert not list((stack.workdir / "storage" / ".parts").iterdir())
+
+
 def test_sync_run(client, media):
     result = client.run(APP, _inputs(media, num_frames=3))
     assert result["video"]["content_type"] == "video/mp4" and result["video"]["file_size"] > 0

@@ -1,18 +1,17 @@
 """File storage routes: the upload flows of both official clients, and signed downloads.
 
-- JS: ``POST /storage/upload/initiate`` → ``PUT upload_url`` (signed, no auth header) → use ``file_url``.
-- Python: ``POST /storage/auth/token`` → ``POST /files/upload`` with the token → use ``access_url``;
-  its fallback is the JS flow with ``storage_type=gcs``.
-- Everyone: ``GET /files/<key>?expires=…&signature=…`` (filesystem storage; S3 URLs point at the bucket).
+- JS: ``POST /storage/upload/initiate`` → ``PUT upload_url`` (signed, no auth header) → use ``file_url``;
+  over 90 MB ``initiate-multipart`` → ``PUT {upload_url}/{n}`` per 10 MB part → ``POST {upload_url}/complete``.
+- Python: ``POST /storage/auth/token`` → ``POST /files/upload`` with the token → use ``access_url``; over
+  100 MB ``POST /files/upload/multipart`` → ``PUT {access_url}/multipart/{id}/{n}`` → ``…/complete``.
+  Its fallback is the JS single-PUT flow with ``storage_type=gcs``.
+- Everyone: ``GET /files/<expires>/<signature>/<key>`` (filesystem storage; S3 URLs point at the bucket).
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 import uuid
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -20,15 +19,17 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 
 from server.auth import require_owner
-from server.errors import Forbidden, NotFound, PayloadTooLarge
+from server.errors import Forbidden, NotFound, Unauthorized
 from server.http import base_url_of
 from server.protocol import (
     ERROR_RESPONSES,
+    MultipartComplete,
     UploadedFile,
     UploadInitiateRequest,
     UploadInitiateResponse,
     UploadTokenResponse,
 )
+from server.uploads import MultipartUploads, store_body
 from storage import FileSystemStorage, Signer, Storage, safe_file_name, safe_key
 
 router = APIRouter(tags=["storage"], responses=ERROR_RESPONSES)
@@ -45,6 +46,14 @@ def _signer(request: Request) -> Signer:
     return request.app.state.signer
 
 
+def _multipart(request: Request) -> MultipartUploads:
+    return request.app.state.multipart
+
+
+def _limit(request: Request) -> int:
+    return request.app.state.settings.max_input_bytes
+
+
 def _new_key(file_name: str | None) -> str:
     return f"uploads/{uuid.uuid4().hex}/{safe_file_name(file_name)}"
 
@@ -53,24 +62,25 @@ def _file_url(request: Request, key: str) -> str:
     return _storage(request).url(key, base_url=base_url_of(request), ttl_s=request.app.state.settings.url_ttl_s)
 
 
-async def _store_body(request: Request, key: str, content_type: str) -> None:
-    """Stream the request body to a temporary file (bounded), then into storage."""
-    limit = request.app.state.settings.max_input_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"File is larger than {limit} bytes")
-    fd, tmp = tempfile.mkstemp(prefix="upload-")
+def _token_or_key(request: Request) -> str:
+    """Python's upload calls carry the token from /storage/auth/token; an API key works as well."""
+    scheme, _, credential = (request.headers.get("authorization") or "").partition(" ")
+    if scheme.lower() == "bearer":
+        owner = _signer(request).token_owner(credential.strip())
+        if owner is not None:
+            return owner
     try:
-        size = 0
-        with os.fdopen(fd, "wb") as fh:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(f"File is larger than {limit} bytes")
-                fh.write(chunk)
-        await run_in_threadpool(_storage(request).put_file, key, Path(tmp), content_type)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        return require_owner(request)
+    except Unauthorized:
+        raise Unauthorized("Unauthorized: missing or invalid upload token or API key") from None
+
+
+def _check(request: Request, action: str, key: str, expires: str | None, signature: str | None) -> None:
+    if not _signer(request).verify(action, key, expires, signature):
+        raise Forbidden()
+
+
+# --- JS flow (and Python's fallback) ------------------------------------------------------------------
 
 
 @router.post("/storage/upload/initiate", response_model=UploadInitiateResponse)
@@ -84,13 +94,46 @@ def initiate_upload(
     )
 
 
+@router.post("/storage/upload/initiate-multipart", response_model=UploadInitiateResponse)
+def initiate_multipart(
+    request: Request, body: UploadInitiateRequest, owner: Annotated[str, Depends(require_owner)]
+) -> UploadInitiateResponse:
+    key = _new_key(body.file_name)
+    upload_id = _multipart(request).begin(key, body.content_type)
+    query = _signer(request).query("put", f"multipart/{upload_id}", UPLOAD_URL_TTL_S)
+    return UploadInitiateResponse(
+        upload_url=f"{base_url_of(request)}/storage/upload/multipart/{upload_id}?{query}",
+        file_url=_file_url(request, key),
+    )
+
+
+@router.put("/storage/upload/multipart/{upload_id}/{number}")
+async def put_js_part(
+    request: Request, upload_id: str, number: int, expires: str | None = None, signature: str | None = None
+) -> JSONResponse:
+    _check(request, "put", f"multipart/{upload_id}", expires, signature)
+    etag = await _multipart(request).put_part(request, upload_id, number)
+    return JSONResponse({"partNumber": number, "etag": etag})
+
+
+@router.post("/storage/upload/multipart/{upload_id}/complete")
+async def complete_js(
+    request: Request, upload_id: str, body: MultipartComplete, expires: str | None = None, signature: str | None = None
+) -> JSONResponse:
+    _check(request, "put", f"multipart/{upload_id}", expires, signature)
+    await run_in_threadpool(_multipart(request).complete, upload_id, [p.partNumber for p in body.parts])
+    return JSONResponse({})
+
+
 @router.put("/storage/upload/{key:path}")
 async def put_upload(request: Request, key: str, expires: str | None = None, signature: str | None = None) -> JSONResponse:
-    if not _signer(request).verify("put", key, expires, signature):
-        raise Forbidden()
+    _check(request, "put", key, expires, signature)
     content_type = request.headers.get("content-type") or "application/octet-stream"
-    await _store_body(request, safe_key(key), content_type)
+    await store_body(request, _storage(request), safe_key(key), content_type, _limit(request))
     return JSONResponse({})
+
+
+# --- Python flow ---------------------------------------------------------------------------------------
 
 
 @router.post("/storage/auth/token", response_model=UploadTokenResponse)
@@ -106,22 +149,55 @@ def upload_token(request: Request, owner: Annotated[str, Depends(require_owner)]
 
 @router.post("/files/upload", response_model=UploadedFile)
 async def upload_file(request: Request) -> UploadedFile:
-    scheme, _, credential = (request.headers.get("authorization") or "").partition(" ")
-    if scheme.lower() == "bearer" and _signer(request).token_owner(credential.strip()) is not None:
-        pass
-    else:
-        require_owner(request)  # an API key works too
+    _token_or_key(request)
     key = _new_key(request.headers.get("x-fal-file-name"))
-    await _store_body(request, key, request.headers.get("content-type") or "application/octet-stream")
+    content_type = request.headers.get("content-type") or "application/octet-stream"
+    await store_body(request, _storage(request), key, content_type, _limit(request))
     return UploadedFile(access_url=_file_url(request, key))
 
 
-@router.head("/files/{key:path}", include_in_schema=False)
-@router.get("/files/{key:path}")
-def download(request: Request, key: str, expires: str | None = None, signature: str | None = None) -> FileResponse:
+@router.post("/files/upload/multipart")
+def initiate_python_multipart(request: Request) -> JSONResponse:
+    _token_or_key(request)
+    key = _new_key(request.headers.get("x-fal-file-name"))
+    upload_id = _multipart(request).begin(key, request.headers.get("content-type") or "application/octet-stream")
+    return JSONResponse({"access_url": _file_url(request, key), "uploadId": upload_id})
+
+
+@router.put("/files/{expires}/{signature}/{key:path}/multipart/{upload_id}/{number}")
+async def put_python_part(
+    request: Request, expires: str, signature: str, key: str, upload_id: str, number: int
+) -> JSONResponse:
+    _token_or_key(request)
+    _check(request, "get", key, expires, signature)
+    if _multipart(request).key(upload_id) != key:
+        raise NotFound("no such multipart upload for this file")
+    etag = await _multipart(request).put_part(request, upload_id, number)
+    return JSONResponse({}, headers={"ETag": etag})
+
+
+@router.post("/files/{expires}/{signature}/{key:path}/multipart/{upload_id}/complete")
+async def complete_python(
+    request: Request, expires: str, signature: str, key: str, upload_id: str, body: MultipartComplete
+) -> JSONResponse:
+    _token_or_key(request)
+    _check(request, "get", key, expires, signature)
+    if _multipart(request).key(upload_id) != key:
+        raise NotFound("no such multipart upload for this file")
+    await run_in_threadpool(_multipart(request).complete, upload_id, [p.partNumber for p in body.parts])
+    return JSONResponse({})
+
+
+# --- downloads -----------------------------------------------------------------------------------------
+
+
+@router.head("/files/{expires}/{signature}/{key:path}", include_in_schema=False)
+@router.get("/files/{expires}/{signature}/{key:path}")
+def download(request: Request, expires: str, signature: str, key: str) -> FileResponse:
     storage = _storage(request)
-    if not _signer(request).verify("get", key, expires, signature) or not isinstance(storage, FileSystemStorage):
-        raise Forbidden()
+    _check(request, "get", key, expires, signature)
+    if not isinstance(storage, FileSystemStorage):
+        raise NotFound("files are served by the object store")
     obj = storage.stat(safe_key(key))
     if obj is None:
         raise NotFound("File not found")

@@ -57,6 +57,17 @@ const scenarios = {
     const result = await fal.queue.result(APP, { requestId: submitted.request_id });
     return { submitted, first: first.status, done, requestId: result.requestId, data: result.data };
   },
+  async multipart() {
+    // Over 90 MB the client switches to the multipart flow (10 MB parts + complete).
+    const fal = viaMiddleware();
+    const bytes = new Uint8Array(91 * 1024 * 1024);
+    for (let i = 0; i < bytes.length; i += 4096) bytes[i] = (i / 4096) % 251;
+    const url = await fal.storage.upload(new Blob([bytes], { type: "video/mp4" }));
+    const back = new Uint8Array(await (await fetch(url)).arrayBuffer());
+    let same = back.length === bytes.length;
+    for (let i = 0; same && i < bytes.length; i += 4096) same = back[i] === bytes[i];
+    return { url, size: back.length, same };
+  },
   async validation() {
     const fal = viaMiddleware();
     try {
