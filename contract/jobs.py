@@ -345,7 +345,7 @@ class JobStore:
                     self.r.zrem(Keys.running, rid)
         for raw in self.r.zrangebyscore(Keys.queued, "-inf", now):
             rid = _s(raw)
-            error = RequestTimeout("The request waited in the queue longer than allowed and was dropped.")
+            error = RequestTimeout("The request did not start within its allowed waiting time and was dropped.")
             if self.complete(rid, error=error, expected=RequestStatus.IN_QUEUE):
                 reaped.append(rid)
             else:

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = 15.0
     webhook_max_attempts: int = 10
     webhook_backoff_s: float = 2.0
+    webhook_signing_key: str | None = Field(
+        default=None, description="Base64 Ed25519 private key for webhook signatures; default: a key file in storage_dir."
+    )
 
     def app(self, app_id: str) -> AppConfig | None:
         return self.apps.get(app_id)

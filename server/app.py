@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from contract.errors import LipsyncError
 from contract.schema import InputInvalid
 from contract.settings import Settings, get_settings
+from contract.webhook_signing import WebhookSigner
 from server.auth import KeyRing
 from server.http import error_response, validation_response
 from server.metrics import HttpMetrics, JobCollector
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.redis, app.state.aredis = connection, aredis
         app.state.signer, app.state.storage, app.state.service = signer, storage, service
         app.state.multipart = MultipartUploads(settings.storage_dir, storage, settings.max_input_bytes)
+        app.state.webhook_signer = WebhookSigner.from_settings(settings.webhook_signing_key, settings.storage_dir)
         app.state.keys = KeyRing.load(settings.api_keys, settings.api_keys_file)
         app.state.metrics_registry = registry
         if app.state.keys.open:

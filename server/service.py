@@ -6,6 +6,7 @@ Routers call these methods and turn their answers into the protocol's bodies; th
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -58,7 +59,20 @@ class QueueService:
 
     # --- submit ---------------------------------------------------------------------------------------
 
-    def submit(self, app: App, owner: str, body: Any, *, base_url: str, webhook_url: str | None) -> RequestRecord:
+    def submit(
+        self,
+        app: App,
+        owner: str,
+        body: Any,
+        *,
+        base_url: str,
+        webhook_url: str | None,
+        start_timeout_s: float | None = None,
+    ) -> RequestRecord:
+        """Validate, store data: URIs, and queue the request in one transaction with its record.
+
+        ``start_timeout_s`` (the clients' X-Fal-Request-Timeout) bounds the wait before a worker starts it.
+        """
         context = {"max_num_frames": self.settings.max_num_frames, "max_prompt_chars": self.settings.max_prompt_chars}
         params = validate_input(app.input_model, body, context)
         rid = str(uuid.uuid4())
@@ -77,9 +91,10 @@ class QueueService:
             webhook_url=webhook_url or "",
         )
         queue = self.queues[app.config.queue]
+        wait_s = min(self.settings.queued_ttl_s, start_timeout_s or self.settings.queued_ttl_s)
         with self.r.pipeline() as pipe:
             pipe.multi()  # one transaction: the record exists exactly when its job is queued
-            self.store.create(record, queued_deadline=now + self.settings.queued_ttl_s, pipe=pipe)
+            self.store.create(record, queued_deadline=now + wait_s, pipe=pipe)
             queue.enqueue_call(
                 RUN_REQUEST,
                 args=(rid,),
@@ -87,7 +102,7 @@ class QueueService:
                 timeout=self.settings.job_timeout_s,
                 result_ttl=600,
                 failure_ttl=self.settings.result_ttl_s,
-                ttl=self.settings.queued_ttl_s,
+                ttl=math.ceil(wait_s),
                 pipeline=pipe,
             )
             pipe.execute()

@@ -150,3 +150,22 @@ def test_tls_env_only_no_code_change(tmp_path_factory, media):
         assert result["video"]["url"].startswith(base + "/files/")
     finally:
         stack.stop()
+
+
+def test_sync_run_cancels_when_the_caller_goes_away(stack, media):
+    """A synchronous run whose caller disconnects is cancelled, so no GPU works for nobody."""
+    body = _inputs(media, use_custom_prompt=True, custom_prompt="test:slow=0.3", num_frames=40)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{stack.base_url}/run/{APP}", json=body, headers={"Authorization": f"Key {ALICE}"}, timeout=1.5)
+    r = stack.redis
+
+    def cancelled_one() -> bool:
+        records = [r.hgetall(key) for key in r.scan_iter("lipsync:req:*")]
+        return any(
+            rec.get(b"status") == b"COMPLETED"
+            and b"client_cancelled" in rec.get(b"error", b"")
+            and json.loads(rec[b"input"])["num_frames"] == 40
+            for rec in records
+        )
+
+    wait_until(cancelled_one, 30, "the abandoned run to be cancelled")

@@ -53,7 +53,8 @@ def test_stream_of_finished_request_sends_one_completed_event(stack, media):
 
 def test_health_ready_metrics(stack, media):
     assert httpx.get(f"{stack.base_url}/healthz").json() == {"status": "ok"}
-    assert httpx.get(f"{stack.base_url}/readyz").json() == {"status": "ok"}
+    ready = httpx.get(f"{stack.base_url}/readyz").json()
+    assert ready["status"] == "ok" and ready["workers"] == 1
     _submit(stack, media, num_frames=2)
     text = httpx.get(f"{stack.base_url}/metrics").text
     assert 'lipsync_queue_depth{queue="lipsync"}' in text

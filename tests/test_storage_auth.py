@@ -104,3 +104,19 @@ def test_result_before_completion_is_400(stack, media):
                "cancel")
     cancelled = httpx.get(submitted["response_url"], headers=_auth(ALICE))
     assert cancelled.status_code == 499 and cancelled.json()["error_type"] == "client_cancelled"
+
+
+def test_keys_from_a_file_and_the_environment(tmp_path):
+    from server.auth import KeyRing
+    from server.errors import Unauthorized
+
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("# team keys\ncarol:secret-carol\n\nbare-secret  # no id\n")
+    ring = KeyRing.load("alice:secret-alice", keys_file)
+    assert ring.owner("Key alice:secret-alice") == "alice"
+    assert ring.owner("Key secret-carol") == ring.owner("Key carol:secret-carol") == "carol"
+    assert ring.owner("Key bare-secret").startswith("key-")
+    for bad in ("Key carol:secret-alice", "Key nope", "", "Token secret-carol"):
+        with pytest.raises(Unauthorized):
+            ring.owner(bad)
+    assert KeyRing.load("", None).owner(None) == "anonymous"

@@ -6,11 +6,16 @@ import base64
 import json
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from contract.webhook_signing import signed_message
 
 from tests.conftest import ALICE, _stack
 from tests.support import Stack, wait_until
@@ -52,6 +57,27 @@ def test_crashing_pipeline_fails_the_request_not_the_worker(stack, media):
     assert stack.workers[0].alive()
 
 
+def test_start_timeout_header_drops_a_request_that_waited_too_long(stack, media):
+    busy = _submit(stack, _body(media, use_custom_prompt=True, custom_prompt="test:slow=0.3", num_frames=12))
+    response = httpx.post(f"{stack.base_url}/pipio/lipsync", json=_body(media), headers=AUTH | {"X-Fal-Request-Timeout": "1.5"})
+    waiting = response.json()
+    status = _completed(waiting, timeout=20)
+    assert status["error_type"] == "request_timeout"
+    result = httpx.get(waiting["response_url"], headers=AUTH)
+    assert result.status_code == 504 and result.headers["x-fal-request-timeout-type"] == "user"
+    assert "error" not in _completed(busy)
+    bad = httpx.post(f"{stack.base_url}/pipio/lipsync", json=_body(media), headers=AUTH | {"X-Fal-Request-Timeout": "0.5"})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["header", "x-fal-request-timeout"]
+
+
+def test_unpacked_data_uris_are_deleted_when_the_request_ends(stack, media):
+    submitted = _submit(stack, _body(media, num_frames=2))
+    _completed(submitted)
+    wait_until(lambda: not (stack.workdir / "storage" / "objects" / "inputs" / submitted["request_id"]).exists()
+               or not any((stack.workdir / "storage" / "objects" / "inputs" / submitted["request_id"]).iterdir()),
+               10, "the input copies to go")
+
+
 def test_sigkilled_worker_fails_its_request_and_a_new_worker_serves(tmp_path_factory, media):
     gen = _stack(tmp_path_factory, "kill")
     stack = next(gen)
@@ -72,6 +98,20 @@ def test_sigkilled_worker_fails_its_request_and_a_new_worker_serves(tmp_path_fac
             next(gen)
 
 
+def _verify_signature(stack: Stack, call: dict, request_id: str) -> None:
+    """Check the Ed25519 signature the way a receiver would: with the key from the API's JWKS."""
+    headers = call["headers"]
+    assert headers["X-Fal-Webhook-Request-Id"] == request_id and headers["X-Fal-Webhook-User-Id"] == "alice"
+    assert abs(time.time() - int(headers["X-Fal-Webhook-Timestamp"])) < 300
+    jwk = httpx.get(f"{stack.base_url}/.well-known/jwks.json").json()["keys"][0]
+    assert (jwk["kty"], jwk["crv"]) == ("OKP", "Ed25519")
+    public = Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(jwk["x"] + "=="))
+    message = signed_message(request_id, "alice", headers["X-Fal-Webhook-Timestamp"], call["raw"])
+    public.verify(bytes.fromhex(headers["X-Fal-Webhook-Signature"]), message)  # raises if forged
+    with pytest.raises(InvalidSignature):
+        public.verify(bytes.fromhex(headers["X-Fal-Webhook-Signature"]), message + b"tampered")
+
+
 class Receiver:
     """A webhook receiver on 127.0.0.1 that fails its first ``fail_first`` deliveries with HTTP 500."""
 
@@ -82,8 +122,8 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                receiver.calls.append({"body": body, "headers": dict(self.headers)})
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.calls.append({"body": json.loads(raw), "raw": raw, "headers": dict(self.headers)})
                 code = 500 if len(receiver.calls) <= receiver.fail_first else 200
                 self.send_response(code)
                 self.end_headers()
@@ -113,7 +153,7 @@ def test_webhook_delivered_after_two_failures(webhook_stack, media):
         final = receiver.calls[-1]
         assert final["body"]["status"] == "OK" and final["body"]["request_id"] == submitted["request_id"]
         assert final["body"]["payload"]["video"]["url"].startswith(webhook_stack.base_url + "/files/")
-        assert final["headers"]["X-Fal-Webhook-Request-Id"] == submitted["request_id"]
+        _verify_signature(webhook_stack, final, submitted["request_id"])
         assert httpx.get(final["body"]["payload"]["video"]["url"]).status_code == 200
         logs = [e["message"] for e in _status(submitted)["logs"]]
         assert any("Webhook delivered (attempt 3)" in m for m in logs)

@@ -20,7 +20,7 @@ from rq.timeouts import JobTimeoutException
 
 from contract.errors import InternalError, LipsyncError, RequestCancelled, RequestTimeout, StorageError
 from contract.jobs import JobStore, LogLevel, RequestRecord
-from contract.schema import file_fields, validate_input
+from contract.schema import STORAGE_SCHEME, file_fields, validate_input
 from contract.settings import Settings
 from storage import Storage, make_signer, make_storage
 from worker.inputs import fetch_input
@@ -77,6 +77,15 @@ class WorkerRuntime:
             log.info("request %s completed in %.2f s", rid, metrics.get("total_time", 0.0))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+            self._delete_unpacked_inputs(record)
+
+    def _delete_unpacked_inputs(self, record: RequestRecord) -> None:
+        """The API's copies of data: URIs (``inputs/<id>/…``) serve this request alone: drop them once it ends."""
+        prefix = f"{STORAGE_SCHEME}inputs/{record.request_id}/"
+        for value in record.input.values():
+            url = value.get("url", "") if isinstance(value, dict) else ""
+            if url.startswith(prefix):
+                self.storage.delete(url[len(STORAGE_SCHEME):])
 
     def _run(self, record: RequestRecord, workdir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
         rid, started = record.request_id, time.perf_counter()

@@ -17,6 +17,7 @@ from typing import Any
 
 from contract.jobs import JobStore, LogLevel, RequestRecord
 from contract.settings import Settings
+from contract.webhook_signing import WebhookSigner
 from storage import Storage, public_result
 from worker.safe_http import DownloadError, SafeHttp
 
@@ -39,6 +40,7 @@ def webhook_payload(record: RequestRecord, storage: Storage, url_ttl_s: int) -> 
 class WebhookDispatcher:
     def __init__(self, settings: Settings, store: JobStore, storage: Storage, http: SafeHttp, *, workers: int = 4):
         self.settings, self.store, self.storage, self.http = settings, store, storage, http
+        self.signer = WebhookSigner.from_settings(settings.webhook_signing_key, settings.storage_dir)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="webhook")
         self.slots = threading.Semaphore(workers)
         self.stop_event = threading.Event()
@@ -76,7 +78,7 @@ class WebhookDispatcher:
             self.store.webhook_done(rid)
             return
         body = json.dumps(webhook_payload(record, self.storage, self.settings.url_ttl_s)).encode()
-        headers = {"X-Fal-Webhook-Request-Id": rid, "X-Fal-Webhook-User-Id": record.owner}
+        headers = self.signer.headers(rid, record.owner, body)
         try:
             status = self.http.post_json(record.webhook_url, body, headers, self.settings.webhook_timeout_s)
             problem = None if 200 <= status < 300 else f"HTTP {status}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from rq import Worker
 
 router = APIRouter(tags=["health"])
 
@@ -16,11 +17,21 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(request: Request) -> JSONResponse:
+    """Ready when Redis answers; also says how many workers are registered and how many are busy."""
     try:
-        request.app.state.redis.ping()
+        connection = request.app.state.redis
+        connection.ping()
+        workers = Worker.all(connection=connection)
     except Exception as exc:  # any failure to reach Redis means not ready
         return JSONResponse({"status": "unavailable", "detail": f"redis: {exc}"}, status_code=503)
-    return JSONResponse({"status": "ok"})
+    busy = sum(1 for w in workers if w.get_state() == "busy")
+    return JSONResponse({"status": "ok", "workers": len(workers), "busy_workers": busy})
+
+
+@router.get("/.well-known/jwks.json")
+def jwks(request: Request) -> dict:
+    """The public key receivers verify webhook signatures with."""
+    return request.app.state.webhook_signer.jwks()
 
 
 @router.get("/metrics")

@@ -55,6 +55,20 @@ def _webhook(url: str | None) -> str | None:
     return url
 
 
+def _start_timeout(value: str | None) -> float | None:
+    """``X-Fal-Request-Timeout``: how long the caller lets the request wait before it starts (clients: > 1 s)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 1:
+        detail = [{"loc": ["header", "x-fal-request-timeout"], "msg": "must be a number of seconds > 1", "type": "value_error"}]
+        raise InputInvalid(detail)
+    return seconds
+
+
 def _status_body(service: QueueService, record: RequestRecord, base_url: str, with_logs: bool) -> dict[str, Any]:
     logs = service.store.logs(record.request_id) if with_logs else None
     position = service.queue_position(record) if record.status is RequestStatus.IN_QUEUE else None
@@ -139,7 +153,13 @@ async def _submit(request: Request, app_path: str, owner: str, service: QueueSer
         raise InvalidInput(f"'{app.app_id}' has no endpoint '{sub_path}'", field=None)
     body = await read_json_body(request, service.settings.max_request_bytes)
     return await run_in_threadpool(
-        service.submit, app, owner, body, base_url=base_url_of(request), webhook_url=_webhook(webhook)
+        service.submit,
+        app,
+        owner,
+        body,
+        base_url=base_url_of(request),
+        webhook_url=_webhook(webhook),
+        start_timeout_s=_start_timeout(request.headers.get("x-fal-request-timeout")),
     )
 
 
