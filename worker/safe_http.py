@@ -8,10 +8,11 @@ used, covers redirects and DNS rebinding alike. ``allow_private`` (tests, LANs) 
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -83,45 +84,38 @@ class SafeHttp:
         deadline = time.monotonic() + self.timeout_s
         for _ in range(MAX_REDIRECTS + 1):
             _check_scheme(url)
-            try:
-                with self.pool.stream(
-                    "GET",
-                    url,
-                    headers={"User-Agent": USER_AGENT, "Accept": "*/*"},
-                    extensions={"timeout": self._timeouts(self.timeout_s)},
-                ) as response:
-                    headers = {k.decode().lower(): v.decode("latin-1") for k, v in response.headers}
-                    if response.status in {301, 302, 303, 307, 308} and "location" in headers:
-                        url = urljoin(url, headers["location"])
-                        continue
-                    if response.status >= 400:
-                        raise DownloadError(f"the server answered HTTP {response.status}")
-                    declared = headers.get("content-length", "")
-                    if declared.isdigit() and int(declared) > max_bytes:
-                        raise DownloadError(f"file is larger than the {max_bytes}-byte limit")
-                    size = 0
-                    with open(dest, "wb") as fh:
-                        for chunk in response.iter_stream():
-                            size += len(chunk)
-                            if size > max_bytes:
-                                raise DownloadError(f"file is larger than the {max_bytes}-byte limit")
-                            if time.monotonic() > deadline:
-                                raise DownloadError(f"download took longer than {self.timeout_s:.0f} s")
-                            fh.write(chunk)
-                    content_type = headers.get("content-type", "application/octet-stream").split(";")[0].strip()
-                    return Downloaded(dest, size, content_type)
-            except RefusedAddress as exc:
-                raise DownloadError(f"refused: {exc}") from None
-            except httpcore.TimeoutException:
-                raise DownloadError("the server did not answer in time") from None
-            except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as exc:
-                raise DownloadError(f"could not fetch the URL: {exc or type(exc).__name__}") from None
+            with _as_download_errors(), self.pool.stream(
+                "GET",
+                url,
+                headers={"User-Agent": USER_AGENT, "Accept": "*/*"},
+                extensions={"timeout": self._timeouts(self.timeout_s)},
+            ) as response:
+                headers = {k.decode().lower(): v.decode("latin-1") for k, v in response.headers}
+                if response.status in {301, 302, 303, 307, 308} and "location" in headers:
+                    url = urljoin(url, headers["location"])
+                    continue
+                if response.status >= 400:
+                    raise DownloadError(f"the server answered HTTP {response.status}")
+                declared = headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > max_bytes:
+                    raise DownloadError(f"file is larger than the {max_bytes}-byte limit")
+                size = 0
+                with open(dest, "wb") as fh:
+                    for chunk in response.iter_stream():
+                        size += len(chunk)
+                        if size > max_bytes:
+                            raise DownloadError(f"file is larger than the {max_bytes}-byte limit")
+                        if time.monotonic() > deadline:
+                            raise DownloadError(f"download took longer than {self.timeout_s:.0f} s")
+                        fh.write(chunk)
+                content_type = headers.get("content-type", "application/octet-stream").split(";")[0].strip()
+                return Downloaded(dest, size, content_type)
         raise DownloadError(f"more than {MAX_REDIRECTS} redirects")
 
     def post_json(self, url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> int:
         """POST a JSON body; returns the HTTP status. Raises DownloadError on refusal or network failure."""
         _check_scheme(url)
-        try:
+        with _as_download_errors():
             response = self.pool.request(
                 "POST",
                 url,
@@ -129,13 +123,20 @@ class SafeHttp:
                 content=body,
                 extensions={"timeout": self._timeouts(timeout_s)},
             )
-        except RefusedAddress as exc:
-            raise DownloadError(f"refused: {exc}") from None
-        except httpcore.TimeoutException:
-            raise DownloadError("the receiver did not answer in time") from None
-        except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as exc:
-            raise DownloadError(f"could not reach the receiver: {exc or type(exc).__name__}") from None
         return response.status
+
+
+@contextlib.contextmanager
+def _as_download_errors() -> Iterator[None]:
+    """httpcore's exceptions as DownloadError, with a message fit for the user."""
+    try:
+        yield
+    except RefusedAddress as exc:
+        raise DownloadError(f"refused: {exc}") from None
+    except httpcore.TimeoutException:
+        raise DownloadError("the server did not answer in time") from None
+    except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as exc:
+        raise DownloadError(f"could not reach the server: {exc or type(exc).__name__}") from None
 
 
 def _check_scheme(url: str) -> None:

@@ -164,14 +164,19 @@ def initiate_python_multipart(request: Request) -> JSONResponse:
     return JSONResponse({"access_url": _file_url(request, key), "uploadId": upload_id})
 
 
-@router.put("/files/{expires}/{signature}/{key:path}/multipart/{upload_id}/{number}")
-async def put_python_part(
-    request: Request, expires: str, signature: str, key: str, upload_id: str, number: int
-) -> JSONResponse:
+def _check_python_session(request: Request, expires: str, signature: str, key: str, upload_id: str) -> None:
+    """A part or completion: the caller's token, the file URL's signature, and the session for that file."""
     _token_or_key(request)
     _check(request, "get", key, expires, signature)
     if _multipart(request).key(upload_id) != key:
         raise NotFound("no such multipart upload for this file")
+
+
+@router.put("/files/{expires}/{signature}/{key:path}/multipart/{upload_id}/{number}")
+async def put_python_part(
+    request: Request, expires: str, signature: str, key: str, upload_id: str, number: int
+) -> JSONResponse:
+    _check_python_session(request, expires, signature, key, upload_id)
     etag = await _multipart(request).put_part(request, upload_id, number)
     return JSONResponse({}, headers={"ETag": etag})
 
@@ -180,10 +185,7 @@ async def put_python_part(
 async def complete_python(
     request: Request, expires: str, signature: str, key: str, upload_id: str, body: MultipartComplete
 ) -> JSONResponse:
-    _token_or_key(request)
-    _check(request, "get", key, expires, signature)
-    if _multipart(request).key(upload_id) != key:
-        raise NotFound("no such multipart upload for this file")
+    _check_python_session(request, expires, signature, key, upload_id)
     await run_in_threadpool(_multipart(request).complete, upload_id, [p.partNumber for p in body.parts])
     return JSONResponse({})
 
