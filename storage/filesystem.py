@@ -17,6 +17,11 @@ FILES_PREFIX = "/files/"
 _SIGNED_PATH = re.compile(r"/files/(?P<expires>\d+)/(?P<signature>[0-9a-f]{64})/(?P<key>.+)$")
 
 
+def signed_file_url(signer: Signer, base_url: str, key: str, ttl_s: int) -> str:
+    """Our own download URL for ``key``: the API serves it (or, for object stores, redirects to the bucket)."""
+    return f"{base_url.rstrip('/')}{FILES_PREFIX}{signer.path('get', key, ttl_s)}/{safe_key(key)}"
+
+
 def parse_file_path(path: str) -> tuple[str, str, str] | None:
     """``(expires, signature, key)`` of one of our signed file URL paths, else None."""
     match = _SIGNED_PATH.search(path)
@@ -92,4 +97,4 @@ class FileSystemStorage(Storage):
         self._meta_path(key).unlink(missing_ok=True)
 
     def url(self, key: str, *, base_url: str, ttl_s: int) -> str:
-        return f"{base_url.rstrip('/')}{FILES_PREFIX}{self.signer.path('get', key, ttl_s)}/{safe_key(key)}"
+        return signed_file_url(self.signer, base_url, key, ttl_s)

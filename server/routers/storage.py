@@ -16,7 +16,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
 from server.auth import require_owner
 from server.errors import Forbidden, NotFound, Unauthorized
@@ -31,11 +31,13 @@ from server.protocol import (
 )
 from server.uploads import MultipartUploads, store_body
 from storage import FileSystemStorage, Signer, Storage, safe_file_name, safe_key
+from storage.filesystem import signed_file_url
 
 router = APIRouter(tags=["storage"], responses=ERROR_RESPONSES)
 
 UPLOAD_URL_TTL_S = 3600
 TOKEN_TTL_S = 3600
+REDIRECT_TTL_S = 600
 
 
 def _storage(request: Request) -> Storage:
@@ -59,7 +61,8 @@ def _new_key(file_name: str | None) -> str:
 
 
 def _file_url(request: Request, key: str) -> str:
-    return _storage(request).url(key, base_url=base_url_of(request), ttl_s=request.app.state.settings.url_ttl_s)
+    # Always our own URL (whatever the backend): the API recognises it when it comes back as an input.
+    return signed_file_url(_signer(request), base_url_of(request), key, request.app.state.settings.url_ttl_s)
 
 
 def _token_or_key(request: Request) -> str:
@@ -195,12 +198,13 @@ async def complete_python(
 
 @router.head("/files/{expires}/{signature}/{key:path}", include_in_schema=False)
 @router.get("/files/{expires}/{signature}/{key:path}")
-def download(request: Request, expires: str, signature: str, key: str) -> FileResponse:
+def download(request: Request, expires: str, signature: str, key: str) -> Response:
+    """Serve a file from filesystem storage; for an object store, redirect to a short-lived presigned URL."""
     storage = _storage(request)
     _check(request, "get", key, expires, signature)
-    if not isinstance(storage, FileSystemStorage):
-        raise NotFound("files are served by the object store")
     obj = storage.stat(safe_key(key))
     if obj is None:
         raise NotFound("File not found")
+    if not isinstance(storage, FileSystemStorage):
+        return RedirectResponse(storage.url(key, base_url=base_url_of(request), ttl_s=REDIRECT_TTL_S), status_code=307)
     return FileResponse(storage.path(key), media_type=obj.content_type, filename=key.rsplit("/", 1)[-1])
