@@ -60,6 +60,7 @@ class Keys:
     webhooks_due = f"{PREFIX}:webhooks:due"  # ZSET request id -> next attempt time
     webhooks_inflight = f"{PREFIX}:webhooks:inflight"  # ZSET request id -> lease end
     stats = f"{PREFIX}:stats:jobs"  # HASH counters for /metrics
+    retention = f"{PREFIX}:retention"  # ZSET request id -> when its stored files are deleted
 
     @staticmethod
     def request(rid: str) -> str:
@@ -145,6 +146,16 @@ class RequestRecord:
         return LipsyncError.from_record(self.error) if self.error else None
 
 
+def _stored_keys(request_input: dict[str, Any], result: dict[str, Any]) -> list[str]:
+    """Storage keys that belong to one request alone: its result files and the API's copies of its inputs."""
+    keys = [v["key"] for v in result.values() if isinstance(v, dict) and "key" in v]
+    for value in request_input.values():
+        url = value.get("url", "") if isinstance(value, dict) else ""
+        if url.startswith("storage://inputs/"):
+            keys.append(url.removeprefix("storage://"))
+    return keys
+
+
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -186,8 +197,9 @@ redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', 'kind', 'status', 'stat
 return 1
 """
 
-# KEYS: request, running, queued, heartbeat, events, webhooks_due, stats
-# ARGV: completed_at, result, error, metrics, ttl, expected status or '', request id, maxlen, stats fields...
+# KEYS: request, running, queued, heartbeat, events, webhooks_due, stats, retention, owner's in-flight set
+# ARGV: completed_at, result, error, metrics, ttl, expected status or '', request id, maxlen,
+#       storage keys to delete when the record expires (JSON list), stats fields...
 _COMPLETE = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if (not status) or status == 'COMPLETED' then return 0 end
@@ -200,10 +212,15 @@ redis.call('DEL', KEYS[4])
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[8], '*', 'kind', 'status', 'status', 'COMPLETED')
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('EXPIRE', KEYS[5], ARGV[5])
+if ARGV[9] ~= '[]' then
+  redis.call('ZADD', KEYS[8], ARGV[1] + ARGV[5], ARGV[7])
+  redis.call('HSET', KEYS[8] .. ':keys', ARGV[7], ARGV[9])
+end
+redis.call('SREM', KEYS[9], ARGV[7])
 if (redis.call('HGET', KEYS[1], 'webhook_url') or '') ~= '' then
   redis.call('ZADD', KEYS[6], ARGV[1], ARGV[7])
 end
-for i = 9, #ARGV do redis.call('HINCRBYFLOAT', KEYS[7], ARGV[i], 1) end
+for i = 10, #ARGV do redis.call('HINCRBYFLOAT', KEYS[7], ARGV[i], 1) end
 return 1
 """
 
@@ -286,8 +303,10 @@ class JobStore:
     ) -> bool:
         """Finish a request with a result or an error. False if it had already finished (or was not ``expected``)."""
         now = time.time()
-        record = self.r.hmget(Keys.request(rid), ["started_at", "created_at"])
+        record = self.r.hmget(Keys.request(rid), ["started_at", "created_at", "owner", "input"])
         started = float(record[0] or record[1] or now)
+        owner = _s(record[2] or b"")
+        stored = _stored_keys(json.loads(record[3] or "{}"), result or {})
         outcome = "error" if error is not None else "ok"
         duration = now - started
         bucket = next((str(b) for b in DURATION_BUCKETS if duration <= b), "+Inf")
@@ -300,6 +319,8 @@ class JobStore:
             Keys.events(rid),
             Keys.webhooks_due,
             Keys.stats,
+            Keys.retention,
+            f"{PREFIX}:inflight:{owner}",
         ]
         args = [
             now,
@@ -310,6 +331,7 @@ class JobStore:
             expected.value if expected else "",
             rid,
             LOG_STREAM_MAXLEN,
+            json.dumps(stored),
             *stats,
         ]
         done = bool(self._complete(keys=keys, args=args))
@@ -351,6 +373,20 @@ class JobStore:
             else:
                 self.r.zrem(Keys.queued, rid)
         return reaped
+
+    # --- retention -------------------------------------------------------------------------------------------
+
+    def expired_files(self, now: float | None = None, limit: int = 100) -> dict[str, list[str]]:
+        """Claim requests whose retention ran out: request id -> storage keys to delete (claimed once)."""
+        now = time.time() if now is None else now
+        due = {}
+        for raw in self.r.zrangebyscore(Keys.retention, "-inf", now, start=0, num=limit):
+            rid = _s(raw)
+            if self.r.zrem(Keys.retention, rid):  # whoever removes it deletes its files
+                keys = self.r.hget(f"{Keys.retention}:keys", rid)
+                self.r.hdel(f"{Keys.retention}:keys", rid)
+                due[rid] = json.loads(keys or "[]")
+        return due
 
     # --- webhooks ----------------------------------------------------------------------------------------
 

@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     result_ttl_s: int = 7 * 24 * 3600
     url_ttl_s: int = 7 * 24 * 3600
     sync_timeout_s: float = 3600.0
+    upload_ttl_s: int = 8 * 24 * 3600
+    retention_interval_s: float = 60.0
+
+    # --- admission (0 = off) --------------------------------------------------------------------------
+    rate_limit_per_minute: int = Field(default=0, description="Submits a key may make per minute.")
+    max_inflight_per_key: int = Field(default=0, description="Unfinished requests a key may have at once.")
 
     # --- webhooks ---------------------------------------------------------------------------------------
     webhook_timeout_s: float = 15.0
@@ -84,6 +90,23 @@ class Settings(BaseSettings):
     webhook_signing_key: str | None = Field(
         default=None, description="Base64 Ed25519 private key for webhook signatures; default: a key file in storage_dir."
     )
+
+    # --- object storage (LIPSYNC_STORAGE_BACKEND=s3: an S3-compatible bucket instead of storage_dir) ---------
+    storage_backend: str = Field(
+        default="filesystem", pattern="^(filesystem|s3)$", description="Where inputs and results live: filesystem or s3."
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint the API and workers use (e.g. http://minio:9000); default: AWS."
+    )
+    s3_public_endpoint_url: str | None = Field(
+        default=None, description="Endpoint put into presigned URLs users fetch; default: s3_endpoint_url."
+    )
+    s3_bucket: str | None = Field(default=None, description="Bucket holding uploads, inputs and results.")
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = Field(default=None, description="Default: boto3's chain (AWS_* env, roles).")
+    s3_secret_access_key: str | None = None
+    s3_prefix: str = Field(default="", description="Key prefix inside the bucket (e.g. lipsync/).")
+    s3_create_bucket: bool = Field(default=False, description="Create the bucket at start when it is missing.")
 
     def app(self, app_id: str) -> AppConfig | None:
         return self.apps.get(app_id)

@@ -29,18 +29,15 @@ from server.routers import health, queue, storage as storage_routes
 from server.service import QueueService
 from server.uploads import MultipartUploads
 from storage import make_signer, make_storage
+from storage.housekeeping import Housekeeper
 
 log = logging.getLogger("lipsync.api")
 
 
-async def _reap_forever(service: QueueService, interval_s: float) -> None:
-    """Finish requests whose worker died or that waited too long (see contract.jobs.JobStore.reap)."""
+async def _housekeep_forever(housekeeper: Housekeeper, interval_s: float) -> None:
+    """Reap requests whose worker died or that waited too long; delete expired files (storage.housekeeping)."""
     while True:
-        try:
-            for rid in await asyncio.to_thread(service.store.reap):
-                log.warning("reaped request %s", rid)
-        except redis.RedisError as exc:
-            log.warning("reaper: redis unavailable: %s", exc)
+        await asyncio.to_thread(housekeeper.tick)
         await asyncio.sleep(interval_s)
 
 
@@ -67,7 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.metrics_registry = registry
         if app.state.keys.open:
             log.warning("no API keys configured (LIPSYNC_API_KEYS): the API is open to anyone who can reach it")
-        reaper = asyncio.create_task(_reap_forever(service, settings.reaper_interval_s))
+        housekeeper = Housekeeper(service.store, storage, settings)
+        reaper = asyncio.create_task(_housekeep_forever(housekeeper, settings.reaper_interval_s))
         try:
             yield
         finally:

@@ -31,6 +31,17 @@ class StillRunning(LipsyncError):
     status_code = 400
 
 
+class TooManyRequests(LipsyncError):
+    """Over the key's rate limit or in-flight cap; ``retry_after_s`` becomes the Retry-After header."""
+
+    error_type = "rate_limited"
+    status_code = 429
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class PayloadTooLarge(LipsyncError):
     error_type = "payload_too_large"
     status_code = 413

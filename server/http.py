@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from contract.errors import LipsyncError
 from contract.schema import InputInvalid
-from server.errors import PayloadTooLarge
+from server.errors import PayloadTooLarge, TooManyRequests
 
 
 def base_url_of(request: Request) -> str:
@@ -24,6 +24,8 @@ def error_response(err: LipsyncError, *, request_id: str | None = None, status_c
     if request_id:
         headers["X-Fal-Request-Id"] = request_id
     code = status_code or err.status_code
+    if isinstance(err, TooManyRequests):
+        headers["Retry-After"] = str(err.retry_after_s)
     if code == 504:
         headers["X-Fal-Request-Timeout-Type"] = "user"  # tells both clients not to retry
     return JSONResponse(err.to_body(), status_code=code, headers=headers)

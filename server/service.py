@@ -17,11 +17,12 @@ import redis
 from pydantic import BaseModel
 from rq import Queue
 
+from contract.admission import Admission
 from contract.errors import InvalidInput
 from contract.jobs import RUN_REQUEST, JobStore, RequestRecord, RequestStatus
 from contract.schema import STORAGE_SCHEME, File, file_fields, parse_data_uri, validate_input
 from contract.settings import AppConfig, Settings
-from server.errors import NotFound, StillRunning
+from server.errors import NotFound, StillRunning, TooManyRequests
 from storage import Signer, Storage, public_result, safe_key
 from storage.filesystem import parse_file_path
 
@@ -42,6 +43,9 @@ class QueueService:
         self.settings = settings
         self.r = connection
         self.store = JobStore(connection, result_ttl_s=settings.result_ttl_s)
+        self.admission = Admission(
+            connection, rate_per_minute=settings.rate_limit_per_minute, max_inflight=settings.max_inflight_per_key
+        )
         self.storage = storage
         self.signer = signer
         self.apps = load_apps(settings)
@@ -76,6 +80,14 @@ class QueueService:
         context = {"max_num_frames": self.settings.max_num_frames, "max_prompt_chars": self.settings.max_prompt_chars}
         params = validate_input(app.input_model, body, context)
         rid = str(uuid.uuid4())
+        refusal = self.admission.admit(owner, rid)
+        if refusal is not None:
+            limit = (
+                f"{self.settings.max_inflight_per_key} unfinished requests"
+                if refusal.reason == "inflight"
+                else f"{self.settings.rate_limit_per_minute} requests a minute"
+            )
+            raise TooManyRequests(f"Too many requests: this key may have {limit}", refusal.retry_after_s)
         normalized = params.model_dump(mode="json")
         for name, file in file_fields(params).items():
             normalized[name] = self._internalize(rid, name, file).model_dump(mode="json")

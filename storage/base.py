@@ -69,3 +69,7 @@ class Storage(ABC):
     @abstractmethod
     def url(self, key: str, *, base_url: str, ttl_s: int) -> str:
         """A URL a user can GET the object from until ``ttl_s`` seconds from now."""
+
+    def delete_older_than(self, prefix: str, age_s: float) -> int:
+        """Delete objects under ``prefix`` written more than ``age_s`` seconds ago; returns how many."""
+        raise NotImplementedError(f"{type(self).__name__} cannot sweep old objects yet")

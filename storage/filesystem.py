@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -95,6 +97,21 @@ class FileSystemStorage(Storage):
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
         self._meta_path(key).unlink(missing_ok=True)
+
+    def delete_older_than(self, prefix: str, age_s: float) -> int:
+        cutoff, deleted = time.time() - age_s, 0
+        root = self.objects / safe_key(prefix.rstrip("/"))
+        if not root.is_dir():
+            return 0
+        for path in root.rglob("*"):
+            if path.is_file() and not path.name.endswith(".meta.json") and not path.name.startswith("."):
+                if path.stat().st_mtime < cutoff:
+                    self.delete(str(path.relative_to(self.objects)))
+                    deleted += 1
+        for folder in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only empty ones go
+        return deleted
 
     def url(self, key: str, *, base_url: str, ttl_s: int) -> str:
         return signed_file_url(self.signer, base_url, key, ttl_s)

@@ -19,6 +19,7 @@ from rq.job import Job
 from rq.worker.base import BaseWorker
 
 from contract.settings import Settings
+from storage.housekeeping import Housekeeper
 from worker.runtime import WorkerRuntime
 from worker.tasks import bind_runtime
 from worker.webhooks import WebhookDispatcher
@@ -38,15 +39,12 @@ class LipsyncWorker(SimpleWorker):
         self.webhooks = WebhookDispatcher(settings, self.runtime.store, self.runtime.storage, self.runtime.http)
         self.webhooks.start()
         self._stop_maintenance = threading.Event()
-        threading.Thread(target=self._maintain, name="reaper", daemon=True).start()
+        threading.Thread(target=self._housekeep, name="housekeeping", daemon=True).start()
 
-    def _maintain(self) -> None:
+    def _housekeep(self) -> None:
+        housekeeper = Housekeeper(self.runtime.store, self.runtime.storage, self.settings)
         while not self._stop_maintenance.wait(self.settings.reaper_interval_s):
-            try:
-                for rid in self.runtime.store.reap():
-                    log.warning("reaped request %s", rid)
-            except redis.RedisError as exc:
-                log.warning("reaper: redis unavailable: %s", exc)
+            housekeeper.tick()
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         execution = self.prepare_execution(job)

@@ -1,0 +1,55 @@
+"""Housekeeping every API and worker process runs: reaping lost requests, deleting expired files.
+
+Reaping (every ``reaper_interval_s``): see ``JobStore.reap``. Retention (every ``retention_interval_s``):
+stored files are deleted once nobody can ask for them any more.
+
+- A request's own files (its result, the API's copies of its data: URIs) go when its record expires
+  (``result_ttl_s`` after completion); completion recorded which keys those are (contract.jobs).
+- Uploads are not tied to one request: they go ``upload_ttl_s`` after they were written.
+
+Any process may do both at once as others: claims and transitions are atomic in Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import redis
+
+from contract.jobs import JobStore
+from contract.settings import Settings
+from storage.base import Storage
+
+log = logging.getLogger("lipsync.retention")
+
+UPLOADS_PREFIX = "uploads/"
+
+
+def sweep(store: JobStore, storage: Storage, *, upload_ttl_s: float) -> int:
+    """Delete what has outlived its retention; returns the number of objects deleted."""
+    deleted = 0
+    for rid, keys in store.expired_files().items():
+        for key in keys:
+            storage.delete(key)
+            deleted += 1
+        log.info("retention: deleted %d files of request %s", len(keys), rid)
+    deleted += storage.delete_older_than(UPLOADS_PREFIX, upload_ttl_s)
+    return deleted
+
+
+class Housekeeper:
+    def __init__(self, store: JobStore, storage: Storage, settings: Settings):
+        self.store, self.storage, self.settings = store, storage, settings
+        self._next_sweep = 0.0
+
+    def tick(self) -> None:
+        """One round; call it every ``reaper_interval_s``. Never raises for Redis or storage trouble."""
+        try:
+            for rid in self.store.reap():
+                log.warning("reaped request %s", rid)
+            if time.monotonic() >= self._next_sweep:
+                self._next_sweep = time.monotonic() + self.settings.retention_interval_s
+                sweep(self.store, self.storage, upload_ttl_s=self.settings.upload_ttl_s)
+        except (redis.RedisError, OSError, NotImplementedError) as exc:
+            log.warning("housekeeping skipped a round: %s", exc)
