@@ -74,8 +74,8 @@ def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Pro
     return Proc(name, popen, log_path)
 
 
-def start_redis(workdir: Path, *, appendonly: bool = False) -> tuple[Proc, str]:
-    port = free_port()
+def start_redis(workdir: Path, *, appendonly: bool = False, port: int | None = None) -> tuple[Proc, str]:
+    port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     args = [
         shutil.which("redis-server") or "redis-server",
@@ -111,8 +111,8 @@ class Stack:
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis_url)
 
-    def start_api(self, *extra: str, scheme: str = "http") -> str:
-        port = free_port()
+    def start_api(self, *extra: str, scheme: str = "http", port: int | None = None) -> str:
+        port = port or free_port()
         self.api = spawn(
             f"api-{port}",
             [sys.executable, "-m", "lipsync", "api", "--host", "127.0.0.1", "--port", str(port), *extra],
@@ -133,6 +133,19 @@ class Stack:
 
         wait_until(ready, 20, "the API")
         return self.base_url
+
+    def restart_api(self) -> None:
+        """Kill the API with SIGKILL and start it again on the same port."""
+        port = int(self.base_url.rsplit(":", 1)[1])
+        self.api.kill(signal.SIGKILL)
+        self.start_api(port=port)
+
+    def restart_redis(self, sig: int = signal.SIGKILL) -> None:
+        """Kill redis-server and start it again on the same port and data folder."""
+        port = int(self.redis_url.rsplit(":", 1)[1].split("/")[0])
+        appendonly = "yes" in " ".join(self.redis_proc.popen.args[self.redis_proc.popen.args.index("--appendonly") :][:2])
+        self.redis_proc.kill(sig)
+        self.redis_proc, _ = start_redis(self.workdir / "redis", appendonly=appendonly, port=port)
 
     def start_worker(self, name: str) -> Proc:
         proc = spawn(name, [sys.executable, "-m", "lipsync", "worker", "--name", name], self.env, self.workdir)
@@ -157,8 +170,8 @@ class Stack:
                 proc.kill(signal.SIGTERM if proc is self.api else signal.SIGKILL)
 
 
-def make_stack(workdir: Path, **settings: str) -> Stack:
-    redis_proc, redis_url = start_redis(workdir / "redis")
+def make_stack(workdir: Path, *, appendonly: bool = False, **settings: str) -> Stack:
+    redis_proc, redis_url = start_redis(workdir / "redis", appendonly=appendonly)
     env = dict(os.environ)
     env.update(
         {
