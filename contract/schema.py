@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from urllib.parse import urlsplit
 from typing import Annotated, Any
 
 from pydantic import (
@@ -52,6 +53,12 @@ class File(BaseModel):
         if lowered.startswith(("http://", "https://")):
             if len(url) > 8192:
                 raise ValueError("URL is longer than 8192 characters")
+            try:
+                host = urlsplit(url).hostname
+            except ValueError:
+                host = None
+            if not host:
+                raise ValueError("is not a valid URL: no host")
             return url
         if lowered.startswith(STORAGE_SCHEME) and (info.context or {}).get("internal"):
             return url  # only the API writes these; a user's storage:// URL is refused below
@@ -82,17 +89,19 @@ def parse_data_uri(uri: str) -> tuple[str, bytes]:
     return mime.lower(), data
 
 
+URL_PATTERN = r"^(https?://[^\s/?#]+[^\s]*|data:[^,]*,.+)$"
+
 # On input a file is a URL string or a File object; the published schema says so.
 FileInput = Annotated[
     File,
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "string", "description": "http(s) URL, data: URI, or an upload URL of this server"},
+                {"type": "string", "pattern": URL_PATTERN, "description": "http(s) URL, data: URI, or an upload URL of this server"},
                 {
                     "type": "object",
                     "properties": {
-                        "url": {"type": "string"},
+                        "url": {"type": "string", "pattern": URL_PATTERN},
                         "content_type": {"type": "string"},
                         "file_name": {"type": "string"},
                         "file_size": {"type": "integer"},

@@ -9,11 +9,11 @@ pack on disk the model could use ArcFace (512-d) instead; the dimension is part 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from media.faces import face_models_dir
+from media.faces import FaceTrack, face_models_dir
 
 EMBEDDING_DIM = 128
 
@@ -54,3 +54,29 @@ class FaceEmbedder:
 def identity_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Euclidean distance of two unit embeddings (dlib's rule of thumb: same person below 0.6)."""
     return float(np.linalg.norm(a - b))
+
+
+def track_embedding(
+    chunks: Iterable[np.ndarray], track: FaceTrack, embedder: FaceEmbedder | None = None, *, count: int = 8
+) -> np.ndarray | None:
+    """Identity of the tracked face: the mean embedding over up to ``count`` evenly spaced detected frames.
+
+    ``chunks`` is a fresh decode of the same frames the track was made on (``iter_video_chunks``); reading
+    stops after the last frame needed. None when the track has no detected face.
+    """
+    picks = track.sample_indices(count)
+    if not picks:
+        return None
+    embedder = embedder or FaceEmbedder()
+    wanted = set(picks)
+    frames, marks = [], []
+    base = 0
+    for chunk in chunks:
+        for k in range(len(chunk)):
+            if base + k in wanted:
+                frames.append(chunk[k])
+                marks.append(track.landmarks[base + k])
+        base += len(chunk)
+        if base > picks[-1]:
+            break
+    return embedder.embed_many(frames, marks)

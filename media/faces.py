@@ -18,12 +18,15 @@ import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import cv2
 import numpy as np
 
 from media.errors import NoFaceDetected
+
+if TYPE_CHECKING:
+    from media.timeline import Timeline
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +201,14 @@ class FaceTrack:
         """Frames with a face / all frames."""
         return float(self.present.mean()) if self.num_frames else 0.0
 
+    @property
+    def face_fraction(self) -> float:
+        """Median side of the crop square over the shorter frame side (0 without a face): the model can
+        work on the face crop when this is small and on the whole frame when it is large."""
+        if not self.present.any():
+            return 0.0
+        return float(np.median(self.alignment[self.present, 2]) / min(self.frame_size))
+
     def affine(self, index: int, size: int) -> np.ndarray:
         """Frame → crop affine (2, 3) for a ``size`` crop of frame ``index`` (which must have a face)."""
         if not self.present[index]:
@@ -280,10 +291,15 @@ def track_faces(
     last_seen = -(10**9)
     shot_id = 0
     size = (0, 0)
+    last_frame: np.ndarray | None = None
+    faces: list[FaceDetection] = []
     for frame in _frames_of(frames):
         size = (frame.shape[1], frame.shape[0])
         i = len(raw)
-        faces = analyzer.detect(frame)
+        # A repeated frame (an animated still, frames duplicated by fps resampling) reuses its detection.
+        if last_frame is None or not (frame is last_frame or np.array_equal(frame, last_frame)):
+            faces = analyzer.detect(frame)
+        last_frame = frame
         if i - last_seen > max_gap + 1:
             prev_box = None
         if not faces:
@@ -344,3 +360,23 @@ def _build_track(
         analyzer,
     )
     return track
+
+
+
+def track_on_timeline(track: FaceTrack, timeline: "Timeline") -> FaceTrack:
+    """The face track re-laid on the output timeline: row j is the face of output frame j.
+
+    A source frame copies its row. A generated frame (addition or bridge) takes the row of its background
+    frame (``timeline.background_indices()``), so the generated crop lands exactly on the face of the held
+    frame behind it. ``detected`` is False on generated frames.
+    """
+    bg = timeline.background_indices()
+    generated = timeline.source_indices() < 0
+    return FaceTrack(
+        present=track.present[bg].copy(),
+        detected=track.detected[bg] & ~generated,
+        landmarks=track.landmarks[bg].copy(),
+        alignment=track.alignment[bg].copy(),
+        frame_size=track.frame_size,
+        analyzer=track.analyzer,
+    )

@@ -28,15 +28,31 @@ def _region(affine: np.ndarray, size: int, width: int, height: int) -> tuple[int
     return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
 
-def match_colour(crop: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Shift ``crop``'s colour so its mean along the mask's seam equals ``reference``'s (both crop-sized)."""
+COLOUR_STATS_SIZE = 64
+"""Side (pixels) at which the seam colours are compared: a mean needs no detail."""
+
+
+def colour_shift(crop: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(3,) float32: what to add to ``crop`` so its mean along the mask's seam (where 0 < mask < 1) equals
+    ``reference``'s. All three are the same size."""
     seam = mask * (1.0 - mask)
     total = float(seam.sum())
-    if total < 1e-3:
-        return crop
+    if total < 1e-6:
+        return np.zeros(3, np.float32)
     diff = (reference.astype(np.float32) - crop.astype(np.float32)) * seam[..., None]
-    shift = diff.reshape(-1, 3).sum(0) / total
-    return np.clip(crop.astype(np.float32) + shift, 0, 255).astype(np.uint8)
+    return (diff.reshape(-1, 3).sum(0) / total).astype(np.float32)
+
+
+def _seam_shift(frame: np.ndarray, crop: np.ndarray, affine: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    size = crop.shape[0]
+    small = min(size, COLOUR_STATS_SIZE)
+    scale = small / size
+    reference = crop_face(frame, affine * scale, small)  # the frame's own face at the small size
+    return colour_shift(
+        cv2.resize(crop, (small, small), interpolation=cv2.INTER_AREA),
+        reference,
+        cv2.resize(mask.astype(np.float32), (small, small), interpolation=cv2.INTER_AREA),
+    )
 
 
 def paste_face(
@@ -51,8 +67,7 @@ def paste_face(
     region = _region(affine, size, w, h)
     if region is None:
         return frame.copy()
-    if colour_match:
-        crop = match_colour(crop, crop_face(frame, affine, size), mask)
+    shift = _seam_shift(frame, crop, affine, mask) if colour_match else np.zeros(3, np.float32)
     x0, y0, x1, y1 = region
     m = affine.copy()
     m[:, 2] += m[:, :2] @ np.array([x0, y0], np.float64)
@@ -66,7 +81,7 @@ def paste_face(
     alpha = cv2.warpAffine(mask.astype(np.float32), m, (x1 - x0, y1 - y0), flags=flags, borderValue=0.0)
     out = frame.copy()
     roi = out[y0:y1, x0:x1].astype(np.float32)
-    roi += alpha[..., None] * (warped.astype(np.float32) - roi)
+    roi += alpha[..., None] * (warped.astype(np.float32) + shift - roi)
     out[y0:y1, x0:x1] = np.clip(roi + 0.5, 0, 255).astype(np.uint8)
     return out
 

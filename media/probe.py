@@ -51,7 +51,7 @@ _CONTAINER_MAGIC: tuple[tuple[int, bytes], ...] = (
     (0, b"ID3"),
     (0, b"FLV"),
     (0, b"\x00\x00\x01\xba"),  # MPEG-PS
-    (0, b"\x47"),  # MPEG-TS sync byte (weak, but only used to pick the error type)
+    (0, b"GIF8"),
 )
 _IMAGE_MAGIC: tuple[tuple[int, bytes], ...] = (
     (0, b"\x89PNG\r\n\x1a\n"),
@@ -199,10 +199,8 @@ def probe_video(path: str | os.PathLike[str], *, field: str = "video") -> MediaI
             width, height = height, width
         _check_size(width, height, field, "video")
         fps = _native_fps(stream)
-        duration_s = None
-        if stream.duration is not None and stream.time_base is not None:
-            duration_s = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
+        duration_s = _stream_duration(stream)
+        if duration_s is None and container.duration is not None:
             duration_s = container.duration / av.time_base
         frame_count = int(stream.frames) if stream.frames else None
         if frame_count is None and duration_s is not None:
@@ -226,12 +224,43 @@ def _first_frame(container: av.container.InputContainer, stream: av.stream.Strea
     raise TruncatedMedia(f"the {field} video stream holds no decodable frame (truncated file?)", field=field)
 
 
+def _stream_duration(stream: av.stream.Stream) -> float | None:
+    """The stream's own duration: from its header, or Matroska's per-stream DURATION tag (hh:mm:ss.frac)."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    tag = stream.metadata.get("DURATION") or stream.metadata.get("duration")
+    if tag:
+        try:
+            h, m, sec = tag.split(":")
+            return int(h) * 3600 + int(m) * 60 + float(sec)
+        except ValueError:
+            return None
+    return None
+
+
+STANDARD_FPS = tuple(
+    Fraction(n, d)
+    for n, d in ((24000, 1001), (24, 1), (25, 1), (30000, 1001), (30, 1), (48, 1), (50, 1), (60000, 1001), (60, 1),
+                 (90, 1), (100, 1), (120000, 1001), (120, 1))
+)
+FPS_SNAP = 0.005
+"""Relative distance within which a measured (average) frame rate is snapped to a standard one."""
+
+
+def snap_fps(fps: Fraction) -> Fraction:
+    """A variable-frame-rate average such as 29.96 becomes 30000/1001; other rates keep 3 decimals."""
+    nearest = min(STANDARD_FPS, key=lambda std: abs(fps - std))
+    if abs(fps - nearest) <= FPS_SNAP * nearest:
+        return nearest
+    return Fraction(round(fps * 1000), 1000)
+
+
 def _native_fps(stream: av.stream.Stream) -> Fraction:
     for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
         if rate:
             fps = Fraction(rate)
             if 0 < fps <= 1000:
-                return fps.limit_denominator(1001)
+                return snap_fps(fps)
     return IMAGE_FPS
 
 
@@ -263,6 +292,9 @@ def resolve_output_spec(
     if num_frames < 1:
         raise InvalidInput(f"num_frames must be at least 1, got {num_frames}", field="num_frames")
     fps = info.fps / -frame_rate if frame_rate < 0 else Fraction(frame_rate)
+    if fps > MAX_FPS:
+        log.info("native frame rate %s fps is above %d: output at %d fps", float(fps), MAX_FPS, MAX_FPS)
+        fps = Fraction(MAX_FPS)
     out = OutputSpec(
         fps=fps,
         width=_resolve_size(width, info.width, "width"),

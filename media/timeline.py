@@ -87,6 +87,24 @@ class Timeline:
         """(num_frames,) int64: the source frame of each output frame, -1 where it is generated."""
         return np.array([f.index if isinstance(f, SourceFrame) else -1 for f in self.frames], dtype=np.int64)
 
+    def background_indices(self) -> np.ndarray:
+        """(num_frames,) int64 source frame to show behind each output frame (never -1).
+
+        A source frame is its own background; a generated frame takes the nearer anchor of its span
+        (``source_before`` for the first half, ``source_after`` for the second; the one that exists at the
+        video's ends). The result never decreases, so it can be read from a forward-only decode
+        (``media.video.iter_reindexed``). A span with no anchor at all (everything removed) uses frame 0.
+        """
+        out = self.source_indices()
+        for span in self.spans:
+            for j in range(span.length):
+                first_half = j < span.length / 2
+                pick = span.source_before if first_half else span.source_after
+                if pick is None:
+                    pick = span.source_after if first_half else span.source_before
+                out[span.output_start + j] = 0 if pick is None else pick
+        return out
+
 
 def _ints(values: Sequence[int], field: str) -> list[int]:
     out = []

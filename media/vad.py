@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import warnings
 from fractions import Fraction
 from functools import lru_cache
 from typing import Any
@@ -35,7 +36,9 @@ def _silero_model() -> Any | None:
     import torch
 
     path = os.path.join(list(spec.submodule_search_locations)[0], "data", "silero_vad.jit")
-    model = torch.jit.load(path, map_location="cpu")
+    with warnings.catch_warnings():  # torch 2.13 marks TorchScript loading deprecated; it still works
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = torch.jit.load(path, map_location="cpu")
     model.eval()
     return model
 

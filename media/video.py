@@ -2,11 +2,13 @@
 
 Frames come out as RGB uint8 arrays in chunks of shape (n, H, W, 3), so memory stays flat however long the
 input is. Variable frame rate is resampled to the output's constant rate by nearest timestamp: output frame
-j (time j/fps from the first frame) shows the source frame whose timestamp is closest.
+j (time j/fps from the first frame) shows the source frame whose timestamp is closest (the earlier one on a
+tie); the last source frame lasts as long as the interval before it.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Iterator
@@ -20,8 +22,8 @@ from media.probe import OutputSpec, check_decodable, is_image_file, open_contain
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CHUNK = 32
-"""Frames per decoded chunk."""
+DEFAULT_CHUNK = 16
+"""Frames per decoded chunk (16 frames of 720p RGB = 44 MB)."""
 
 _EPS = 1e-6
 
@@ -46,14 +48,22 @@ def iter_video_chunks(
     """
     path = os.fspath(path)
     frames = _iter_image(path, spec, field) if is_image_file(path) else _iter_video(path, spec, field)
-    batch: list[np.ndarray] = []
+    yield from _batched(frames, chunk_size, (spec.height, spec.width, 3))
+
+
+def _batched(frames: Iterator[np.ndarray], chunk_size: int, shape: tuple[int, ...]) -> Iterator[np.ndarray]:
+    """Copy frames straight into a fresh (chunk_size, *shape) buffer per chunk (no list + stack copy)."""
+    buf = np.empty((chunk_size, *shape), np.uint8)
+    n = 0
     for frame in frames:
-        batch.append(frame)
-        if len(batch) == chunk_size:
-            yield np.stack(batch)
-            batch = []
-    if batch:
-        yield np.stack(batch)
+        buf[n] = frame
+        n += 1
+        if n == chunk_size:
+            yield buf
+            buf = np.empty((chunk_size, *shape), np.uint8)
+            n = 0
+    if n:
+        yield buf[:n]
 
 
 def iter_video_frames(
@@ -114,14 +124,16 @@ def _iter_video(path: str, spec: OutputSpec, field: str) -> Iterator[np.ndarray]
         prev_dur = step
         try:
             for frame in container.decode(stream):
-                t = frame.time if frame.time is not None else prev_t + prev_dur
-                if decoded == 0:
-                    t0 = t
-                t -= t0
+                if frame.time is None:  # no timestamp: assume it follows the previous frame
+                    t = prev_t + prev_dur if decoded else 0.0
+                else:
+                    if decoded == 0:
+                        t0 = frame.time
+                    t = frame.time - t0
                 decoded += 1
                 if prev is not None:
                     mid = (prev_t + t) / 2.0
-                    while emitted < spec.num_frames and emitted * step < mid - _EPS:
+                    while emitted < spec.num_frames and emitted * step <= mid + _EPS:  # a tie keeps the earlier frame
                         yield convert(prev)
                         emitted += 1
                     prev_dur = max(t - prev_t, _EPS)
@@ -149,3 +161,31 @@ def _iter_video(path: str, spec: OutputSpec, field: str) -> Iterator[np.ndarray]
             emitted += 1
     if emitted < spec.num_frames:
         log.info("the %s video ends after %d output frames (num_frames was %d)", field, emitted, spec.num_frames)
+
+
+def _pick(chunks: Iterator[np.ndarray], indices: np.ndarray) -> Iterator[np.ndarray]:
+    pos = base = 0
+    for chunk in chunks:
+        while pos < len(indices) and indices[pos] < base + len(chunk):
+            yield chunk[indices[pos] - base]
+            pos += 1
+        base += len(chunk)
+        if pos == len(indices):
+            return
+    if pos < len(indices):
+        raise ValueError(f"source frame {int(indices[pos])} was asked for but the source has {base} frames")
+
+
+def iter_reindexed(
+    chunks: Iterator[np.ndarray], indices: np.ndarray, *, chunk_size: int = DEFAULT_CHUNK
+) -> Iterator[np.ndarray]:
+    """Stream the frames ``indices`` (non-decreasing source indices, e.g. ``Timeline.background_indices``)
+    out of a forward-only stream of source chunks, in chunks of ``chunk_size``: frames repeat or are skipped
+    without holding more than one source chunk in memory."""
+    if len(indices) and np.any(np.diff(indices) < 0):
+        raise ValueError("indices must not decrease (the source is read forward only)")
+    frames = _pick(chunks, indices)
+    first = next(frames, None)
+    if first is None:
+        return
+    yield from _batched(itertools.chain([first], frames), chunk_size, first.shape)

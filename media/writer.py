@@ -16,6 +16,7 @@ from types import TracebackType
 
 import av
 import numpy as np
+import soxr
 
 from media.audio import AudioTrack, timeline_samples
 
@@ -25,6 +26,10 @@ AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 1200
 DEFAULT_CRF = 18
 """x264 constant-rate factor: 18 is visually lossless for most content."""
 DEFAULT_PRESET = "medium"
+BT709 = 1
+"""AVCOL_SPC / AVCOL_PRI / AVCOL_TRC value of ITU-R BT.709."""
+MPEG_RANGE = 1
+"""AVCOL_RANGE_MPEG: limited (16-235) range."""
 AUDIO_BITRATE_PER_CHANNEL = 160_000
 """AAC bits per second per channel (320 kb/s stereo), capped by what the sample rate allows."""
 
@@ -72,20 +77,28 @@ class Mp4Writer:
         self._video.pix_fmt = "yuv420p"
         self._video.codec_context.time_base = 1 / self.fps
         self._video.options = {"crf": str(crf), "preset": preset}
+        # Tag and convert as BT.709 limited range: what players assume for HD, and what the decoders here
+        # read back exactly (untagged video is read as BT.601 by FFmpeg but as BT.709 by browsers).
+        ctx = self._video.codec_context
+        ctx.colorspace = ctx.color_primaries = ctx.color_trc = BT709
+        ctx.color_range = MPEG_RANGE
         self._frames = 0
         self._audio_in = audio
         self._audio_stream = None
         self._audio_written = 0
-        if audio is not None:
-            self._open_audio(audio)
+        self._layout = "mono"
         self._closed = False
         self.result: WrittenVideo | None = None
+        if audio is not None:
+            try:
+                self._open_audio(audio)
+            except Exception:
+                self._abort()
+                raise
 
     def _open_audio(self, audio: AudioTrack) -> None:
         rate = audio.sample_rate
         if rate not in AAC_RATES:
-            import soxr
-
             rate = 48000
             samples = soxr.resample(audio.samples, audio.sample_rate, rate, quality="HQ").astype(np.float32)
             log.info("audio at %d Hz is not an AAC rate; resampled to %d Hz", audio.sample_rate, rate)
@@ -123,6 +136,7 @@ class Mp4Writer:
             raise ValueError(f"frames are {batch.shape[1:]}, the writer expects {(self.height, self.width, 3)}")
         for rgb in batch:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb, dtype=np.uint8), format="rgb24")
+            frame = frame.reformat(format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG")
             frame.pts = self._frames
             frame.time_base = self._video.codec_context.time_base
             self._container.mux(self._video.encode(frame))

@@ -71,6 +71,10 @@ def load_weights(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], *
                  allow_new: Iterable[str] = (), rename: Callable[[str], str | None] | None = None) -> LoadReport:
     """Copy ``state_dict`` into ``module`` or raise naming every bad key.
 
+    ``module`` may live on the ``meta`` device (built without initialising, as :func:`build_and_load` does):
+    it is then given empty storage and filled from the checkpoint, so a multi-billion-parameter model loads
+    without spending minutes on a random initialisation that is overwritten anyway.
+
     Args:
         allow_new: name fragments (e.g. ``"attn_audio"``); missing keys containing one are not an error but
             are listed in ``LoadReport.newly_initialized``.
@@ -87,12 +91,14 @@ def load_weights(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], *
                 renamed[new] = value
         state_dict = renamed
     own = module.state_dict()
-    # Tied parameters (e.g. T5's shared embedding) appear under several names; one of them suffices.
-    aliases: dict[int, list[str]] = {}
-    for key, tensor in own.items():
-        aliases.setdefault(tensor.data_ptr(), []).append(key)
+    # Tied parameters (e.g. T5's shared embedding) appear under several names; one of them suffices. Ties are
+    # found by object identity, which also works on the meta device (where every data_ptr is 0).
+    groups: dict[int, list[str]] = {}
+    for key, tensor in [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]:
+        groups.setdefault(id(tensor), []).append(key)
+    aliases = {key: names for names in groups.values() for key in names}
     covered = set(state_dict)
-    missing = sorted(k for k in own if k not in covered and not any(a in covered for a in aliases[own[k].data_ptr()]))
+    missing = sorted(k for k in own if k not in covered and not any(a in covered for a in aliases.get(k, [k])))
     unexpected = sorted(k for k in state_dict if k not in own)
     mismatched = sorted(f"{k} (checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)})"
                         for k, v in state_dict.items() if k in own and v.shape != own[k].shape)
@@ -101,7 +107,37 @@ def load_weights(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], *
     missing = [k for k in missing if k not in new]
     if missing or unexpected or mismatched:
         raise WeightsLoadError(component, source, missing, unexpected, mismatched)
+    if any(t.is_meta for t in own.values()):
+        if new:
+            raise ValueError(f"{component}: a meta-device module cannot keep newly initialised keys {new}")
+        # Fresh, allocator-aligned storage (ties survive ``to_empty``); then an ordinary copy. Assigning the
+        # checkpoint's (mmap-backed) tensors directly would also work, but changes CPU kernel paths enough to
+        # break bit-exact reproducibility between a freshly built and a loaded model.
+        transient = [k for k, _ in module.named_buffers() if k not in own]
+        if transient:  # non-persistent buffers are computed at init: they would stay uninitialised here
+            raise ValueError(f"{component}: cannot build on meta, non-persistent buffers {transient}")
+        module.to_empty(device="cpu")
     module.load_state_dict(state_dict, strict=False)
     report.loaded = sorted(state_dict)
     report.newly_initialized = new
     return report
+
+
+def build_and_load(factory: Callable[[], torch.nn.Module], state_dict: dict[str, torch.Tensor], *, component: str,
+                   source: str, allow_new: Iterable[str] = (),
+                   rename: Callable[[str], str | None] | None = None) -> tuple[torch.nn.Module, LoadReport]:
+    """Build ``factory()`` and load ``state_dict`` into it.
+
+    Without ``allow_new`` the module is built on the ``meta`` device and the checkpoint is assigned (fast, no
+    random init). With ``allow_new`` it is built normally, so the keys the checkpoint lacks keep a real
+    initialisation (starting a fine-tune from stock LTX-Video).
+    """
+    allow_new = tuple(allow_new)
+    if allow_new:
+        module = factory()
+    else:
+        with torch.device("meta"):
+            module = factory()
+    report = load_weights(module, state_dict, component=component, source=source, allow_new=allow_new,
+                          rename=rename)
+    return module, report

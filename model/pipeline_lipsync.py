@@ -36,8 +36,8 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from .audio_encoder import build_audio_encoder, encode_audio, latent_frame_windows
 from .autoencoder_lipsync import decode_chunked, denormalize_latents, encode_chunked, normalize_latents, plan_chunks
 from .config import LipSyncConfig, PipelineConfig, load_config, pipeline_config_from_dict
-from .frame_blocks import block_weights, plan_frame_blocks
-from .loading import LoadReport, WeightsLoadError, load_weights, read_state_dict
+from .frame_blocks import FrameBlock, block_weights, plan_frame_blocks
+from .loading import LoadReport, WeightsLoadError, build_and_load, read_state_dict
 from .text_encoder import build_text_encoder, build_tokenizer, encode_prompt
 from .transformer_lipsync import LipSyncConditioning, LipSyncTransformer3DModel, reference_logit_bias
 
@@ -83,8 +83,6 @@ class LipSyncPipeline:
         config: :class:`PipelineConfig` (steps, guidance, conditioning rules).
     """
 
-    COMPONENTS = ("transformer", "vae", "audio_encoder", "text_encoder", "scheduler")
-
     def __init__(self, transformer: LipSyncTransformer3DModel, vae: AutoencoderKLLTXVideo,
                  audio_encoder: WhisperEncoder, text_encoder: T5EncoderModel, tokenizer: PreTrainedTokenizerBase,
                  scheduler: FlowMatchEulerDiscreteScheduler, config: PipelineConfig):
@@ -97,10 +95,11 @@ class LipSyncPipeline:
     @classmethod
     def from_config(cls, name_or_path: str | Path | LipSyncConfig = "tiny", *, init_seed: int = 0,
                     device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "LipSyncPipeline":
-        """Randomly initialised pipeline of a preset (``"tiny"``, ``"base"``) or config file; reproducible by
-        ``init_seed`` without touching the global RNG."""
+        """Randomly initialised pipeline of a preset (``"tiny"``, ``"base"``) or config file. On CPU the weights
+        are a function of ``init_seed`` (the global RNG is left untouched); on a GPU they are drawn there."""
         config = name_or_path if isinstance(name_or_path, LipSyncConfig) else load_config(name_or_path)
-        with torch.random.fork_rng(devices=[]):
+        # Built directly on the target device (a GPU initialises the base sizes in seconds, not minutes).
+        with torch.random.fork_rng(devices=[]), torch.device(device):
             torch.manual_seed(init_seed)
             pipe = cls(LipSyncTransformer3DModel(**config.transformer), AutoencoderKLLTXVideo(**config.vae),
                        build_audio_encoder(config.audio_encoder), build_text_encoder(config.text_encoder),
@@ -168,7 +167,9 @@ class LipSyncPipeline:
 
     def to(self, device: str | torch.device, dtype: torch.dtype = torch.float32) -> "LipSyncPipeline":
         for module in (self.transformer, self.vae, self.audio_encoder, self.text_encoder):
-            module.to(device=device, dtype=dtype)
+            module.to(device=device)
+            if next(module.parameters()).dtype != dtype:  # (diffusers warns on every dtype .to(), even a no-op)
+                module.to(dtype=dtype)
         return self
 
     @property
@@ -188,7 +189,8 @@ class LipSyncPipeline:
         multiple = self.config.vae_spatial_multiple
         if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             raise ModelInputError(f"frames must be a (T, H, W, 3) uint8 array, got "
-                                  f"{getattr(frames, 'dtype', type(frames))} {getattr(frames, 'shape', '')}", field="video")
+                                  f"{getattr(frames, 'dtype', type(frames))} {getattr(frames, 'shape', '')}",
+                                  field="video")
         num_frames, height, width, _ = frames.shape
         if num_frames < 1 or height % multiple or width % multiple or height == 0 or width == 0:
             raise ModelInputError(f"frames must have T >= 1 and height/width multiples of {multiple}, got "
@@ -196,7 +198,7 @@ class LipSyncPipeline:
         if mouth_mask.shape != (num_frames, height, width):
             raise ModelInputError(f"mouth_mask must have shape {(num_frames, height, width)}, got {mouth_mask.shape}",
                                   field="video")
-        if not (np.isfinite(mouth_mask).all() and mouth_mask.min() >= 0 and mouth_mask.max() <= 1):
+        if not (mouth_mask.min() >= 0 and mouth_mask.max() <= 1):  # (NaN fails both comparisons)
             raise ModelInputError("mouth_mask values must lie in [0, 1]", field="video")
         if generate.shape != (num_frames,) or generate.dtype != np.bool_:
             raise ModelInputError(f"generate must be a ({num_frames},) bool array, got {generate.dtype} "
@@ -229,6 +231,10 @@ class LipSyncPipeline:
                                              or reference_frames.shape[1:] != (height, width, 3)):
             raise ModelInputError(f"reference_frames must be (R, {height}, {width}, 3) uint8, got "
                                   f"{reference_frames.dtype} {reference_frames.shape}", field="video")
+        if generate.all() and reference_frames is None:
+            raise ModelInputError("every frame is generated (image input) but no reference_frames were given: pass "
+                                  "the image as reference_frames, it is the only appearance the model can see",
+                                  field="video")
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
         if guidance_scale < 1.0:
@@ -241,7 +247,8 @@ class LipSyncPipeline:
         if strength == -1:
             if not has_embedding:
                 return 0, "face_id_cond_strength -1 -> 0 (no face-ID embedding given)"
-            chosen = self.config.face_id_auto_strength_generate if any_generate else self.config.face_id_auto_strength_video
+            cfg = self.config
+            chosen = cfg.face_id_auto_strength_generate if any_generate else cfg.face_id_auto_strength_video
             reason = "frames are generated" if any_generate else "pure mouth inpainting"
             return chosen, f"face_id_cond_strength -1 -> {chosen} ({reason})"
         if strength > 0 and not has_embedding:
@@ -293,124 +300,133 @@ class LipSyncPipeline:
                           face_id_cond_strength, appearance_cond_strength, steps, guidance)
         notify = callback or (lambda stage, step, total, message: None)
         device, dtype = self.device, self.dtype
-        num_frames, height, width, _ = frames.shape
-        ratio_t, ratio_s = self.vae.temporal_compression_ratio, self.vae.spatial_compression_ratio
-        padded_frames = (num_frames - 1 + ratio_t - 1) // ratio_t * ratio_t + 1  # 8n+1 >= T
-        num_latent = (padded_frames - 1) // ratio_t + 1
-        lh, lw = height // ratio_s, width // ratio_s
-        hw = lh * lw
+        source = _FrameSource(frames, mouth_mask, generate, self.vae.temporal_compression_ratio,
+                              self.vae.spatial_compression_ratio)
+        hw = source.latent_height * source.latent_width
 
         # 2. Resolve knobs (every automatic choice is noted and logged)
         notes: list[str] = []
         id_strength, note = self.resolve_face_id_strength(face_id_cond_strength, face_id_embedding is not None,
                                                           bool(generate.any()))
         notes += [note] if note else []
-        plan, chunk_notes = plan_chunks(padded_frames, vae_chunk_size, vae_overlap_window_width, ratio_t)
+        plan, chunk_notes = plan_chunks(source.padded_frames, vae_chunk_size, vae_overlap_window_width,
+                                        source.ratio_t)
         notes += chunk_notes
-        blocks = plan_frame_blocks(num_latent, frame_block_width, ratio_t)
-        weights = [w.to(device).repeat_interleave(hw)[None, :, None] for w in block_weights(blocks, num_latent)]
+        blocks = plan_frame_blocks(source.num_latent, frame_block_width, source.ratio_t)
         if prompt is None or not prompt.strip():
             prompt = cfg.default_prompt
             notes.append(f"no prompt given and no captioning model configured: using the default {prompt!r}")
-        for line in notes:
-            logger.info(line)
 
-        # 3. Encode prompt and audio
+        # 3. Encode prompt and audio (only the audio the timeline can hear: the rest never reaches a window)
         text, text_mask = encode_prompt(self.tokenizer, self.text_encoder, prompt, cfg.max_prompt_tokens)
-        features = encode_audio(self.audio_encoder, audio, cfg.audio_sample_rate)
-        audio_windows = latent_frame_windows(features.float(), num_latent, fps, cfg.audio_feature_rate,
+        heard = int(np.ceil((source.padded_frames + cfg.audio_context_frames + 1) / fps * cfg.audio_sample_rate))
+        features = encode_audio(self.audio_encoder, audio[:heard], cfg.audio_sample_rate)
+        audio_windows = latent_frame_windows(features.float(), source.num_latent, fps, cfg.audio_feature_rate,
                                              cfg.audio_context_frames, self.transformer.config.audio_steps_per_frame,
-                                             ratio_t)[None].to(device, dtype)  # (1, F, steps, layers, d)
-        do_cfg = guidance > 1.0
-        if do_cfg:  # batch = [conditional, null audio]
+                                             source.ratio_t)[None].to(device, dtype)  # (1, F, steps, layers, d)
+        if guidance > 1.0:  # batch = [conditional, null audio]
             audio_windows = torch.cat([audio_windows, torch.zeros_like(audio_windows)])
             text, text_mask = text.repeat(2, 1, 1), text_mask.repeat(2, 1)
         batch = audio_windows.shape[0]
 
-        # 4. Masked video latents, latent mask, references
-        pixel_mask = np.where(generate[:, None, None], np.float32(1.0), mouth_mask)
-        frame_index = np.minimum(np.arange(padded_frames), num_frames - 1)  # pad by repeating the last frame
-
-        def read_masked(start: int, end: int) -> torch.Tensor:
-            idx = frame_index[start:end]
-            pixels = torch.from_numpy(frames[idx]).to(device, torch.float32) / 127.5 - 1.0
-            keep = 1.0 - torch.from_numpy(pixel_mask[idx]).to(device)[..., None]
-            return (pixels * keep).permute(3, 0, 1, 2)[None].to(dtype)  # masked region -> 0 (mid grey)
-
-        masked = encode_chunked(self.vae, read_masked, padded_frames, vae_chunk_size, plan.overlap,
+        # 4. Masked video latents + latent mask, references, identity, positions
+        masked = encode_chunked(self.vae, lambda s, e: source.read_masked(s, e, device, dtype), source.padded_frames,
+                                vae_chunk_size, plan.overlap,
                                 progress=lambda i, n: notify("vae_encode", i, n, f"VAE encode chunk {i}/{n}"))
         masked = pack_latents(normalize_latents(self.vae, masked.float()))  # (1, F*h*w, C)
-        latent_mask = torch.from_numpy(latent_mouth_mask(pixel_mask[frame_index], ratio_t, ratio_s)).to(device)
-        cond = torch.cat([masked, latent_mask.reshape(1, -1, 1)], dim=2)
-        references, reference_coords, bias, note = self._encode_references(
-            frames, generate, reference_frames, appearance_cond_strength, height, width)
+        cond = torch.cat([masked, torch.from_numpy(source.latent_mask()).to(device).reshape(1, -1, 1)], dim=2)
+        references, reference_coords, bias, note = self._encode_references(frames, generate, reference_frames,
+                                                                           appearance_cond_strength)
         notes += [note] if note else []
-        video_coords = latent_coords(num_latent, lh, lw, fps, ratio_t, ratio_s, device)
         id_embeds = None
         if id_strength > 0:
             id_embeds = torch.as_tensor(np.asarray(face_id_embedding, dtype=np.float32), device=device)[None]
             id_embeds = id_embeds.expand(batch, -1).to(dtype)
+        conditioning = LipSyncConditioning(
+            text=text, text_mask=text_mask, audio=audio_windows, id_embeds=id_embeds, id_scale=id_strength / 8.0,
+            references=None if references is None else references.expand(batch, -1, -1),
+            reference_coords=None if reference_coords is None else reference_coords.expand(batch, -1, -1),
+            reference_bias=bias)
+        video_coords = latent_coords(source.num_latent, source.latent_height, source.latent_width, fps,
+                                     source.ratio_t, source.ratio_s, device)
+        for line in notes:
+            logger.info(line)
 
         # 5. Initial noise: the whole (padded) timeline in one draw, independent of blocks, chunks and splits
         generator = torch.Generator("cpu").manual_seed(int(seed) % 2**64)
-        latents = torch.randn((1, self.transformer.config.in_channels, num_latent, lh, lw), generator=generator)
+        latents = torch.randn((1, self.transformer.config.in_channels, source.num_latent, source.latent_height,
+                               source.latent_width), generator=generator)
         latents = pack_latents(latents.to(device))
 
         # 6. Timesteps: sigmas 1 -> 1/N with LTX's shift for the sequence length of one block
-        sigmas = np.linspace(1.0, 1.0 / steps, steps)
-        mu = calculate_shift(blocks[0].end * hw - blocks[0].start * hw, self.scheduler.config.get("base_image_seq_len", 256),
-                             self.scheduler.config.get("max_image_seq_len", 4096),
-                             self.scheduler.config.get("base_shift", 0.5), self.scheduler.config.get("max_shift", 1.15))
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler.config)  # per call: no shared state
-        scheduler.set_timesteps(sigmas=sigmas, mu=mu, device=device)
+        sc = scheduler.config
+        mu = calculate_shift((blocks[0].end - blocks[0].start) * hw, sc.base_image_seq_len, sc.max_image_seq_len,
+                             sc.base_shift, sc.max_shift)
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1.0 / steps, steps), mu=mu, device=device)
 
-        # 7. Denoising loop
+        # 7. Denoising loop: per step, every block predicts, overlaps are blended, one Euler step
         for i, t in enumerate(scheduler.timesteps):
-            velocity = torch.zeros_like(latents)
-            for b, (block, weight) in enumerate(zip(blocks, weights)):
-                tokens = slice(block.start * hw, block.end * hw)
-                conditioning = LipSyncConditioning(
-                    text=text, text_mask=text_mask, audio=audio_windows[:, block.start : block.end],
-                    id_embeds=id_embeds, id_scale=id_strength / 8.0,
-                    references=None if references is None else references.expand(batch, -1, -1),
-                    reference_coords=None if reference_coords is None else reference_coords.expand(batch, -1, -1),
-                    reference_bias=bias)
-                pred = self.transformer(
-                    latents[:, tokens].expand(batch, -1, -1).to(dtype), cond[:, tokens].expand(batch, -1, -1).to(dtype),
-                    t.expand(batch).to(dtype), video_coords[:, :, tokens].expand(batch, -1, -1),
-                    block.end - block.start, conditioning, ff_num_splits=feed_forward_num_splits).float()
-                if do_cfg:
-                    pred = pred[1:] + guidance * (pred[:1] - pred[1:])
-                velocity[:, tokens] += weight * pred
-                notify("block", b + 1, len(blocks), f"step {i + 1}/{steps}, block {b + 1}/{len(blocks)}")
+            velocity = self._predict_velocity(latents, cond, video_coords, t, blocks, hw, conditioning, guidance,
+                                              feed_forward_num_splits, notify, f"step {i + 1}/{steps}")
             latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
             notify("denoise", i + 1, steps, f"denoising step {i + 1}/{steps}")
 
         # 8. Decode (chunked, streamed) and composite in pixel space
-        latents = denormalize_latents(self.vae, unpack_latents(latents, num_latent, lh, lw)).to(dtype)
-        temb = None
-        if self.vae.config.timestep_conditioning:
-            temb = torch.full((1,), cfg.decode_timestep, device=device, dtype=dtype)
-        output = np.empty_like(frames)
-        position = 0
-        for segment in decode_chunked(self.vae, latents, vae_chunk_size, plan.overlap, temb,
-                                      progress=lambda i, n: notify("vae_decode", i, n, f"VAE decode chunk {i}/{n}")):
-            end = min(position + segment.shape[2], num_frames)
-            if end > position:
-                decoded = ((segment[0, :, : end - position].float().clamp(-1, 1) + 1) * 127.5).permute(1, 2, 3, 0)
-                output[position:end] = composite(frames[position:end], decoded.cpu().numpy(), pixel_mask[position:end])
-            position += segment.shape[2]
+        latents = unpack_latents(latents, source.num_latent, source.latent_height, source.latent_width)
+        output = self._decode_and_composite(denormalize_latents(self.vae, latents).to(dtype), source, vae_chunk_size,
+                                            plan.overlap, notify)
         return LipSyncPipelineOutput(frames=output, notes=notes, face_id_cond_strength=id_strength,
                                      vae_overlap_window_width=plan.overlap, num_frame_blocks=len(blocks))
 
+    def _predict_velocity(self, latents: torch.Tensor, cond: torch.Tensor, video_coords: torch.Tensor,
+                          t: torch.Tensor, blocks: list[FrameBlock], hw: int, conditioning: LipSyncConditioning,
+                          guidance: float, ff_num_splits: int, notify: ProgressCallback, step: str) -> torch.Tensor:
+        """The whole timeline's velocity: each frame block predicted on its own, overlaps blended linearly."""
+        dtype, batch = self.dtype, conditioning.audio.shape[0]
+        weights = block_weights(blocks, latents.shape[1] // hw)
+        velocity = torch.zeros_like(latents)
+        for b, (block, weight) in enumerate(zip(blocks, weights)):
+            tokens = slice(block.start * hw, block.end * hw)
+            block_conditioning = dataclasses.replace(conditioning, audio=conditioning.audio[:, block.start : block.end])
+            pred = self.transformer(
+                latents[:, tokens].expand(batch, -1, -1).to(dtype), cond[:, tokens].expand(batch, -1, -1).to(dtype),
+                t.expand(batch).float(),  # the timestep stays fp32: its sinusoidal embedding needs the precision
+                video_coords[:, :, tokens].expand(batch, -1, -1), block.end - block.start, block_conditioning,
+                ff_num_splits=ff_num_splits).float()
+            if batch == 2:  # audio classifier-free guidance: [conditional, null audio]
+                pred = pred[1:] + guidance * (pred[:1] - pred[1:])
+            velocity[:, tokens] += weight.to(latents.device).repeat_interleave(hw)[None, :, None] * pred
+            notify("block", b + 1, len(blocks), f"{step}, block {b + 1}/{len(blocks)}")
+        return velocity
+
+    def _decode_and_composite(self, latents: torch.Tensor, source: "_FrameSource", chunk_size: int, overlap: int,
+                              notify: ProgressCallback) -> np.ndarray:
+        """Chunked decode; each finished frame range is pasted over the input frames and dropped."""
+        temb = None
+        if self.vae.config.timestep_conditioning:  # LTX 0.9.1+: the decoder does the last denoising step
+            temb = torch.full((1,), self.config.decode_timestep, device=latents.device, dtype=latents.dtype)
+        output = np.empty_like(source.frames)
+        position, num_frames = 0, len(source.frames)
+        for segment in decode_chunked(self.vae, latents, chunk_size, overlap, temb,
+                                      progress=lambda i, n: notify("vae_decode", i, n, f"VAE decode chunk {i}/{n}")):
+            end = min(position + segment.shape[2], num_frames)  # frames past T are the 8n+1 padding
+            if end > position:
+                decoded = ((segment[0, :, : end - position].float().clamp(-1, 1) + 1) * 127.5).permute(1, 2, 3, 0)
+                output[position:end] = composite(source.frames[position:end], decoded.cpu().numpy(),
+                                                 source.pixel_mask(np.arange(position, end)))
+            position += segment.shape[2]
+        return output
+
     def _encode_references(self, frames: np.ndarray, generate: np.ndarray, reference_frames: np.ndarray | None,
-                           strength: int, height: int, width: int):
+                           strength: int):
         """Appearance references -> clean latent tokens, RoPE coordinates outside the clip, and the key bias."""
-        pool = reference_frames if reference_frames is not None else frames[~generate]
-        if len(pool) == 0:
+        pool, index = (reference_frames, np.arange(len(reference_frames))) if reference_frames is not None \
+            else (frames, np.flatnonzero(~generate))  # indices first: no copy of the video
+        if len(index) == 0:
             return None, None, 0.0, "no appearance reference available (all frames generated, none given)"
-        count = min(strength, self.config.max_reference_frames, len(pool))
-        picks = pool[np.linspace(0, len(pool) - 1, count).round().astype(int)]
+        count = min(strength, self.config.max_reference_frames, len(index))
+        picks = pool[index[np.linspace(0, len(index) - 1, count).round().astype(int)]]
         device, dtype = self.device, self.dtype
         pixels = torch.from_numpy(picks).to(device, torch.float32) / 127.5 - 1.0
         # Each reference is its own single-frame clip (B=count, T=1): a causal VAE encodes it like a first frame.
@@ -425,6 +441,42 @@ class LipSyncPipeline:
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
+class _FrameSource:
+    """The input frames seen per frame range, padded to 8n+1 by repeating the last frame.
+
+    Only views and per-range copies: nothing of size T x H x W is allocated besides the output, so the
+    pipeline's memory stays flat in the video length.
+    """
+
+    def __init__(self, frames: np.ndarray, mouth_mask: np.ndarray, generate: np.ndarray, ratio_t: int, ratio_s: int):
+        self.frames, self.mouth_mask, self.generate = frames, mouth_mask, generate
+        self.ratio_t, self.ratio_s = ratio_t, ratio_s
+        num_frames, height, width, _ = frames.shape
+        self.padded_frames = (num_frames - 1 + ratio_t - 1) // ratio_t * ratio_t + 1  # 8n+1 >= T
+        self.num_latent = (self.padded_frames - 1) // ratio_t + 1
+        self.latent_height, self.latent_width = height // ratio_s, width // ratio_s
+        self.index = np.minimum(np.arange(self.padded_frames), num_frames - 1)
+
+    def pixel_mask(self, idx: np.ndarray) -> np.ndarray:
+        """The region to regenerate for frames ``idx``: the mouth mask, or everything on generate frames."""
+        return np.where(self.generate[idx, None, None], np.float32(1.0), self.mouth_mask[idx])
+
+    def read_masked(self, start: int, end: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """Padded frames [start, end) as (1, 3, n, H, W) in [-1, 1], the region to regenerate set to 0 (grey)."""
+        idx = self.index[start:end]
+        pixels = torch.from_numpy(self.frames[idx]).to(device, torch.float32) / 127.5 - 1.0
+        keep = 1.0 - torch.from_numpy(self.pixel_mask(idx)).to(device)[..., None]
+        return (pixels * keep).permute(3, 0, 1, 2)[None].to(dtype)
+
+    def latent_mask(self) -> np.ndarray:
+        """(F, h, w) mask on the latent grid, one latent frame's pixel frames at a time."""
+        r = self.ratio_t
+        return np.concatenate([
+            latent_mouth_mask(self.pixel_mask(self.index[max(0, k * r - r + 1) : k * r + 1]), r, self.ratio_s,
+                              first_is_alone=(k == 0))
+            for k in range(self.num_latent)])
+
+
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:
     """(B, C, F, h, w) -> (B, F*h*w, C): frame-major, then row, then column (LTX's order, patch 1)."""
     return latents.permute(0, 2, 3, 4, 1).flatten(1, 3)
@@ -444,13 +496,15 @@ def latent_coords(num_frames: int, height: int, width: int, fps: float, ratio_t:
     return coords[None].to(device)
 
 
-def latent_mouth_mask(pixel_mask: np.ndarray, ratio_t: int, ratio_s: int) -> np.ndarray:
-    """(T=8n+1, H, W) pixel mask -> (F, h, w) latent mask: max over each latent's pixels (frame 0 alone, then
-    8 frames per latent), so a latent is regenerated if any of its pixels is."""
+def latent_mouth_mask(pixel_mask: np.ndarray, ratio_t: int, ratio_s: int, first_is_alone: bool = True) -> np.ndarray:
+    """(T = 8n+1, H, W) pixel mask -> (F, h, w) latent mask (or T = 8 frames -> one latent frame with
+    ``first_is_alone=False``): the max over each latent's pixels (frame 0 alone, then 8 frames per latent), so a
+    latent is regenerated if any of its pixels is."""
     t, h, w = pixel_mask.shape
-    first = pixel_mask[:1]
-    rest = pixel_mask[1:].reshape(-1, ratio_t, h, w).max(axis=1) if t > 1 else pixel_mask[:0]
-    per_latent = np.concatenate([first, rest])
+    head = pixel_mask[:1] if first_is_alone else pixel_mask[:0]
+    tail = pixel_mask[len(head):]
+    rest = tail.reshape(-1, ratio_t, h, w).max(axis=1) if len(tail) else tail
+    per_latent = np.concatenate([head, rest])
     return per_latent.reshape(-1, h // ratio_s, ratio_s, w // ratio_s, ratio_s).max(axis=(2, 4)).astype(np.float32)
 
 
@@ -476,18 +530,16 @@ def load_transformer(directory: Path, *, overrides: dict | None = None, allow_ne
     config = {k: v for k, v in _read_component_config(directory).items() if not k.startswith("_")}
     config.update(overrides or {})
     LipSyncConfig.validate_section("transformer", config, str(directory))
-    model = LipSyncTransformer3DModel(**config)
     allow = LipSyncTransformer3DModel.new_module_prefixes() if allow_new_lipsync_modules else ()
-    report = load_weights(model, read_state_dict(directory), component="transformer", source=str(directory),
-                          allow_new=allow)
-    return model, report
+    return build_and_load(lambda: LipSyncTransformer3DModel(**config), read_state_dict(directory),
+                          component="transformer", source=str(directory), allow_new=allow)
 
 
 def load_vae(directory: Path) -> tuple[AutoencoderKLLTXVideo, LoadReport]:
     config = {k: v for k, v in _read_component_config(directory).items() if not k.startswith("_")}
     LipSyncConfig.validate_section("vae", config, str(directory))
-    model = AutoencoderKLLTXVideo(**config)
-    return model, load_weights(model, read_state_dict(directory), component="vae", source=str(directory))
+    return build_and_load(lambda: AutoencoderKLLTXVideo(**config), read_state_dict(directory), component="vae",
+                          source=str(directory))
 
 
 def _strip(prefixes: tuple[str, ...], ignore: tuple[str, ...]) -> Callable[[str], str | None]:
@@ -504,18 +556,18 @@ def _strip(prefixes: tuple[str, ...], ignore: tuple[str, ...]) -> Callable[[str]
 def load_audio_encoder(directory: Path) -> tuple[WhisperEncoder, LoadReport]:
     """Whisper encoder; a full ``WhisperModel`` / ``WhisperForConditionalGeneration`` checkpoint works too
     (``model.encoder.`` / ``encoder.`` prefixes are stripped and decoder weights are ignored, listed as such)."""
-    model = WhisperEncoder(WhisperConfig.from_pretrained(str(directory), local_files_only=True)).eval()
+    config = WhisperConfig.from_pretrained(str(directory), local_files_only=True)
     rename = _strip(("model.encoder.", "encoder."), ("model.decoder.", "decoder.", "proj_out."))
-    return model, load_weights(model, read_state_dict(directory), component="audio_encoder",
-                               source=str(directory), rename=rename)
+    return build_and_load(lambda: WhisperEncoder(config).eval(), read_state_dict(directory),
+                          component="audio_encoder", source=str(directory), rename=rename)
 
 
 def load_text_encoder(directory: Path) -> tuple[T5EncoderModel, LoadReport]:
     """T5 encoder; decoder and LM-head weights of a full T5 checkpoint are ignored (listed as such)."""
-    model = T5EncoderModel(T5Config.from_pretrained(str(directory), local_files_only=True)).eval()
+    config = T5Config.from_pretrained(str(directory), local_files_only=True)
     rename = _strip((), ("decoder.", "lm_head."))
-    return model, load_weights(model, read_state_dict(directory), component="text_encoder",
-                               source=str(directory), rename=rename)
+    return build_and_load(lambda: T5EncoderModel(config).eval(), read_state_dict(directory),
+                          component="text_encoder", source=str(directory), rename=rename)
 
 
 __all__ = ["LipSyncPipeline", "LipSyncPipelineOutput", "ModelInputError", "ProgressCallback", "WeightsLoadError",

@@ -37,7 +37,8 @@ from diffusers.models.transformers.transformer_ltx import (
 )
 
 # Names of the modules that a stock LTX-Video checkpoint does not have (see ``new_module_prefixes``).
-LIPSYNC_MODULES = ("cond_proj_in", "audio_projection", "id_projection", "attn_audio", "audio_gate", "attn_id", "id_gate")
+LIPSYNC_MODULES = ("cond_proj_in", "audio_projection", "id_projection", "attn_audio", "audio_gate", "attn_id",
+                   "id_gate")
 
 
 @dataclass
@@ -101,7 +102,8 @@ class LipSyncIdProjection(nn.Module):
     def __init__(self, embed_dim: int, num_tokens: int, dim: int):
         super().__init__()
         self.num_tokens = num_tokens
-        self.proj = nn.Sequential(nn.Linear(embed_dim, dim * 2), nn.GELU(approximate="tanh"), nn.Linear(dim * 2, dim * num_tokens))
+        self.proj = nn.Sequential(nn.Linear(embed_dim, dim * 2), nn.GELU(approximate="tanh"),
+                                  nn.Linear(dim * 2, dim * num_tokens))
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, embeds: torch.Tensor) -> torch.Tensor:
@@ -189,6 +191,8 @@ class LipSyncTransformer3DModel(ModelMixin, ConfigMixin):
 
     _supports_gradient_checkpointing = False
     _skip_layerwise_casting_patterns = ["norm"]
+    # Regional torch.compile: ``model.compile_repeated_blocks()`` compiles one block and reuses it for all.
+    _repeated_blocks = ["LipSyncTransformerBlock"]
 
     @register_to_config
     def __init__(self, in_channels: int = 128, out_channels: int = 128, patch_size: int = 1, patch_size_t: int = 1,

@@ -14,6 +14,7 @@ import redis
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from prometheus_client import CollectorRegistry
 
 from contract.errors import LipsyncError
@@ -91,6 +92,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _invalid_input(request: Request, exc: InputInvalid) -> JSONResponse:
         return validation_response(exc.detail)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Routing's own 404/405 in the same shape as every other error, with its headers (Allow).
+        error_type = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+        return JSONResponse(
+            {"detail": exc.detail, "error_type": error_type}, status_code=exc.status_code, headers=exc.headers
+        )
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -99,7 +108,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_openapi(app, settings)
     app.include_router(health.router)
     app.include_router(storage_routes.router)
-    app.include_router(queue.router)  # last: its submit route matches any POST path
+    app.include_router(queue.router)
+    app.include_router(queue.submit_router(list(settings.apps)))
     app.add_middleware(HttpMetrics, registry=registry)
     app.add_middleware(FalProxyMiddleware, path=settings.proxy_path)
     return app

@@ -66,7 +66,7 @@ class KeyRing:
         for candidate, wanted_id in candidates:
             for known, key_id in self.secrets.items():
                 # compare_digest on every entry: no early exit that leaks which prefix matched
-                if hmac.compare_digest(known.encode(), candidate.encode()) and wanted_id in (None, key_id):
+                if hmac.compare_digest(known.encode(), candidate.encode("utf-8", "replace")) and wanted_id in (None, key_id):
                     return key_id
         raise Unauthorized()
 

@@ -124,6 +124,11 @@ class UploadedFile(BaseModel):
     access_url: str
 
 
+STORAGE_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    403: {"model": RequestErrorBody, "description": "Signature missing, invalid or expired"},
+    413: {"model": RequestErrorBody, "description": "File larger than the configured limit"},
+}
+
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": RequestErrorBody, "description": "Missing or invalid API key"},
     400: {"model": RequestErrorBody, "description": "Bad request"},

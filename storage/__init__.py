@@ -30,6 +30,11 @@ def make_signer(settings: Settings) -> Signer:
 
 
 def make_storage(settings: Settings, signer: Signer) -> Storage:
+    """The configured backend: filesystem (default) or an S3-compatible bucket (``LIPSYNC_STORAGE_BACKEND=s3``)."""
+    if settings.storage_backend == "s3":
+        from storage.s3 import S3Storage  # boto3 is imported only when S3 is on
+
+        return S3Storage.from_settings(settings)
     return FileSystemStorage(settings.storage_dir, signer)
 
 

@@ -60,7 +60,7 @@ class Signer:
 
     def verify(self, action: str, key: str, expires: str | int | None, signature: str | None) -> bool:
         """True when the signature is ours and unexpired."""
-        if expires is None or not signature:
+        if expires is None or not signature or not signature.isascii():
             return False
         try:
             expires_at = int(expires)
@@ -80,7 +80,7 @@ class Signer:
     def token_owner(self, token: str) -> str | None:
         """The owner a valid, unexpired token was issued to; None otherwise."""
         body, _, mac = token.partition(".")
-        if not mac or not hmac.compare_digest(self._mac("token\n" + body), mac):
+        if not mac or not token.isascii() or not hmac.compare_digest(self._mac("token\n" + body), mac):
             return None
         try:
             claims = json.loads(base64.urlsafe_b64decode(body.encode()))

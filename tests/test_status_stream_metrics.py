@@ -59,7 +59,7 @@ def test_health_ready_metrics(stack, media):
     text = httpx.get(f"{stack.base_url}/metrics").text
     assert 'lipsync_queue_depth{queue="lipsync"}' in text
     assert "lipsync_job_duration_seconds_bucket" in text
-    assert 'lipsync_http_requests_total{method="POST",route="/{app_path:path}",status="200"}' in text
+    assert 'lipsync_http_requests_total{method="POST",route="/pipio/lipsync",status="200"}' in text
 
 
 def test_openapi_has_the_real_input_schema(stack):

@@ -15,9 +15,10 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import httpcore
+import httpx
 
 MAX_REDIRECTS = 5
 USER_AGENT = "lipsync-server/0.1"
@@ -83,7 +84,7 @@ class SafeHttp:
         """GET ``url`` into ``dest``, following up to 5 redirects, within ``timeout_s`` overall and ``max_bytes``."""
         deadline = time.monotonic() + self.timeout_s
         for _ in range(MAX_REDIRECTS + 1):
-            _check_scheme(url)
+            url = _normalise(url)
             with _as_download_errors(), self.pool.stream(
                 "GET",
                 url,
@@ -114,7 +115,7 @@ class SafeHttp:
 
     def post_json(self, url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> int:
         """POST a JSON body; returns the HTTP status. Raises DownloadError on refusal or network failure."""
-        _check_scheme(url)
+        url = _normalise(url)
         with _as_download_errors():
             response = self.pool.request(
                 "POST",
@@ -139,6 +140,12 @@ def _as_download_errors() -> Iterator[None]:
         raise DownloadError(f"could not reach the server: {exc or type(exc).__name__}") from None
 
 
-def _check_scheme(url: str) -> None:
-    if urlsplit(url).scheme not in {"http", "https"}:
-        raise DownloadError("only http and https URLs can be fetched")
+def _normalise(url: str) -> str:
+    """The URL as it goes on the wire (IDNA host, escaped path); only http(s)."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError, TypeError) as exc:
+        raise DownloadError(f"not a valid URL: {exc}") from None
+    if parsed.scheme not in {"http", "https"} or not parsed.host:
+        raise DownloadError("only http and https URLs with a host can be fetched")
+    return str(parsed)

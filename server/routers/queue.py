@@ -163,9 +163,8 @@ async def _submit(request: Request, app_path: str, owner: str, service: QueueSer
     )
 
 
-@router.post("/run/{app_path:path}", include_in_schema=False)  # documented per app: server/openapi.py
-async def run_sync(request: Request, app_path: str, owner: Owner, service: Service) -> JSONResponse:
-    record = await _submit(request, app_path, owner, service, None)
+async def run_sync(request: Request, owner: Owner, service: Service) -> JSONResponse:
+    record = await _submit(request, request.url.path.removeprefix("/run/"), owner, service, None)
     rid, last = record.request_id, "0-0"
     aredis = request.app.state.aredis
     deadline = asyncio.get_running_loop().time() + service.settings.sync_timeout_s
@@ -185,15 +184,13 @@ async def run_sync(request: Request, app_path: str, owner: Owner, service: Servi
     return await run_in_threadpool(_result_response, service, record)
 
 
-@router.post("/{app_path:path}", include_in_schema=False)  # documented per app: server/openapi.py
 async def submit(
     request: Request,
-    app_path: str,
     owner: Owner,
     service: Service,
     fal_webhook: Annotated[str | None, Query(description="URL to POST the result to when done")] = None,
 ) -> JSONResponse:
-    record = await _submit(request, app_path, owner, service, fal_webhook)
+    record = await _submit(request, request.url.path.lstrip("/"), owner, service, fal_webhook)
     position = await run_in_threadpool(service.queue_position, record)
     body = SubmitResponse(
         **StatusResponse.build(record, base_url_of(request), logs=None).model_dump(
@@ -203,3 +200,16 @@ async def submit(
         gateway_request_id=record.request_id,
     )
     return JSONResponse(body.model_dump(), headers={"X-Fal-Request-Id": record.request_id})
+
+
+def submit_router(app_ids: list[str]) -> APIRouter:
+    """Submit and sync-run routes for each configured app (documented per app in server/openapi.py).
+
+    Routes per app, not one catch-all: a POST to any other path is then a plain 404 or 405.
+    """
+    per_app = APIRouter(responses=ERROR_RESPONSES)
+    for app_id in app_ids:
+        for path in (f"/{app_id}", f"/{app_id}/{{sub_path:path}}"):
+            per_app.add_api_route(path, submit, methods=["POST"], include_in_schema=False)
+        per_app.add_api_route(f"/run/{app_id}", run_sync, methods=["POST"], include_in_schema=False)
+    return per_app

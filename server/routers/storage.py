@@ -23,6 +23,7 @@ from server.errors import Forbidden, NotFound, Unauthorized
 from server.http import base_url_of
 from server.protocol import (
     ERROR_RESPONSES,
+    STORAGE_ERROR_RESPONSES,
     MultipartComplete,
     UploadedFile,
     UploadInitiateRequest,
@@ -33,11 +34,13 @@ from server.uploads import MultipartUploads, store_body
 from storage import FileSystemStorage, Signer, Storage, safe_file_name, safe_key
 from storage.filesystem import signed_file_url
 
-router = APIRouter(tags=["storage"], responses=ERROR_RESPONSES)
+router = APIRouter(tags=["storage"], responses=ERROR_RESPONSES | STORAGE_ERROR_RESPONSES)
 
 UPLOAD_URL_TTL_S = 3600
 TOKEN_TTL_S = 3600
 REDIRECT_TTL_S = 600
+# A part number that is not an integer matches no PUT route, only other methods' routes on that path.
+NON_INT_PART: dict[int | str, dict] = {405: {"description": "Part number is not an integer"}}
 
 
 def _storage(request: Request) -> Storage:
@@ -56,8 +59,11 @@ def _limit(request: Request) -> int:
     return request.app.state.settings.max_input_bytes
 
 
+UPLOADS = "uploads/"
+
+
 def _new_key(file_name: str | None) -> str:
-    return f"uploads/{uuid.uuid4().hex}/{safe_file_name(file_name)}"
+    return f"{UPLOADS}{uuid.uuid4().hex}/{safe_file_name(file_name)}"
 
 
 def _file_url(request: Request, key: str) -> str:
@@ -92,7 +98,7 @@ def initiate_upload(
 ) -> UploadInitiateResponse:
     key = _new_key(body.file_name)
     query = _signer(request).query("put", key, UPLOAD_URL_TTL_S)
-    return UploadInitiateResponse(
+    return UploadInitiateResponse(  # key starts with uploads/: the PUT route below matches only those
         upload_url=f"{base_url_of(request)}/storage/upload/{key}?{query}", file_url=_file_url(request, key)
     )
 
@@ -110,7 +116,7 @@ def initiate_multipart(
     )
 
 
-@router.put("/storage/upload/multipart/{upload_id}/{number}")
+@router.put("/storage/upload/multipart/{upload_id}/{number:int}", responses=NON_INT_PART)
 async def put_js_part(
     request: Request, upload_id: str, number: int, expires: str | None = None, signature: str | None = None
 ) -> JSONResponse:
@@ -128,8 +134,9 @@ async def complete_js(
     return JSONResponse({})
 
 
-@router.put("/storage/upload/{key:path}")
-async def put_upload(request: Request, key: str, expires: str | None = None, signature: str | None = None) -> JSONResponse:
+@router.put("/storage/upload/uploads/{rest:path}")
+async def put_upload(request: Request, rest: str, expires: str | None = None, signature: str | None = None) -> JSONResponse:
+    key = UPLOADS + rest
     _check(request, "put", key, expires, signature)
     content_type = request.headers.get("content-type") or "application/octet-stream"
     await store_body(request, _storage(request), safe_key(key), content_type, _limit(request))
@@ -175,7 +182,7 @@ def _check_python_session(request: Request, expires: str, signature: str, key: s
         raise NotFound("no such multipart upload for this file")
 
 
-@router.put("/files/{expires}/{signature}/{key:path}/multipart/{upload_id}/{number}")
+@router.put("/files/{expires}/{signature}/{key:path}/multipart/{upload_id}/{number:int}", responses=NON_INT_PART)
 async def put_python_part(
     request: Request, expires: str, signature: str, key: str, upload_id: str, number: int
 ) -> JSONResponse:
@@ -196,10 +203,18 @@ async def complete_python(
 # --- downloads -----------------------------------------------------------------------------------------
 
 
-@router.head("/files/{expires}/{signature}/{key:path}", include_in_schema=False)
-@router.get("/files/{expires}/{signature}/{key:path}")
-def download(request: Request, expires: str, signature: str, key: str) -> Response:
-    """Serve a file from filesystem storage; for an object store, redirect to a short-lived presigned URL."""
+@router.head("/files/{expires}/{signature}/{area}/{folder}/{name}", include_in_schema=False)
+@router.get(
+    "/files/{expires}/{signature}/{area}/{folder}/{name}",
+    response_class=FileResponse,
+    responses={200: {"description": "The file's bytes", "content": {"*/*": {}}}, 307: {"description": "Object store"}},
+)
+def download(request: Request, expires: str, signature: str, area: str, folder: str, name: str) -> Response:
+    """Serve a file from filesystem storage; for an object store, redirect to a short-lived presigned URL.
+
+    Every key we make has three parts (``uploads|results|inputs / <id> / <name>``); the route says so.
+    """
+    key = f"{area}/{folder}/{name}"
     storage = _storage(request)
     _check(request, "get", key, expires, signature)
     obj = storage.stat(safe_key(key))

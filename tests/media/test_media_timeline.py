@@ -157,3 +157,28 @@ def test_audio_follows_the_output_timeline_after_edits():
     assert idx[12].tolist() == list(range(20, 30))
     assert idx[0].tolist() == [0] * 4 + list(range(6))
     assert idx.max() == 2 * t.num_frames - 1
+
+
+def test_background_indices_hold_the_nearer_anchor_and_never_decrease():
+    t = plan_timeline(
+        10, addition_start_frames=[0, 5, 10], addition_durations=[2, 4, 1],
+        removal_ranges=[7, 8], removal_bridge_durations=[3],
+    )
+    bg = t.background_indices()
+    assert t.source_indices().tolist() == [-1, -1, 0, 1, 2, 3, 4, -1, -1, -1, -1, 5, 6, -1, -1, -1, 9, -1]
+    assert bg.tolist() == [0, 0, 0, 1, 2, 3, 4, 4, 4, 5, 5, 5, 6, 6, 6, 9, 9, 9]
+    assert (np.diff(bg) >= 0).all()
+    assert plan_timeline(3, removal_ranges=[0, 2], removal_bridge_durations=[2]).background_indices().tolist() == [0, 0]
+
+
+def test_reindexed_stream_follows_the_timeline():
+    from media.video import iter_reindexed
+
+    source = np.arange(10, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+    t = plan_timeline(10, addition_start_frames=[3], addition_durations=[2], removal_ranges=[6, 7], removal_bridge_durations=[0])
+    bg = t.background_indices()
+    chunks = list(iter_reindexed(iter(np.array_split(source, 4)), bg, chunk_size=3))
+    assert [c.shape[0] for c in chunks] == [3, 3, 3, 1]
+    assert np.concatenate(chunks)[:, 0, 0, 0].tolist() == bg.tolist() == [0, 1, 2, 2, 3, 3, 4, 5, 8, 9]
+    with pytest.raises(ValueError):
+        list(iter_reindexed(iter([source]), np.array([11])))
