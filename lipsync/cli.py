@@ -17,8 +17,12 @@ def _api(args: argparse.Namespace) -> None:
     from contract.settings import get_settings
     from server.app import create_app
 
+    # Several processes need an import string (each builds its own app); one process takes the app itself.
+    target = "server.app:create_app" if args.workers > 1 else create_app(get_settings())
     uvicorn.run(
-        create_app(get_settings()),
+        target,
+        factory=args.workers > 1,
+        workers=args.workers,
         host=args.host,
         port=args.port,
         log_level=args.log_level.lower(),
@@ -43,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     api = sub.add_parser("api", parents=[common], help="run the HTTP API (fal queue protocol)")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--workers", type=int, default=1, help="API processes (all stateless; Redis holds the state)")
     api.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")
     api.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
     api.set_defaults(func=_api)
