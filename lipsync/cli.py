@@ -1,4 +1,5 @@
-"""The ``lipsync`` command: ``lipsync api`` runs the HTTP API, ``lipsync worker`` one GPU worker.
+"""The ``lipsync`` command: ``lipsync api`` runs the HTTP API, ``lipsync worker`` one GPU worker, and
+``lipsync serve`` all of it (with a private Redis) on one machine.
 
 Configuration comes from ``LIPSYNC_*`` environment variables (README lists them); flags cover only what
 differs between processes on one host.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 
 def _api(args: argparse.Namespace) -> None:
@@ -38,6 +40,12 @@ def _worker(args: argparse.Namespace) -> None:
     run_worker(get_settings(), name=args.name, queues=args.queue or None, burst=args.burst)
 
 
+def _serve(args: argparse.Namespace) -> None:
+    from lipsync.serve import serve
+
+    serve(args.host, args.port, Path(args.data_dir), args.log_level)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lipsync", description=__doc__.splitlines()[0])
     common = argparse.ArgumentParser(add_help=False)
@@ -51,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")
     api.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
     api.set_defaults(func=_api)
+
+    serve = sub.add_parser("serve", parents=[common], help="API + one worker + a private redis-server, one command")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--data-dir", default="./data", help="redis data, storage and logs (default ./data)")
+    serve.set_defaults(func=_serve)
 
     worker = sub.add_parser("worker", parents=[common], help="run one worker (loads the pipeline once, then serves jobs)")
     worker.add_argument("--name", help="unique, stable worker name, e.g. $(hostname)-gpu0")
