@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import statistics
 import sys
 import tempfile
 import time
@@ -23,7 +21,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.support import API_KEYS, make_stack, make_video, make_wav, wait_until  # noqa: E402
+from tests.support import API_KEYS, data_uri_body, make_stack, make_video, make_wav, wait_until  # noqa: E402
 
 AUTH = {"Authorization": f"Key alice:{API_KEYS['alice']}"}
 BODY = {"video": "https://example.com/face.mp4", "audio": "https://example.com/speech.wav"}
@@ -70,11 +68,7 @@ async def load(base: str, clients: int, seconds: float) -> None:
 def overhead(stack, n: int, workdir: Path) -> None:
     video = make_video(workdir / "v.mp4", frames=2)
     audio = make_wav(workdir / "a.wav", seconds=0.2)
-    body = {
-        "video": "data:video/mp4;base64," + base64.b64encode(video.read_bytes()).decode(),
-        "audio": "data:audio/wav;base64," + base64.b64encode(audio.read_bytes()).decode(),
-        "num_frames": 2,
-    }
+    body = data_uri_body(video, audio, num_frames=2)
     waits, totals = [], []
     with httpx.Client(headers=AUTH, timeout=30) as http:
         for _ in range(n):

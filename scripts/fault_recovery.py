@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import base64
 import signal
 import sys
 import tempfile
@@ -20,7 +19,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.support import API_KEYS, make_stack, make_video, make_wav, wait_until  # noqa: E402
+from tests.support import API_KEYS, data_uri_body, make_stack, make_video, make_wav, wait_until  # noqa: E402
 
 AUTH = {"Authorization": f"Key alice:{API_KEYS['alice']}"}
 DEFAULTS = {"heartbeat_interval_s": "2", "heartbeat_ttl_s": "10", "reaper_interval_s": "3"}
@@ -28,8 +27,7 @@ DEFAULTS = {"heartbeat_interval_s": "2", "heartbeat_ttl_s": "10", "reaper_interv
 
 def body(tmp: Path, **extra) -> dict:
     video, audio = make_video(tmp / "v.mp4", frames=30), make_wav(tmp / "a.wav", seconds=1.2)
-    return {"video": "data:video/mp4;base64," + base64.b64encode(video.read_bytes()).decode(),
-            "audio": "data:audio/wav;base64," + base64.b64encode(audio.read_bytes()).decode(), **extra}
+    return data_uri_body(video, audio, **extra)
 
 
 def status(sub: dict) -> dict:

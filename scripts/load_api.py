@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from contract.jobs import JobStore, RequestStatus  # noqa: E402
-from tests.support import API_KEYS, make_stack, make_video, make_wav  # noqa: E402
+from tests.support import API_KEYS, data_uri_body, make_stack, make_video, make_wav  # noqa: E402
 
 AUTH = {"Authorization": f"Key alice:{API_KEYS['alice']}"}
 
@@ -128,11 +127,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         video = make_video(Path(tmp) / "v.mp4", frames=2)
         audio = make_wav(Path(tmp) / "a.wav", seconds=0.1)
-        body = {
-            "video": "data:video/mp4;base64," + base64.b64encode(video.read_bytes()).decode(),
-            "audio": "data:audio/wav;base64," + base64.b64encode(audio.read_bytes()).decode(),
-            "num_frames": 2,
-        }
+        body = data_uri_body(video, audio, num_frames=2)
         stack = make_stack(Path(tmp) / "stack")
         try:
             stack.start_api("--log-level", "WARNING")

@@ -7,6 +7,7 @@ workers serve.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import shutil
@@ -221,6 +222,15 @@ def make_wav(path: Path, *, seconds: float = 1.0, rate: int = 16000) -> Path:
         for packet in [*stream.encode(frame), *stream.encode()]:
             out.mux(packet)
     return path
+
+
+def data_uri_body(video: Path, audio: Path, **extra) -> dict:
+    """A request body with both files inlined as data: URIs (no upload, no URL fetch)."""
+
+    def uri(path: Path, mime: str) -> str:
+        return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
+
+    return {"video": uri(video, "video/mp4"), "audio": uri(audio, "audio/wav"), **extra}
 
 
 def probe(path: Path) -> dict:

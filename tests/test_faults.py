@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import signal
 import threading
 import time
@@ -11,16 +10,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 
 from tests.conftest import ALICE, _stack
-from tests.support import make_stack, wait_until
+from tests.support import data_uri_body, make_stack, wait_until
 
 AUTH = {"Authorization": f"Key {ALICE}"}
 
 
 def _body(media, **extra) -> dict:
-    def uri(path, mime):
-        return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
-
-    return {"video": uri(media["video"], "video/mp4"), "audio": uri(media["audio"], "audio/wav"), **extra}
+    return data_uri_body(media["video"], media["audio"], **extra)
 
 
 def _status(stack, submitted: dict) -> dict:

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import base64
 
 import httpx
 import pytest
 
 from tests.conftest import ALICE, BOB, _stack
-from tests.support import wait_until
+from tests.support import data_uri_body, wait_until
 
 
 def _body(media, **extra) -> dict:
-    def uri(path, mime):
-        return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
-
-    return {"video": uri(media["video"], "video/mp4"), "audio": uri(media["audio"], "audio/wav"), **extra}
+    return data_uri_body(media["video"], media["audio"], **extra)
 
 
 def _post(stack, key: str, body: dict) -> httpx.Response:
@@ -67,7 +63,7 @@ def test_results_inputs_and_uploads_are_deleted_after_retention(short_lived, med
     objects = short_lived.workdir / "storage" / "objects"
     init = httpx.post(f"{short_lived.base_url}/storage/upload/initiate", json={"file_name": "v.mp4"}, headers=auth).json()
     httpx.put(init["upload_url"], content=media["video"].read_bytes())
-    body = _body(media, num_frames=2, video=init["file_url"])
+    body = _body(media, num_frames=2) | {"video": init["file_url"]}
     submitted = _post(short_lived, ALICE, body).json()
     done = wait_until(lambda: httpx.get(submitted["response_url"], headers=auth).status_code == 200, 30, "result")
     assert done

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import base64
-
 import httpx
 
 from tests.conftest import ALICE
-from tests.support import probe, wait_until
+from tests.support import data_uri_body, probe, wait_until
 
 
 def test_submit_poll_result_download(stack, media, tmp_path):
     auth = {"Authorization": f"Key {ALICE}"}
-    video = "data:video/mp4;base64," + base64.b64encode(media["video"].read_bytes()).decode()
-    audio = "data:audio/wav;base64," + base64.b64encode(media["audio"].read_bytes()).decode()
-    submitted = httpx.post(f"{stack.base_url}/pipio/lipsync", json={"video": video, "audio": {"url": audio}}, headers=auth)
+    body = data_uri_body(media["video"], media["audio"])
+    body["audio"] = {"url": body["audio"]}  # the File-object form
+    submitted = httpx.post(f"{stack.base_url}/pipio/lipsync", json=body, headers=auth)
     assert submitted.status_code == 200, submitted.text
     body = submitted.json()
     assert body["status"] == "IN_QUEUE" and isinstance(body["queue_position"], int)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
 import sys
@@ -10,16 +9,13 @@ import sys
 import httpx
 
 from tests.conftest import ALICE
-from tests.support import wait_until
+from tests.support import data_uri_body, wait_until
 
 AUTH = {"Authorization": f"Key {ALICE}"}
 
 
 def _submit(stack, media, **extra) -> dict:
-    def uri(path, mime):
-        return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
-
-    body = {"video": uri(media["video"], "video/mp4"), "audio": uri(media["audio"], "audio/wav"), **extra}
+    body = data_uri_body(media["video"], media["audio"], **extra)
     return httpx.post(f"{stack.base_url}/pipio/lipsync", json=body, headers=AUTH).json()
 
 

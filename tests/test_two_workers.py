@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 from collections import Counter
 
 import httpx
 
 from contract.jobs import JobStore, RequestStatus
 from tests.conftest import ALICE
-from tests.support import make_stack, wait_until
+from tests.support import data_uri_body, make_stack, wait_until
 
 
 def test_two_workers_share_a_batch_exactly_once(tmp_path_factory, media):
@@ -18,10 +17,8 @@ def test_two_workers_share_a_batch_exactly_once(tmp_path_factory, media):
         stack.start_api()
         stack.start_worker("pair-w1")
         stack.start_worker("pair-w2")
-        def uri(path, mime):
-            return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
-        body = {"video": uri(media["video"], "video/mp4"), "audio": uri(media["audio"], "audio/wav"),
-                "use_custom_prompt": True, "custom_prompt": "test:slow=0.05", "num_frames": 6}
+        body = data_uri_body(media["video"], media["audio"], use_custom_prompt=True,
+                             custom_prompt="test:slow=0.05", num_frames=6)
         ids = [httpx.post(f"{stack.base_url}/pipio/lipsync", json=body, headers={"Authorization": f"Key {ALICE}"})
                .json()["request_id"] for _ in range(12)]
         store = JobStore(stack.redis)

@@ -18,16 +18,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from contract.webhook_signing import signed_message
 
 from tests.conftest import ALICE, _stack
-from tests.support import Stack, wait_until
+from tests.support import Stack, data_uri_body, wait_until
 
 AUTH = {"Authorization": f"Key {ALICE}"}
 
 
 def _body(media, **extra) -> dict:
-    def uri(path, mime):
-        return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
-
-    return {"video": uri(media["video"], "video/mp4"), "audio": uri(media["audio"], "audio/wav"), **extra}
+    return data_uri_body(media["video"], media["audio"], **extra)
 
 
 def _submit(stack: Stack, body: dict, **params) -> dict:
