@@ -27,7 +27,7 @@ from server.protocol import (
     StatusResponse,
     SubmitResponse,
 )
-from server.service import App, QueueService
+from server.service import QueueService
 
 router = APIRouter(responses=ERROR_RESPONSES)
 
