@@ -58,6 +58,12 @@ class AudioTooShort(InvalidMedia):
     error_type = "audio_too_short"
 
 
+class ImageTooLarge(InvalidMedia):
+    """More pixels per frame than the server decodes: refused from the header, before any allocation."""
+
+    error_type = "image_too_large"
+
+
 class ImageTooSmall(InvalidMedia):
     """A still image or video whose smaller side is below the minimum the face pipeline can use."""
 

@@ -16,9 +16,11 @@ from typing import Literal
 import av
 import cv2
 import numpy as np
+import PIL.Image
 
 from contract.errors import InvalidInput
 from media.errors import (
+    ImageTooLarge,
     ImageTooSmall,
     NoVideoStream,
     NotAMediaFile,
@@ -29,6 +31,9 @@ from media.errors import (
 log = logging.getLogger(__name__)
 
 MIN_SIDE = 64
+# 4096 x 4096: above 4K UHD (3840 x 2160). Checked on the header, so a "decompression bomb" (a tiny file that
+# declares 100k x 100k pixels) is refused before the decoder allocates anything.
+MAX_PIXELS = 4096 * 4096
 """Smallest accepted height or width (pixels, after rotation) of a video or image input."""
 
 IMAGE_FPS = Fraction(25)
@@ -153,10 +158,30 @@ def _check_size(width: int, height: int, field: str, what: str) -> None:
         )
 
 
-def read_image(path: str, field: str = "video") -> np.ndarray:
+def _check_pixels(width: int, height: int, field: str, what: str, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageTooLarge(
+            f"the {field} {what} declares {width}x{height} pixels; at most {max_pixels} pixels a frame are accepted",
+            field=field,
+        )
+
+
+def read_image(path: str, field: str = "video", *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode a still image to RGB uint8 (H, W, 3), EXIF orientation applied."""
+    try:
+        with PIL.Image.open(path) as header:  # reads the header only
+            size = header.size
+    except PIL.Image.DecompressionBombError:  # PIL's own guard: far past ours
+        raise ImageTooLarge(f"the {field} image declares too many pixels (more than {max_pixels})", field=field) from None
+    except (PIL.UnidentifiedImageError, OSError):
+        size = None  # OpenCV below gives the precise error, or decodes what PIL cannot
+    if size is not None:
+        _check_pixels(*size, field, "image", max_pixels)
     data = np.fromfile(path, dtype=np.uint8)
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    try:
+        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error:
+        bgr = None
     if bgr is None:
         raise TruncatedMedia(f"the {field} image cannot be decoded; it is probably truncated", field=field)
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -173,7 +198,7 @@ def rotation_of(frame: av.VideoFrame) -> int:
     return int(round(angle / 90.0)) % 4 * 90
 
 
-def probe_video(path: str | os.PathLike[str], *, field: str = "video") -> MediaInfo:
+def probe_video(path: str | os.PathLike[str], *, field: str = "video", max_pixels: int = MAX_PIXELS) -> MediaInfo:
     """Inspect a ``video`` input (a video file or a still image) and validate that it is usable.
 
     Raises NotAMediaFile, TruncatedMedia, UnsupportedCodec, NoVideoStream or ImageTooSmall (all 422 on
@@ -181,7 +206,7 @@ def probe_video(path: str | os.PathLike[str], *, field: str = "video") -> MediaI
     """
     path = os.fspath(path)
     if is_image_file(path):
-        rgb = read_image(path, field)
+        rgb = read_image(path, field, max_pixels=max_pixels)
         return MediaInfo(path, "image", rgb.shape[1], rgb.shape[0], IMAGE_FPS, None, None, 0, "image", False)
     with open_container(path, field) as container:
         if not container.streams.video:
@@ -192,6 +217,7 @@ def probe_video(path: str | os.PathLike[str], *, field: str = "video") -> MediaI
             raise NoVideoStream(f"the {field} file has no video stream", field=field)
         stream = container.streams.video[0]
         check_decodable(stream, field)
+        _check_pixels(stream.codec_context.width or 0, stream.codec_context.height or 0, field, "video", max_pixels)
         first = _first_frame(container, stream, field)
         rotation = rotation_of(first)
         width, height = first.width, first.height

@@ -20,7 +20,28 @@ def _post(stack, key: str, body: dict) -> httpx.Response:
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory):
-    yield from _stack(tmp_path_factory, "limited", max_inflight_per_key="2", rate_limit_per_minute="4")
+    yield from _stack(
+        tmp_path_factory, "limited", max_inflight_per_key="2", rate_limit_per_minute="4",
+        max_request_bytes="300000", max_input_bytes="100000",
+    )
+
+
+def test_oversized_bodies_data_uris_and_uploads_are_413(limited, media):
+    auth = {"Authorization": f"Key {ALICE}"}
+    big = "data:video/mp4;base64," + "A" * 400_000  # over the request limit
+    response = _post(limited, ALICE, {"video": big, "audio": big})
+    assert response.status_code == 413 and response.json()["error_type"] == "payload_too_large"
+    # under the request limit, but the decoded file is over the input limit: 422 naming the field
+    inlined = "data:video/mp4;base64," + "A" * 140_000
+    response = _post(limited, ALICE, {"video": inlined, "audio": "https://example.com/a.wav"})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "video"]
+    init = httpx.post(f"{limited.base_url}/storage/upload/initiate", json={"file_name": "a.mp4"}, headers=auth).json()
+    upload = httpx.put(init["upload_url"], content=b"x" * 100_001)
+    assert upload.status_code == 413 and upload.json()["error_type"] == "payload_too_large"
+    assert httpx.get(init["file_url"]).status_code == 404  # nothing was stored
+    served = _post(limited, ALICE, _body(media, num_frames=2))  # the server keeps serving
+    assert served.status_code == 200
+    _wait_done(limited, ALICE, served.json())
 
 
 def _wait_done(stack, key: str, submitted: dict) -> None:
