@@ -63,7 +63,10 @@ class File(BaseModel):
         if lowered.startswith(STORAGE_SCHEME) and (info.context or {}).get("internal"):
             return url  # only the API writes these; a user's storage:// URL is refused below
         if lowered.startswith("data:"):
-            parse_data_uri(url)
+            _, data = parse_data_uri(url)
+            limit = (info.context or {}).get("max_input_bytes")
+            if limit is not None and len(data) > limit:
+                raise ValueError(f"data: URI holds {len(data)} bytes; at most {limit} are accepted")
             return url
         raise ValueError("must be an http(s) URL, a data: URI, or a URL from this server's upload endpoint")
 

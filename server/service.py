@@ -77,7 +77,11 @@ class QueueService:
 
         ``start_timeout_s`` (the clients' X-Fal-Request-Timeout) bounds the wait before a worker starts it.
         """
-        context = {"max_num_frames": self.settings.max_num_frames, "max_prompt_chars": self.settings.max_prompt_chars}
+        context = {
+            "max_num_frames": self.settings.max_num_frames,
+            "max_prompt_chars": self.settings.max_prompt_chars,
+            "max_input_bytes": self.settings.max_input_bytes,
+        }
         params = validate_input(app.input_model, body, context)
         rid = str(uuid.uuid4())
         refusal = self.admission.admit(owner, rid)
@@ -123,9 +127,7 @@ class QueueService:
     def _internalize(self, rid: str, field: str, file: File) -> File:
         """Data URIs and our own upload URLs become ``storage://`` keys; other URLs stay for the worker."""
         if file.url.lower().startswith("data:"):
-            content_type, data = parse_data_uri(file.url)
-            if len(data) > self.settings.max_input_bytes:
-                raise InvalidInput(f"data: URI is larger than {self.settings.max_input_bytes} bytes", field=field)
+            content_type, data = parse_data_uri(file.url)  # its size was checked in validation
             key = f"inputs/{rid}/{field}"
             self.storage.put_chunks(key, [data], content_type, self.settings.max_input_bytes)
             internal = {"url": STORAGE_SCHEME + key, "content_type": content_type, "file_size": len(data)}
