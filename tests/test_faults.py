@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -10,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 
 from tests.conftest import ALICE, _stack
+from tests.test_js_client import JS_DIR, requires_js
 from tests.support import data_uri_body, make_stack, wait_until
 
 AUTH = {"Authorization": f"Key {ALICE}"}
@@ -142,6 +145,27 @@ def test_python_client_rides_out_an_api_crash(tmp_path_factory, media):
         crash.join()
         assert result["video"]["file_size"] > 0
         assert stack.api.alive()
+    finally:
+        for _ in gen:
+            pass
+
+
+@requires_js
+def test_js_client_rides_out_an_api_crash(tmp_path_factory, media):
+    """Same with the JS client in its default polling mode (it retries failed status polls)."""
+    gen = _stack(tmp_path_factory, "jscrash")
+    stack = next(gen)
+    try:
+        env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "BASE": stack.base_url, "FAL_KEY": ALICE,
+               "VIDEO": str(media["video"]), "AUDIO": str(media["audio"])}
+        node = subprocess.Popen(["node", "client_e2e.mjs", "slow"], cwd=JS_DIR, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        wait_until(lambda: stack.redis.zcard("lipsync:running") == 1, 30, "the job to start")
+        stack.restart_api()
+        out, err = node.communicate(timeout=120)
+        assert node.returncode == 0, err + stack.logs()
+        result = json.loads(out.strip().splitlines()[-1])
+        assert result["data"]["video"]["file_size"] > 0 and len(result["requestId"]) == 36
     finally:
         for _ in gen:
             pass

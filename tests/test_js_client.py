@@ -18,10 +18,11 @@ from tests.support import probe
 
 JS_DIR = Path(__file__).parent / "js"
 
-pytestmark = pytest.mark.skipif(
+requires_js = pytest.mark.skipif(
     shutil.which("node") is None or not (JS_DIR / "node_modules" / "@fal-ai" / "client").exists(),
     reason="node or the pinned @fal-ai/client is missing: run README's set-up command",
 )
+pytestmark = requires_js
 
 
 def run_js(stack, media, scenario: str) -> dict:

@@ -57,6 +57,16 @@ const scenarios = {
     const result = await fal.queue.result(APP, { requestId: submitted.request_id });
     return { submitted, first: first.status, done, requestId: result.requestId, data: result.data };
   },
+  async slow() {
+    // A request that runs a few seconds, followed by polling: the tests crash the API meanwhile.
+    const fal = viaMiddleware();
+    const result = await fal.subscribe(APP, {
+      input: { video: blob(VIDEO, "video/mp4"), audio: blob(AUDIO, "audio/wav"), num_frames: 12,
+               use_custom_prompt: true, custom_prompt: "test:slow=0.3" },
+      pollInterval: 200,
+    });
+    return { requestId: result.requestId, data: result.data };
+  },
   async multipart() {
     // Over 90 MB the client switches to the multipart flow (10 MB parts + complete).
     const fal = viaMiddleware();
