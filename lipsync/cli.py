@@ -46,6 +46,13 @@ def _serve(args: argparse.Namespace) -> None:
     serve(args.host, args.port, Path(args.data_dir), args.log_level)
 
 
+def _run(args: argparse.Namespace) -> None:
+    from contract.settings import get_settings
+    from lipsync.run import parse_sets, run
+
+    sys.exit(run(args.video, args.audio, Path(args.out), parse_sets(args.set or []), get_settings()))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lipsync", description=__doc__.splitlines()[0])
     common = argparse.ArgumentParser(add_help=False)
@@ -65,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--data-dir", default="./data", help="redis data, storage and logs (default ./data)")
     serve.set_defaults(func=_serve)
+
+    run = sub.add_parser("run", parents=[common], help="run one request in this process (no server, no Redis)")
+    run.add_argument("--video", required=True, help="video or image file (or an http(s) URL)")
+    run.add_argument("--audio", required=True, help="audio file, or a video whose audio track to use")
+    run.add_argument("--out", required=True, help="where to write the MP4")
+    run.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                     help="any input field, e.g. --set num_frames=50 --set seed=7 (repeatable)")
+    run.set_defaults(func=_run)
 
     worker = sub.add_parser("worker", parents=[common], help="run one worker (loads the pipeline once, then serves jobs)")
     worker.add_argument("--name", help="unique, stable worker name, e.g. $(hostname)-gpu0")
