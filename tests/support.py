@@ -224,6 +224,34 @@ def make_wav(path: Path, *, seconds: float = 1.0, rate: int = 16000) -> Path:
     return path
 
 
+def make_face_video(path: Path, *, frames: int = 25, size: tuple[int, int] = (256, 192), fps: int = 25) -> Path:
+    """A real face (scikit-image's astronaut photo) slowly panning and zooming, as H.264."""
+    import cv2
+    import skimage.data
+
+    width, height = size
+    photo = skimage.data.astronaut()
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            t = i / max(frames - 1, 1)
+            zoom = (0.5 + 0.08 * t) * width / 256
+            m = np.float32([[zoom, 0, (-30 + 40 * t) * width / 256], [0, zoom, (4 - 10 * t) * height / 192]])
+            rgb = cv2.warpAffine(photo, m, (width, height), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REFLECT)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def make_speech(path: Path, text: str = "Hello, this is a lip sync test.") -> Path:
+    """Speech from espeak-ng (a WAV at 22.05 kHz)."""
+    subprocess.run(["espeak-ng", "-w", str(path), text], check=True, capture_output=True)
+    return path
+
+
 def data_uri_body(video: Path, audio: Path, **extra) -> dict:
     """A request body with both files inlined as data: URIs (no upload, no URL fetch)."""
 
