@@ -127,3 +127,8 @@ def test_tampered_upload_url(stack, media):
 def test_unknown_app_is_404(stack):
     response = httpx.post(f"{stack.base_url}/someone/else", json={}, headers={"Authorization": f"Key {ALICE}"})
     assert response.status_code == 404 and response.json()["error_type"] == "not_found"
+
+
+def test_unknown_endpoint_of_a_known_app_is_404(stack):
+    response = httpx.post(f"{stack.base_url}/pipio/lipsync/extra", json={}, headers={"Authorization": f"Key {ALICE}"})
+    assert response.status_code == 404 and response.json()["error_type"] == "not_found"

@@ -16,10 +16,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from contract.errors import InvalidInput, LipsyncError
+from contract.errors import LipsyncError, RequestTimeout
 from contract.jobs import Keys, RequestRecord, RequestStatus, parse_events
 from contract.schema import InputInvalid
 from server.auth import require_owner
+from server.errors import NotFound
 from server.http import base_url_of, error_response, read_json_body
 from server.protocol import (
     ERROR_RESPONSES,
@@ -150,7 +151,7 @@ def get_result(app_path: str, request_id: str, owner: Owner, service: Service) -
 async def _submit(request: Request, app_path: str, owner: str, service: QueueService, webhook: str | None) -> RequestRecord:
     app, sub_path = service.resolve(app_path)
     if sub_path:
-        raise InvalidInput(f"'{app.app_id}' has no endpoint '{sub_path}'", field=None)
+        raise NotFound(f"'{app.app_id}' has no endpoint '{sub_path}'")
     body = await read_json_body(request, service.settings.max_request_bytes)
     return await run_in_threadpool(
         service.submit,
@@ -174,9 +175,7 @@ async def run_sync(request: Request, owner: Owner, service: Service) -> JSONResp
             return JSONResponse({"detail": "client disconnected"}, status_code=499)
         if asyncio.get_running_loop().time() > deadline:
             await run_in_threadpool(service.cancel, record)
-            return error_response(
-                LipsyncError("Synchronous run timed out", error_type="request_timeout"), request_id=rid, status_code=504
-            )
+            return error_response(RequestTimeout("Synchronous run timed out"), request_id=rid)
         batch = await aredis.xread({Keys.events(rid): last}, block=1000, count=1000)
         if batch:
             last = parse_events(batch[0][1])[-1].id
