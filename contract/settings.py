@@ -108,6 +108,23 @@ class Settings(BaseSettings):
     s3_prefix: str = Field(default="", description="Key prefix inside the bucket (e.g. lipsync/).")
     s3_create_bucket: bool = Field(default=False, description="Create the bucket at start when it is missing.")
 
+    # --- lip-sync model (the `lipsync` pipeline) -------------------------------------------------------------
+    weights_dir: Path | None = Field(
+        default=None,
+        description="Model weights (LipSyncPipeline.save_pretrained layout). Unset, or an existing empty folder: "
+        "random weights of random_weights_config, and every result's logs say the output is not a trained model's.",
+    )
+    random_weights_config: str = Field(
+        default="tiny", description="Model config (tiny | base | a JSON path) built with random weights when no weights."
+    )
+    device: str = Field(default="auto", description="Torch device of the model: auto (cuda if available, else cpu).")
+    dtype: str = Field(default="auto", description="Model dtype: auto (bf16 on cuda, fp32 on cpu), bf16, fp16, fp32.")
+    num_inference_steps: int | None = Field(default=None, ge=1, description="Denoising steps; default: the model's.")
+    guidance_scale: float | None = Field(default=None, ge=1.0, description="Audio CFG scale; default: the model's.")
+    face_crop_size: int = Field(
+        default=0, ge=0, description="Face-crop working size (multiple of 32); 0: 64 for random tiny weights, else 512."
+    )
+
     def app(self, app_id: str) -> AppConfig | None:
         return self.apps.get(app_id)
 

@@ -277,3 +277,28 @@ def _decode(path: Path) -> list[np.ndarray]:
 
     with av.open(str(path)) as container:
         return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+def test_model_loading_rules(tmp_path):
+    """Weights folder -> those weights, no warning; an empty folder (a fresh Docker volume) -> random weights with
+    the warning; a folder that does not exist -> an error at load (a typo must not silently give random output)."""
+    import sys
+
+    from contract.settings import Settings
+    from worker.lipsync_pipeline import load_lipsync_pipeline
+
+    weights = tmp_path / "weights"
+    subprocess.run([sys.executable, "scripts/write_random_weights.py", "--config", "tiny", "--out", str(weights)],
+                   check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1])
+    loaded = load_lipsync_pipeline(Settings(weights_dir=weights, face_crop_size=64, device="auto", dtype="auto"))
+    assert loaded.random_weights_warning is None and loaded.model_name == "pretrained"
+    import torch
+
+    cuda = torch.cuda.is_available()
+    assert loaded.device == ("cuda" if cuda else "cpu")
+    assert loaded.model.dtype == (torch.bfloat16 if cuda else torch.float32)
+    (tmp_path / "empty").mkdir()
+    empty = load_lipsync_pipeline(Settings(weights_dir=tmp_path / "empty"))
+    assert empty.random_weights_warning and "is empty" in empty.random_weights_warning and empty.crop_size == 64
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_lipsync_pipeline(Settings(weights_dir=tmp_path / "missing"))

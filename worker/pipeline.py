@@ -54,7 +54,7 @@ class Pipeline(Protocol):
 
 
 # Named pipelines a worker can load with LIPSYNC_PIPELINE; anything else is read as "module:attribute".
-REGISTRY: dict[str, str] = {}
+REGISTRY: dict[str, str] = {"lipsync": "worker.lipsync_pipeline:load_lipsync_pipeline"}
 
 
 def load_pipeline(name: str, settings: Settings) -> Pipeline:
