@@ -61,7 +61,7 @@ RUN pip install -c /opt/constraints.txt ".[model]" "boto3==1.44.5" \
     && python -c "import torch, server.app, worker.worker; print('torch', torch.__version__)"
 
 # Non-root. /data holds filesystem storage (a volume shared by the API and the workers); /weights the
-# model weights (mount them read-only, or let the pipeline write its default ones there).
+# model weights (mount them read-only; left empty, the worker runs random weights and says so in every log).
 RUN useradd --create-home --uid 10001 --user-group lipsync \
     && mkdir -p /data/storage /weights \
     && chown -R lipsync:lipsync /data /weights

@@ -1,5 +1,6 @@
 """The real lip-sync pipeline (``LIPSYNC_PIPELINE=lipsync``: media + model, tiny config, random weights) behind
-the real stack: redis-server, the API, an RQ worker; requests over HTTP and through the official Python client.
+the real stack: redis-server, the API, an RQ worker; requests through the official Python client, the matrix
+again through the official JS client, and a webhook over plain HTTP.
 
 The media are made here: a moving face from scikit-image's astronaut (160x128, 25 fps, 20 frames), a still of
 it, a clip without a face (scikit-image's coffee), and espeak-ng speech. Two denoising steps keep every request
@@ -25,6 +26,7 @@ import skimage.data
 from lipsync.fal_compat import point_fal_client
 from tests.conftest import ALICE
 from tests.support import make_stack, probe, wait_until
+from tests.test_js_client import JS_DIR, requires_js
 
 W, H, FPS, N = 160, 128, 25, 20
 AUTH = {"Authorization": f"Key {ALICE}"}
@@ -72,7 +74,9 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def lstack(tmp_path_factory: pytest.TempPathFactory):
-    stack = make_stack(tmp_path_factory.mktemp("lipsync-stack"), pipeline="lipsync", num_inference_steps="2")
+    # loopback webhooks allowed explicitly: the webhook test's receiver is on 127.0.0.1
+    stack = make_stack(tmp_path_factory.mktemp("lipsync-stack"), pipeline="lipsync", num_inference_steps="2",
+                       allow_private_urls="true")
     try:
         stack.start_api()
         stack.start_worker("lipsync-w1")
@@ -89,10 +93,13 @@ MIMES = {".mp4": "video/mp4", ".png": "image/png", ".wav": "audio/wav"}
 
 
 def submit(stack, video: Path, audio: Path, **params) -> dict:
-    body = {"video": _data_uri(video, MIMES[video.suffix]), "audio": _data_uri(audio, MIMES[audio.suffix]), **params}
-    response = httpx.post(f"{stack.base_url}/pipio/lipsync", json=body, headers=AUTH)
-    assert response.status_code == 200, response.text
-    return response.json()
+    """Submit through the official Python client (uploads through the client's storage flow)."""
+    point_fal_client(stack.base_url)
+    client = fal_client.SyncClient(key=ALICE)
+    args = {"video": client.upload_file(video), "audio": client.upload_file(audio), **params}
+    handle = client.submit("pipio/lipsync", args)
+    return {"request_id": handle.request_id, "status_url": handle.status_url, "response_url": handle.response_url,
+            "cancel_url": handle.cancel_url}
 
 
 def finished(stack, submitted: dict, timeout: float = 60) -> dict:
@@ -108,9 +115,7 @@ def run_ok(stack, tmp_path: Path, video: Path, audio: Path, **params) -> tuple[d
     submitted = submit(stack, video, audio, **params)
     status = finished(stack, submitted)
     assert status.get("error") is None, (status, stack.logs())
-    result = httpx.get(submitted["response_url"], headers=AUTH)
-    assert result.status_code == 200, result.text
-    out = result.json()["video"]
+    out = fal_client.SyncClient(key=ALICE).result("pipio/lipsync", submitted["request_id"])["video"]
     assert out["content_type"] == "video/mp4" and out["file_name"] == "output.mp4"
     path = tmp_path / f"{submitted['request_id']}.mp4"
     path.write_bytes(httpx.get(out["url"]).content)
@@ -183,7 +188,7 @@ def test_frames_without_a_face_pass_through(lstack, clips, tmp_path):
 
 
 def test_image_input_is_animated(lstack, clips, tmp_path):
-    """Through the official Python client this time."""
+    """Data URIs this time (``encode_file``), no uploads."""
     point_fal_client(lstack.base_url)
     client = fal_client.SyncClient(key=ALICE)
     handle = client.submit("pipio/lipsync", {"video": fal_client.encode_file(clips["still"]),
@@ -242,29 +247,60 @@ def test_no_face_is_a_typed_error(lstack, clips):
     assert detail["loc"] == ["body", "video"] and detail["type"] == "no_face_detected" and "no face" in detail["msg"]
 
 
-def test_cancel_while_denoising(lstack, clips):
-    """Last in the module: the worker is swapped for one with many denoising steps, so there is time to cancel
-    in the middle of the loop; the cancel lands between steps and ends the request as client_cancelled."""
-    for proc in list(lstack.workers):
-        proc.kill(signal.SIGTERM)
-        lstack.workers.remove(proc)
-    lstack.env["LIPSYNC_NUM_INFERENCE_STEPS"] = "5000"
-    lstack.start_worker("lipsync-slow")
-    submitted = submit(lstack, clips["face"], clips["speech"], num_frames=9)
+def test_webhook_on_completion(lstack, clips):
+    from tests.test_worker_lifecycle import Receiver
 
-    def denoising():
-        status = httpx.get(submitted["status_url"], params={"logs": 1}, headers=AUTH).json()
-        return any(m.startswith("denoising block") for m in messages(status)) and status
+    receiver = Receiver(fail_first=0)
+    try:
+        body = {"video": _data_uri(clips["face"], "video/mp4"), "audio": _data_uri(clips["speech"], "audio/wav"),
+                "num_frames": 9}
+        submitted = httpx.post(f"{lstack.base_url}/pipio/lipsync", json=body, params={"fal_webhook": receiver.url},
+                               headers=AUTH).json()
+        wait_until(lambda: receiver.calls, 60, "the webhook")
+        call = receiver.calls[0]["body"]
+        assert call["status"] == "OK" and call["request_id"] == submitted["request_id"]
+        video = httpx.get(call["payload"]["video"]["url"])
+        assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
+    finally:
+        receiver.close()
 
-    status = wait_until(denoising, 60, "denoising to start", interval=0.1)
-    assert status["status"] == "IN_PROGRESS", status
-    assert httpx.put(submitted["cancel_url"], headers=AUTH).status_code == 202
-    status = finished(lstack, submitted, timeout=20)
-    assert status["error_type"] == "client_cancelled", status
-    logs = messages(status)
-    steps = [m for m in logs if m.startswith("denoising block")]
-    assert steps and not steps[-1].endswith("5000/5000"), steps  # stopped inside the loop
-    assert not any(m.startswith("Encoding") for m in logs), logs
+
+JS_CASES = {
+    # case: (video clip, extra input, expected frames, fps, size)
+    "native": ("face", {}, N, FPS, (W, H)),
+    "image": ("still", {"num_frames": 12}, 12, 25, (W, H)),
+    "half-size": ("face", {"height": -2, "width": -2, "num_frames": 9}, 9, FPS, (W // 2, H // 2)),
+    "frame-rate": ("face", {"frame_rate": 15}, 12, 15, (W, H)),
+    "edits": ("face", {"edit_addition_start_frames": [5], "edit_addition_durations": [3],
+                       "edit_removal_ranges": [10, 12, 15, 16], "edit_removal_bridge_durations": [4, 0]}, 22, FPS, (W, H)),
+}
+
+
+@requires_js
+@pytest.mark.parametrize("case", [*JS_CASES, "no-face"])
+def test_official_js_client(lstack, clips, tmp_path, case):
+    """The same matrix through @fal-ai/client: Blob inputs uploaded by the client, subscribe with logs."""
+    import json
+
+    video = clips["noface"] if case == "no-face" else clips[JS_CASES[case][0]]
+    extra = {} if case == "no-face" else JS_CASES[case][1]
+    env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "BASE": lstack.base_url, "FAL_KEY": ALICE,
+           "VIDEO": str(video), "AUDIO": str(clips["speech"]), "REQUEST": json.dumps(extra)}
+    out = subprocess.run(["node", "client_e2e.mjs", "request"], cwd=JS_DIR, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr + lstack.logs()
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if case == "no-face":
+        assert result["error"]["status"] == 422
+        assert result["error"]["body"]["detail"][0]["type"] == "no_face_detected"
+        return
+    _, _, frames, fps, size = JS_CASES[case]
+    path = tmp_path / "js.mp4"
+    path.write_bytes(httpx.get(result["data"]["video"]["url"]).content)
+    info = probe(path)
+    assert (info["frames"], info["fps"], info["size"]) == (frames, fps, size), info
+    assert_audio_matches(info, frames, Fraction(fps))
+    assert any("NOT A TRAINED MODEL" in m for m in result["logs"])
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -302,3 +338,28 @@ def test_model_loading_rules(tmp_path):
     assert empty.random_weights_warning and "is empty" in empty.random_weights_warning and empty.crop_size == 64
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_lipsync_pipeline(Settings(weights_dir=tmp_path / "missing"))
+
+
+def test_cancel_while_denoising(lstack, clips):
+    """Last in the module: the worker is swapped for one with many denoising steps, so there is time to cancel
+    in the middle of the loop; the cancel lands between steps and ends the request as client_cancelled."""
+    for proc in list(lstack.workers):
+        proc.kill(signal.SIGTERM)
+        lstack.workers.remove(proc)
+    lstack.env["LIPSYNC_NUM_INFERENCE_STEPS"] = "5000"
+    lstack.start_worker("lipsync-slow")
+    submitted = submit(lstack, clips["face"], clips["speech"], num_frames=9)
+
+    def denoising():
+        status = httpx.get(submitted["status_url"], params={"logs": 1}, headers=AUTH).json()
+        return any(m.startswith("denoising block") for m in messages(status)) and status
+
+    status = wait_until(denoising, 60, "denoising to start", interval=0.1)
+    assert status["status"] == "IN_PROGRESS", status
+    fal_client.SyncClient(key=ALICE).cancel("pipio/lipsync", submitted["request_id"])  # raises unless 2xx
+    status = finished(lstack, submitted, timeout=20)
+    assert status["error_type"] == "client_cancelled", status
+    logs = messages(status)
+    steps = [m for m in logs if m.startswith("denoising block")]
+    assert steps and not steps[-1].endswith("5000/5000"), steps  # stopped inside the loop
+    assert not any(m.startswith("Encoding") for m in logs), logs

@@ -67,6 +67,25 @@ const scenarios = {
     });
     return { requestId: result.requestId, data: result.data };
   },
+  async request() {
+    // One lip-sync request: REQUEST holds the extra input fields (JSON); VIDEO and AUDIO are uploaded as Blobs.
+    const fal = viaMiddleware();
+    const types = { mp4: "video/mp4", png: "image/png", wav: "audio/wav" };
+    const typeOf = (path) => types[path.split(".").pop()];
+    const logs = [];
+    try {
+      const result = await fal.subscribe(APP, {
+        input: { video: blob(VIDEO, typeOf(VIDEO)), audio: blob(AUDIO, typeOf(AUDIO)),
+                 ...JSON.parse(process.env.REQUEST ?? "{}") },
+        logs: true,
+        pollInterval: 200,
+        onQueueUpdate: (update) => { for (const entry of update.logs ?? []) logs.push(entry.message); },
+      });
+      return { requestId: result.requestId, data: result.data, logs };
+    } catch (err) {
+      return { error: { status: err.status, body: err.body, fieldErrors: err.fieldErrors ?? null }, logs };
+    }
+  },
   async multipart() {
     // Over 90 MB the client switches to the multipart flow (10 MB parts + complete).
     const fal = viaMiddleware();
