@@ -58,7 +58,8 @@ def main() -> None:
                 if status.error:
                     print(f"  {handle.request_id[:8]} ERROR {status.error_type}: {status.error}")
                     continue
-                stages = "  ".join(f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, (int, float)))
+                stages = "  ".join(f"{k.removesuffix('_time')} {v:.2f}" for k, v in metrics.items()
+                                   if k.endswith("_time") and k != "total_time")
                 print(f"  {handle.request_id[:8]} total {total:6.2f} s | {stages} | {result['video']['file_size']} B")
             wall = time.perf_counter() - started
             print(f"throughput: {args.requests} requests in {wall:.1f} s = {args.requests / wall:.2f} requests/s "
