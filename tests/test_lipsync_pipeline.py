@@ -247,6 +247,17 @@ def test_no_face_is_a_typed_error(lstack, clips):
     assert detail["loc"] == ["body", "video"] and detail["type"] == "no_face_detected" and "no face" in detail["msg"]
 
 
+def test_decompression_bomb_is_refused_and_the_worker_keeps_serving(lstack, clips, tmp_path):
+    from tests.media.test_media_bombs import _png_declaring
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_declaring(100_000, 100_000))  # 100 bytes that declare 10^10 pixels
+    status = finished(lstack, submit(lstack, bomb, clips["speech"]))
+    assert status["error_type"] == "image_too_large", status
+    _, info = run_ok(lstack, tmp_path, clips["face"], clips["speech"], num_frames=9)
+    assert info["frames"] == 9
+
+
 def test_webhook_on_completion(lstack, clips):
     from tests.test_worker_lifecycle import Receiver
 

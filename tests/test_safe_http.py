@@ -123,3 +123,38 @@ def test_loopback_input_url_fails_the_request_with_a_typed_error(stack, server):
     assert status["error_type"] == "file_download_error" and "refused" in status["error"]
     result = httpx.get(submitted["response_url"], headers=auth)
     assert result.status_code == 422 and result.json()["detail"][0]["loc"] == ["body", "video"]
+
+
+def test_redirect_from_a_public_host_to_a_private_one_is_refused(server, tmp_path, monkeypatch):
+    """Every hop is checked where it connects. Here 127.0.0.2 plays a public host (the policy is told so) that
+    redirects to 127.0.0.1, still private: the first hop connects, the second is refused."""
+    import worker.safe_http as safe_http
+
+    monkeypatch.setattr(safe_http, "is_public", lambda address: address == "127.0.0.2")
+    port = server.rsplit(":", 1)[1]
+    http = SafeHttp(allow_private=False, timeout_s=5)
+    public_files = ThreadingHTTPServer(("127.0.0.2", 0), Files)
+    redirector = ThreadingHTTPServer(("127.0.0.2", 0), _RedirectTo(f"http://127.0.0.1:{port}/small"))
+    for srv in (public_files, redirector):
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        got = http.download(f"http://127.0.0.2:{public_files.server_address[1]}/small", tmp_path / "ok", max_bytes=100)
+        assert (tmp_path / "ok").read_bytes() == b"hello" and got.size == 5  # a "public" host is fetched
+        with pytest.raises(DownloadError, match="refused"):
+            http.download(f"http://127.0.0.2:{redirector.server_address[1]}/x", tmp_path / "f", max_bytes=100)
+    finally:
+        public_files.shutdown()
+        redirector.shutdown()
+
+
+def _RedirectTo(location: str):
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(302)
+            self.send_header("Location", location)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    return Handler
