@@ -21,15 +21,10 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.support import API_KEYS, data_uri_body, make_stack, make_video, make_wav, wait_until  # noqa: E402
+from tests.support import API_KEYS, data_uri_body, make_stack, make_video, make_wav, percentile_ms, wait_until  # noqa: E402
 
 AUTH = {"Authorization": f"Key alice:{API_KEYS['alice']}"}
 BODY = {"video": "https://example.com/face.mp4", "audio": "https://example.com/speech.wav"}
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))] * 1000
 
 
 async def client_loop(base: str, until: float, submit_ms: list[float], status_ms: list[float], errors: list[str]):
@@ -61,8 +56,8 @@ async def load(base: str, clients: int, seconds: float) -> None:
     total = len(submit_ms) + len(status_ms)
     print(f"load: {clients} clients for {elapsed:.1f} s: {total} requests, {total / elapsed:.0f} requests/s, "
           f"{len(errors)} errors")
-    print(f"  submit  p50 {pct(submit_ms, 0.5):6.1f} ms  p99 {pct(submit_ms, 0.99):6.1f} ms  ({len(submit_ms)})")
-    print(f"  status  p50 {pct(status_ms, 0.5):6.1f} ms  p99 {pct(status_ms, 0.99):6.1f} ms  ({len(status_ms)})")
+    print(f"  submit  p50 {percentile_ms(submit_ms, 0.5):6.1f} ms  p99 {percentile_ms(submit_ms, 0.99):6.1f} ms  ({len(submit_ms)})")
+    print(f"  status  p50 {percentile_ms(status_ms, 0.5):6.1f} ms  p99 {percentile_ms(status_ms, 0.99):6.1f} ms  ({len(status_ms)})")
 
 
 def overhead(stack, n: int, workdir: Path) -> None:
@@ -80,8 +75,8 @@ def overhead(stack, n: int, workdir: Path) -> None:
             totals.append(time.perf_counter() - t0)
             waits.append(status["metrics"]["queue_time"])
     print(f"overhead: {n} sequential requests, one idle worker")
-    print(f"  submit→worker start  p50 {pct(waits, 0.5):6.1f} ms  p99 {pct(waits, 0.99):6.1f} ms")
-    print(f"  submit→COMPLETED seen (2-frame test pipeline)  p50 {pct(totals, 0.5):6.1f} ms")
+    print(f"  submit→worker start  p50 {percentile_ms(waits, 0.5):6.1f} ms  p99 {percentile_ms(waits, 0.99):6.1f} ms")
+    print(f"  submit→COMPLETED seen (2-frame test pipeline)  p50 {percentile_ms(totals, 0.5):6.1f} ms")
 
 
 def main() -> None:

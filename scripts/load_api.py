@@ -25,14 +25,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from contract.jobs import JobStore, RequestStatus  # noqa: E402
-from tests.support import API_KEYS, data_uri_body, make_stack, make_video, make_wav  # noqa: E402
+from tests.support import API_KEYS, data_uri_body, make_stack, make_video, make_wav, percentile_ms  # noqa: E402
 
 AUTH = {"Authorization": f"Key alice:{API_KEYS['alice']}"}
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values else float("nan")
 
 
 class Load:
@@ -109,7 +104,7 @@ async def run(args: argparse.Namespace, stack, body: dict) -> None:
     print(f"{args.clients} clients, {args.workers} workers, {elapsed:.1f} s: {len(load.submitted)} requests done, "
           f"{ops} HTTP calls = {ops / elapsed:.0f} calls/s, {len(load.submitted) / elapsed:.1f} requests/s")
     for op, values in load.latency.items():
-        print(f"  {op:15s} p50 {pct(values, 0.5):8.1f} ms  p99 {pct(values, 0.99):8.1f} ms  ({len(values)})")
+        print(f"  {op:15s} p50 {percentile_ms(values, 0.5):8.1f} ms  p99 {percentile_ms(values, 0.99):8.1f} ms  ({len(values)})")
     lost, twice, ran_twice = audit(JobStore(stack.redis), load.submitted)
     unique = len(set(load.submitted)) == len(load.submitted)
     print(f"  errors {len(load.errors)}; lost {lost}; completed twice {twice}; ran twice {ran_twice}; "

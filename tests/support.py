@@ -252,6 +252,14 @@ def make_speech(path: Path, text: str = "Hello, this is a lip sync test.") -> Pa
     return path
 
 
+def percentile_ms(values: list[float], q: float) -> float:
+    """The q-quantile of durations in seconds, in milliseconds (nan when there are none)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
 def data_uri_body(video: Path, audio: Path, **extra) -> dict:
     """A request body with both files inlined as data: URIs (no upload, no URL fetch)."""
 

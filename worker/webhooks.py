@@ -42,7 +42,9 @@ class WebhookDispatcher:
         self.settings, self.store, self.storage, self.http = settings, store, storage, http
         self.signer = WebhookSigner.from_settings(settings.webhook_signing_key, settings.storage_dir)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="webhook")
-        self.slots = threading.Semaphore(workers)
+        self.workers = workers
+        self._busy = 0  # deliveries running now; only the dispatcher thread adds, pool threads subtract
+        self._lock = threading.Lock()
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="webhook-dispatcher", daemon=True)
 
@@ -57,9 +59,11 @@ class WebhookDispatcher:
         lease = self.settings.webhook_timeout_s * 2 + 10
         while not self.stop_event.wait(POLL_INTERVAL_S):
             try:
-                free = self.slots._value  # claim only what we can start now; the rest stays for other workers
-                for rid in self.store.claim_webhooks(limit=max(free, 0), lease_s=lease) if free else []:
-                    self.slots.acquire()
+                with self._lock:
+                    free = self.workers - self._busy  # claim only what can start now; the rest is for others
+                for rid in self.store.claim_webhooks(limit=free, lease_s=lease) if free > 0 else []:
+                    with self._lock:
+                        self._busy += 1
                     self.pool.submit(self._deliver_safely, rid)
             except Exception:  # Redis down for a moment: try again next tick
                 log.exception("webhook dispatcher tick failed")
@@ -70,7 +74,8 @@ class WebhookDispatcher:
         except Exception:
             log.exception("webhook delivery for %s failed unexpectedly", rid)
         finally:
-            self.slots.release()
+            with self._lock:
+                self._busy -= 1
 
     def deliver(self, rid: str) -> None:
         record = self.store.get(rid)
