@@ -4,7 +4,7 @@ The JSON has one section per component. Each component section is exactly the co
 class that is built from it (diffusers' "the constructor signature is the config"), so a key the class does not
 take is an error here, at load time, instead of being silently ignored:
 
-- ``transformer``   -> :class:`model.transformer_lipsync.LipSyncTransformer3DModel`
+- ``transformer``   -> :class:`model.pipio.transformer_lipsync.LipSyncTransformer3DModel`
 - ``vae``           -> ``diffusers.AutoencoderKLLTXVideo``
 - ``scheduler``     -> ``diffusers.FlowMatchEulerDiscreteScheduler``
 - ``audio_encoder`` -> ``transformers.WhisperConfig`` (its encoder half is used)
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 PRESETS = ("tiny", "base")
 
 

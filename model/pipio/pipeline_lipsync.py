@@ -158,7 +158,7 @@ class LipSyncPipeline:
         (root / "pipeline_config.json").write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
         (root / "model_index.json").write_text(json.dumps({
             "_class_name": "LipSyncPipeline",
-            "transformer": ["model.transformer_lipsync", "LipSyncTransformer3DModel"],
+            "transformer": ["model.pipio.transformer_lipsync", "LipSyncTransformer3DModel"],
             "vae": ["diffusers", "AutoencoderKLLTXVideo"],
             "audio_encoder": ["transformers", "WhisperEncoder"],
             "text_encoder": ["transformers", "T5EncoderModel"],
