@@ -10,6 +10,11 @@ if ! command -v redis-server >/dev/null || ! command -v ffmpeg >/dev/null || ! c
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends redis-server ffmpeg espeak-ng
 fi
+# A real browser for the playground's test (tests/test_playground.py drives it with selenium).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver
+fi
 
 PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null || PYTHON=python3

@@ -26,7 +26,7 @@ from server.http import error_response, validation_response
 from server.metrics import HttpMetrics, JobCollector
 from server.openapi import install_openapi
 from server.proxy import FalProxyMiddleware
-from server.routers import health, queue, storage as storage_routes
+from server.routers import health, playground, queue, storage as storage_routes
 from server.service import QueueService
 from server.uploads import MultipartUploads
 from storage import make_signer, make_storage
@@ -107,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     install_openapi(app, settings)
     app.include_router(health.router)
+    app.include_router(playground.router)
     app.include_router(storage_routes.router)
     app.include_router(queue.router)
     app.include_router(queue.submit_router(list(settings.apps)))

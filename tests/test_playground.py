@@ -1,0 +1,292 @@
+"""The playground page (``GET /``) in a real browser: Debian's ``chromium``, driven by selenium through
+``chromedriver``, against ``lipsync serve``.
+
+Two serves: the default lip-sync pipeline (random tiny weights) with API keys on, for the whole happy path
+(key box, uploads with progress, SSE logs, the result playing, metrics and the random-weights warning), a bad
+field value and a wrong key; and the test pipeline (``tests.pipelines:reencode``, slowed down by its prompt
+hook) with no keys, to cancel a running request. Every test also reads the browser's console: nothing but
+the HTTP errors the test provoked may appear there.
+
+The finished page's screenshot is written to ``build/test-artifacts/playground.png`` (``docs/playground.png``
+in the README is one of these).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.support import ROOT, free_port, make_face_video, make_speech, wait_until
+
+KEY = "playground:pg-secret"
+ARTIFACTS = Path(os.environ.get("LIPSYNC_TEST_ARTIFACTS", ROOT / "build" / "test-artifacts"))
+CLIP = {"frames": 20, "size": (256, 192)}  # 20 frames at 25 fps; sent with frame_rate=20: 16 frames, 0.8 s
+
+
+# --- processes ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Served:
+    base: str
+    proc: subprocess.Popen
+    data_dir: Path
+
+    def logs(self) -> str:
+        files = [self.data_dir / "serve.log", self.data_dir / "worker.log"]
+        return "\n".join(f"===== {f.name}\n{f.read_text(errors='replace')[-3000:]}" for f in files if f.exists())
+
+    def jobs_seen(self) -> float:
+        """Requests the queue has ever held: queued + running + completed (from /metrics)."""
+        text = httpx.get(f"{self.base}/metrics").text
+        names = ("lipsync_requests_queued", "lipsync_requests_running", "lipsync_jobs_completed_total")
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(names))
+
+
+def _serve(data_dir: Path, **settings: str) -> Iterator[Served]:
+    port = free_port()
+    data_dir.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIPSYNC_")}
+    env.update({f"LIPSYNC_{k.upper()}": v for k, v in settings.items()}, PYTHONUNBUFFERED="1")
+    with open(data_dir / "serve.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lipsync", "serve", "--port", str(port), "--data-dir", str(data_dir)],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    served = Served(f"http://127.0.0.1:{port}", proc, data_dir)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"lipsync serve exited:\n{served.logs()}")
+        try:
+            return httpx.get(f"{served.base}/readyz", timeout=1).json().get("workers") == 1
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(ready, 120, "lipsync serve")
+        yield served
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def lipsync_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    yield from _serve(tmp_path_factory.mktemp("playground") / "data", api_keys=KEY)
+
+
+@pytest.fixture(scope="module")
+def slow_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    yield from _serve(tmp_path_factory.mktemp("playground-slow") / "data", pipeline="tests.pipelines:reencode")
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("playground-media")
+    return {
+        "face": make_face_video(d / "face.mp4", **CLIP),
+        "long_face": make_face_video(d / "long-face.mp4", frames=60, size=(96, 96)),
+        "speech": make_speech(d / "speech.wav"),
+    }
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver_path:
+        pytest.fail("chromium and chromedriver are required (scripts/setup.sh: apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000",
+                "--autoplay-policy=no-user-gesture-required"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(driver_path))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+# --- page helpers ---------------------------------------------------------------------------------------
+
+
+def wait_for(driver, predicate: Callable[[Any], Any], timeout: float, what: str, served: Served) -> Any:
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(predicate)
+    except TimeoutException:
+        logs = driver.execute_script("return document.getElementById('logs')?.textContent")
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}\npage logs:\n{logs}\n{served.logs()}") from None
+
+
+def open_page(driver, served: Served) -> None:
+    driver.get(served.base + "/")
+    wait_for(driver, lambda d: d.find_element(By.ID, "form").is_displayed(), 15, "the form", served)
+
+
+def text(driver, element_id: str) -> str:
+    element = driver.find_element(By.ID, element_id)
+    return element.text if element.is_displayed() else ""
+
+
+def set_value(driver, field: str, value: str) -> None:
+    element = driver.find_element(By.ID, f"field-{field}")
+    if not element.is_displayed():  # its group is folded: open it, as a user would
+        element.find_element(By.XPATH, "ancestor::details/summary").click()
+    element.clear()
+    element.send_keys(value)
+
+
+def use_url(driver, field: str, url: str) -> None:
+    driver.find_element(By.ID, f"field-{field}-mode-url").click()
+    driver.find_element(By.ID, f"field-{field}-url").send_keys(url)
+
+
+def set_key(driver, key: str) -> None:
+    box = driver.find_element(By.ID, "api-key")
+    box.clear()
+    box.send_keys(key)
+
+
+def console_errors(driver, allowed_statuses: tuple[int, ...] = ()) -> list[dict]:
+    """SEVERE console entries, less the network errors for HTTP statuses the test asked for."""
+    allowed = tuple(f"status of {code} " for code in allowed_statuses)
+    return [
+        entry for entry in driver.get_log("browser")
+        if entry["level"] == "SEVERE" and not (entry.get("source") == "network" and any(a in entry["message"] for a in allowed))
+    ]
+
+
+def history(driver) -> list[str]:
+    return [li.get_attribute("data-request-id") for li in driver.find_elements(By.CSS_SELECTOR, "#history li")]
+
+
+# --- the tests ----------------------------------------------------------------------------------------------
+
+
+def test_upload_submit_watch_and_play(browser, lipsync_serve, clips):
+    driver, served = browser, lipsync_serve
+    open_page(driver, served)
+    assert driver.find_element(By.ID, "key-box").is_displayed()  # keys are configured
+    set_key(driver, KEY)
+    labels = [s.text for s in driver.find_elements(By.CSS_SELECTOR, "#groups summary")]
+    assert labels == ["Inputs", "Output size and rate", "Long-video knobs", "Conditioning", "Edits", "Seed"]
+    hint = driver.find_element(By.ID, "field-vae_chunk_size-hint").get_attribute("textContent")
+    assert "8n+1" in hint and "default 65" in hint  # description and default from /openapi.json
+
+    driver.find_element(By.ID, "field-video").send_keys(str(clips["face"]))
+    driver.find_element(By.ID, "field-audio").send_keys(str(clips["speech"]))
+    for field in ("video", "audio"):
+        wait_for(driver, lambda d: text(d, f"field-{field}-upload").startswith("uploaded"), 20, f"{field} upload", served)
+        assert driver.find_element(By.ID, f"field-{field}-progress").get_attribute("value") == "1"
+    set_value(driver, "frame_rate", "20")
+    driver.find_element(By.ID, "submit").click()
+
+    wait_for(driver, lambda d: "Fetching inputs" in text(d, "logs"), 30, "the request's logs", served)
+    request_id = driver.find_element(By.ID, "run-id").text
+    assert history(driver) == [request_id]
+    metadata = wait_for(driver, lambda d: d.execute_script(
+        "const v = document.getElementById('result-video');"
+        "return v.readyState >= 2 && [v.videoWidth, v.videoHeight, v.duration];"), 240, "the result video", served)
+    width, height, duration = metadata
+    assert (width, height) == CLIP["size"]
+    assert 0.8 - 0.01 <= duration <= 0.8 + 1024 / 22050 + 0.01  # 16 frames at 20 fps; audio may end an AAC frame later
+
+    assert text(driver, "run-status") == "completed"
+    assert "NOT A TRAINED MODEL" in text(driver, "weights-warning")  # the random-weights warning, up top
+    facts = text(driver, "facts")
+    assert "face coverage" in facts and "RANDOM" in facts
+    assert re.search(r"face_track\s", text(driver, "stages"))  # stage times from the metrics
+    assert driver.find_element(By.ID, "download").get_attribute("href").startswith(served.base + "/files/")
+    assert "completed" in driver.find_element(By.CSS_SELECTOR, "#history li").text.lower()
+    assert console_errors(driver) == []
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    driver.execute_script("document.getElementById('result-video').currentTime = 0.4; window.scrollTo(0, 0);")
+    wait_for(driver, lambda d: d.execute_script("return !document.getElementById('result-video').seeking"), 10, "seek", served)
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
+    (ARTIFACTS / "playground.png").write_bytes(base64.b64decode(shot["data"]))
+
+
+def test_bad_value_is_shown_beside_its_field_and_nothing_is_queued(browser, lipsync_serve):
+    driver, served = browser, lipsync_serve
+    open_page(driver, served)
+    before, seen = history(driver), served.jobs_seen()
+    set_key(driver, KEY)
+    use_url(driver, "video", "https://example.com/face.mp4")
+    use_url(driver, "audio", "https://example.com/speech.wav")
+    set_value(driver, "vae_chunk_size", "10")
+    driver.find_element(By.ID, "submit").click()
+
+    error = wait_for(driver, lambda d: text(d, "field-vae_chunk_size-error"), 10, "the field's error", served)
+    assert "8n+1" in error
+    box = driver.find_element(By.ID, "field-vae_chunk_size-box")
+    assert box.find_element(By.ID, "field-vae_chunk_size-error").is_displayed()  # beside the field, in its box
+    assert driver.find_element(By.ID, "field-vae_chunk_size").get_attribute("aria-invalid") == "true"
+    assert "vae_chunk_size" in text(driver, "form-error")
+    assert text(driver, "field-video-error") == ""  # only the field the 422 names
+    assert history(driver) == before and served.jobs_seen() == seen
+    assert console_errors(driver, allowed_statuses=(422,)) == []
+
+
+def test_wrong_key_shows_the_401_message(browser, lipsync_serve):
+    driver, served = browser, lipsync_serve
+    open_page(driver, served)
+    before, seen = history(driver), served.jobs_seen()
+    set_key(driver, "playground:wrong")
+    use_url(driver, "video", "https://example.com/face.mp4")
+    use_url(driver, "audio", "https://example.com/speech.wav")
+    driver.find_element(By.ID, "submit").click()
+
+    error = wait_for(driver, lambda d: text(d, "api-key-error"), 10, "the key's error", served)
+    assert error == "Unauthorized: missing or invalid API key"
+    assert "unauthorized (HTTP 401)" in text(driver, "form-error")
+    assert history(driver) == before and served.jobs_seen() == seen
+    assert console_errors(driver, allowed_statuses=(401,)) == []
+    set_key(driver, KEY)
+
+
+def test_cancel_during_a_run_ends_cancelled(browser, slow_serve, clips):
+    driver, served = browser, slow_serve
+    open_page(driver, served)
+    assert not driver.find_element(By.ID, "key-box").is_displayed()  # no keys configured: no key box
+    driver.find_element(By.ID, "field-video").send_keys(str(clips["long_face"]))
+    driver.find_element(By.ID, "field-audio").send_keys(str(clips["speech"]))
+    driver.find_element(By.ID, "field-use_custom_prompt").click()
+    set_value(driver, "custom_prompt", "test:slow=0.2")  # 60 frames x 0.2 s: 12 s unless cancelled
+    driver.find_element(By.ID, "submit").click()
+
+    wait_for(driver, lambda d: text(d, "progress-label").startswith("encoding frame"), 30, "a progress line", served)
+    assert float(driver.find_element(By.ID, "progress").get_attribute("value")) > 0
+    assert text(driver, "run-status") == "running"
+    driver.find_element(By.ID, "cancel").click()
+
+    wait_for(driver, lambda d: text(d, "run-status") == "cancelled" and text(d, "run-error"), 15, "cancelled", served)
+    assert text(driver, "run-error").startswith("client_cancelled:")
+    request_id = driver.find_element(By.ID, "run-id").text
+    status = httpx.get(f"{served.base}/pipio/lipsync/requests/{request_id}/status").json()
+    assert status["status"] == "COMPLETED" and status["error_type"] == "client_cancelled"
+    assert "client_cancelled" in driver.find_element(By.CSS_SELECTOR, "#history li").text
+    assert not driver.find_element(By.ID, "result").is_displayed()
+    assert console_errors(driver) == []
