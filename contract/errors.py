@@ -37,19 +37,26 @@ class LipsyncError(Exception):
             return {"detail": [{"loc": loc, "msg": self.message, "type": self.error_type}]}
         return {"detail": self.message, "error_type": self.error_type}
 
+    timeout_type: str | None = None  # set on timeouts only (see RequestTimeout)
+
     def to_record(self) -> dict[str, Any]:
         """What a finished request stores, enough to rebuild the error on the API side."""
-        return {
+        record = {
             "error_type": self.error_type,
             "status_code": self.status_code,
             "message": self.message,
             "field": self.field,
         }
+        if self.timeout_type:
+            record["timeout_type"] = self.timeout_type
+        return record
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> "LipsyncError":
         err = cls(record["message"], field=record.get("field"), error_type=record["error_type"])
         err.status_code = int(record["status_code"])
+        # Records written before timeout types existed: a 504 then was always a user timeout.
+        err.timeout_type = record.get("timeout_type") or ("user" if err.status_code == 504 else None)
         return err
 
     def __repr__(self) -> str:
@@ -99,8 +106,15 @@ class RequestCancelled(LipsyncError):
 
 
 class RequestTimeout(LipsyncError):
+    """``timeout_type`` (the X-Fal-Request-Timeout-Type header): ``user`` when the caller's own deadline
+    ran out (both clients then never retry), ``server`` for the server's limits (clients may retry)."""
+
     error_type = "request_timeout"
     status_code = 504
+
+    def __init__(self, message: str, *, timeout_type: str = "server", **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.timeout_type = timeout_type
 
 
 class RunnerDisconnected(LipsyncError):

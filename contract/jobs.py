@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
@@ -61,6 +62,7 @@ class Keys:
     webhooks_inflight = f"{PREFIX}:webhooks:inflight"  # ZSET request id -> lease end
     stats = f"{PREFIX}:stats:jobs"  # HASH counters for /metrics
     retention = f"{PREFIX}:retention"  # ZSET request id -> when its stored files are deleted
+    workers_alive = f"{PREFIX}:workers:alive"  # ZSET worker name -> when its liveness lapses
 
     @staticmethod
     def request(rid: str) -> str:
@@ -106,6 +108,13 @@ class RequestRecord:
     error: dict[str, Any] | None = None  # LipsyncError.to_record()
     metrics: dict[str, Any] = field(default_factory=dict)
     webhook_attempts: int = 0
+    priority: str = "normal"  # x-fal-queue-priority: normal | low
+    no_retry: bool = False  # X-Fal-No-Retry: never queue again after a runner failure
+    runner_attempts: int = 0  # times it was queued again because its worker died
+    user_timeout: bool = False  # its start deadline came from the caller's X-Fal-Request-Timeout
+    files_ttl_s: int = 0  # X-Fal-Object-Lifecycle-Preference, bounded; 0: the server's retention
+    run_token: str = ""  # the current attempt's owner: only it may beat, log progress and complete
+    wait_s: float = 0.0  # how long it may wait in the queue, each time it is queued
 
     _JSON_FIELDS = ("input", "result", "error", "metrics")
 
@@ -116,6 +125,8 @@ class RequestRecord:
                 out[name] = json.dumps(value)
             elif isinstance(value, RequestStatus):
                 out[name] = value.value
+            elif isinstance(value, bool):
+                out[name] = "1" if value else ""
             elif value is not None:
                 out[name] = str(value)
         return out
@@ -139,6 +150,13 @@ class RequestRecord:
             error=json.loads(h.get("error") or "null"),
             metrics=json.loads(h.get("metrics") or "{}"),
             webhook_attempts=int(h.get("webhook_attempts", 0)),
+            priority=h.get("priority") or "normal",
+            no_retry=bool(h.get("no_retry")),
+            runner_attempts=int(h.get("runner_attempts") or 0),
+            user_timeout=bool(h.get("user_timeout")),
+            files_ttl_s=int(h.get("files_ttl_s") or 0),
+            run_token=h.get("run_token", ""),
+            wait_s=float(h.get("wait_s") or 0),
         )
 
     @property
@@ -189,7 +207,7 @@ def parse_events(raw: list[tuple[Any, dict[Any, Any]]]) -> list[Event]:
 
 _START = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'IN_QUEUE' then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'IN_PROGRESS', 'started_at', ARGV[1], 'worker', ARGV[2])
+redis.call('HSET', KEYS[1], 'status', 'IN_PROGRESS', 'started_at', ARGV[1], 'worker', ARGV[2], 'run_token', ARGV[6])
 redis.call('ZADD', KEYS[2], ARGV[1], ARGV[3])
 redis.call('ZREM', KEYS[3], ARGV[3])
 redis.call('SET', KEYS[4], ARGV[2], 'PX', ARGV[4])
@@ -199,11 +217,12 @@ return 1
 
 # KEYS: request, running, queued, heartbeat, events, webhooks_due, stats, retention, owner's in-flight set
 # ARGV: completed_at, result, error, metrics, ttl, expected status or '', request id, maxlen,
-#       storage keys to delete when the record expires (JSON list), stats fields...
+#       storage keys to delete (JSON list), run token or '', seconds until those are deleted, stats fields...
 _COMPLETE = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if (not status) or status == 'COMPLETED' then return 0 end
 if ARGV[6] ~= '' and status ~= ARGV[6] then return 0 end
+if ARGV[10] ~= '' and redis.call('HGET', KEYS[1], 'run_token') ~= ARGV[10] then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'COMPLETED', 'completed_at', ARGV[1],
            'result', ARGV[2], 'error', ARGV[3], 'metrics', ARGV[4])
 redis.call('ZREM', KEYS[2], ARGV[7])
@@ -213,14 +232,38 @@ redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[8], '*', 'kind', 'status', 'stat
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('EXPIRE', KEYS[5], ARGV[5])
 if ARGV[9] ~= '[]' then
-  redis.call('ZADD', KEYS[8], ARGV[1] + ARGV[5], ARGV[7])
+  redis.call('ZADD', KEYS[8], ARGV[1] + ARGV[11], ARGV[7])
   redis.call('HSET', KEYS[8] .. ':keys', ARGV[7], ARGV[9])
 end
 redis.call('SREM', KEYS[9], ARGV[7])
 if (redis.call('HGET', KEYS[1], 'webhook_url') or '') ~= '' then
   redis.call('ZADD', KEYS[6], ARGV[1], ARGV[7])
 end
-for i = 10, #ARGV do redis.call('HINCRBYFLOAT', KEYS[7], ARGV[i], 1) end
+for i = 12, #ARGV do redis.call('HINCRBYFLOAT', KEYS[7], ARGV[i], 1) end
+return 1
+"""
+
+# A runner failure with retries left: back to IN_QUEUE, unless a heartbeat came back meanwhile.
+# KEYS: request, running, queued, heartbeat, events.
+# ARGV: queued deadline, request id, maxlen, log line before the attempt number, timestamp, after it
+_REQUEUE = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'IN_PROGRESS' then return 0 end
+if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+local attempts = redis.call('HINCRBY', KEYS[1], 'runner_attempts', 1)
+redis.call('HSET', KEYS[1], 'status', 'IN_QUEUE', 'worker', '', 'run_token', '')
+redis.call('HDEL', KEYS[1], 'started_at')
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[1], ARGV[2])
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[3], '*', 'kind', 'log', 'level', 'WARN', 'message',
+           ARGV[4] .. attempts .. ARGV[6], 'timestamp', ARGV[5])
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[3], '*', 'kind', 'status', 'status', 'IN_QUEUE')
+return attempts
+"""
+
+# Refresh a heartbeat only for the attempt that owns the request.
+_BEAT = """
+if redis.call('HGET', KEYS[1], 'run_token') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3], 'XX')
 return 1
 """
 
@@ -254,6 +297,8 @@ class JobStore:
         self._complete = connection.register_script(_COMPLETE)
         self._claim = connection.register_script(_CLAIM_WEBHOOKS)
         self._restore = connection.register_script(_RESTORE_EXPIRED_LEASES)
+        self._requeue = connection.register_script(_REQUEUE)
+        self._beat = connection.register_script(_BEAT)
 
     # --- create and read ------------------------------------------------------------------------------
 
@@ -276,14 +321,25 @@ class JobStore:
 
     # --- worker side -----------------------------------------------------------------------------------
 
-    def start(self, rid: str, worker: str, heartbeat_ttl_s: float) -> bool:
+    def start(self, rid: str, worker: str, heartbeat_ttl_s: float, token: str = "") -> bool:
+        """Claim a queued request for one attempt; ``token`` then names that attempt (see ``owns``)."""
         keys = [Keys.request(rid), Keys.running, Keys.queued, Keys.heartbeat(rid), Keys.events(rid)]
-        args = [time.time(), worker, rid, int(heartbeat_ttl_s * 1000), LOG_STREAM_MAXLEN]
+        args = [time.time(), worker, rid, int(heartbeat_ttl_s * 1000), LOG_STREAM_MAXLEN, token]
         return bool(self._start(keys=keys, args=args))
 
-    def heartbeat(self, rid: str, worker: str, ttl_s: float) -> None:
-        # XX: only refresh a live heartbeat; once completion deleted it, a late beat must not revive it
-        self.r.set(Keys.heartbeat(rid), worker, px=int(ttl_s * 1000), xx=True)
+    def heartbeat(self, rid: str, worker: str, ttl_s: float, token: str = "") -> bool:
+        """Refresh a live heartbeat of the attempt ``token``; False once that attempt no longer owns it.
+
+        XX: once completion deleted the heartbeat (or the reaper found it lapsed), a late beat must not
+        revive it.
+        """
+        keys = [Keys.request(rid), Keys.heartbeat(rid)]
+        return bool(self._beat(keys=keys, args=[token, worker, int(ttl_s * 1000)]))
+
+    def owns(self, rid: str, token: str) -> bool:
+        """Whether attempt ``token`` still runs this request (not queued again after a lapsed heartbeat)."""
+        raw = self.r.hmget(Keys.request(rid), ["status", "run_token"])
+        return _s(raw[0] or b"") == RequestStatus.IN_PROGRESS.value and _s(raw[1] or b"") == token
 
     def log(self, rid: str, message: str, level: LogLevel = LogLevel.INFO) -> None:
         entry = {"kind": "log", "level": level.value, "message": message, "timestamp": utcnow_iso()}
@@ -300,10 +356,12 @@ class JobStore:
         error: LipsyncError | None = None,
         metrics: dict[str, Any] | None = None,
         expected: RequestStatus | None = None,
+        token: str = "",
     ) -> bool:
-        """Finish a request with a result or an error. False if it had already finished (or was not ``expected``)."""
+        """Finish a request with a result or an error. False if it had already finished, was not ``expected``,
+        or (with ``token``) is no longer run by that attempt."""
         now = time.time()
-        record = self.r.hmget(Keys.request(rid), ["started_at", "created_at", "owner", "input"])
+        record = self.r.hmget(Keys.request(rid), ["started_at", "created_at", "owner", "input", "files_ttl_s"])
         started = float(record[0] or record[1] or now)
         owner = _s(record[2] or b"")
         stored = _stored_keys(json.loads(record[3] or "{}"), result or {})
@@ -332,6 +390,8 @@ class JobStore:
             rid,
             LOG_STREAM_MAXLEN,
             json.dumps(stored),
+            token,
+            min(int(record[4] or 0) or self.result_ttl_s, self.result_ttl_s),
             *stats,
         ]
         done = bool(self._complete(keys=keys, args=args))
@@ -353,26 +413,60 @@ class JobStore:
 
     # --- reaping: requests whose worker died, or that waited too long -------------------------------------
 
-    def reap(self, now: float | None = None) -> list[str]:
-        """Finish IN_PROGRESS requests whose heartbeat lapsed and IN_QUEUE ones past their deadline."""
+    def reap(
+        self,
+        now: float | None = None,
+        *,
+        max_retries: int = 0,
+        requeue: Callable[[RequestRecord, float], None] | None = None,
+    ) -> list[tuple[str, str]]:
+        """Deal with IN_PROGRESS requests whose heartbeat lapsed and IN_QUEUE ones past their deadline.
+
+        A lapsed request is queued again (``requeue(record, wait_s)`` puts it back on RQ) while it has
+        retries left and its caller did not send X-Fal-No-Retry; else it fails ``runner_disconnected``.
+        Returns (request id, "requeued" | "runner_disconnected" | "request_timeout") for each one handled.
+        """
         now = time.time() if now is None else now
         reaped = []
         for raw in self.r.zrange(Keys.running, 0, -1):
             rid = _s(raw)
-            if not self.r.exists(Keys.heartbeat(rid)):
-                error = RunnerDisconnected("The worker running this request stopped responding (killed or lost).")
-                if self.complete(rid, error=error, expected=RequestStatus.IN_PROGRESS):
-                    reaped.append(rid)
-                else:
-                    self.r.zrem(Keys.running, rid)
+            if self.r.exists(Keys.heartbeat(rid)):
+                continue
+            record = self.get(rid)
+            if record is not None and requeue is not None and not record.no_retry and record.runner_attempts < max_retries:
+                if self._queue_again(record, now, max_retries, requeue):
+                    reaped.append((rid, "requeued"))
+                continue
+            error = RunnerDisconnected("The worker running this request stopped responding (killed or lost).")
+            if self.complete(rid, error=error, expected=RequestStatus.IN_PROGRESS):
+                reaped.append((rid, error.error_type))
+            else:
+                self.r.zrem(Keys.running, rid)
         for raw in self.r.zrangebyscore(Keys.queued, "-inf", now):
             rid = _s(raw)
-            error = RequestTimeout("The request did not start within its allowed waiting time and was dropped.")
+            user = self.r.hget(Keys.request(rid), "user_timeout")
+            error = RequestTimeout(
+                "The request did not start within its allowed waiting time and was dropped.",
+                timeout_type="user" if user else "server",
+            )
             if self.complete(rid, error=error, expected=RequestStatus.IN_QUEUE):
-                reaped.append(rid)
+                reaped.append((rid, error.error_type))
             else:
                 self.r.zrem(Keys.queued, rid)
         return reaped
+
+    def _queue_again(
+        self, record: RequestRecord, now: float, max_retries: int, requeue: Callable[[RequestRecord, float], None]
+    ) -> bool:
+        rid = record.request_id
+        wait_s = record.wait_s or 24 * 3600.0
+        keys = [Keys.request(rid), Keys.running, Keys.queued, Keys.heartbeat(rid), Keys.events(rid)]
+        line = f"Runner disconnected (worker {record.worker or '?'} stopped responding); retrying, attempt "
+        args = [now + wait_s, rid, LOG_STREAM_MAXLEN, line, utcnow_iso(), f" of {max_retries}"]
+        if not self._requeue(keys=keys, args=args):
+            return False
+        requeue(record, wait_s)
+        return True
 
     # --- retention -------------------------------------------------------------------------------------------
 
@@ -387,6 +481,13 @@ class JobStore:
                 self.r.hdel(f"{Keys.retention}:keys", rid)
                 due[rid] = json.loads(keys or "[]")
         return due
+
+    def expire_files_at(self, name: str, keys: list[str], at: float) -> None:
+        """Delete ``keys`` at ``at`` (an upload with a lifecycle header); ``name`` is unique per upload."""
+        pipe = self.r.pipeline()
+        pipe.zadd(Keys.retention, {name: at})
+        pipe.hset(f"{Keys.retention}:keys", name, json.dumps(keys))
+        pipe.execute()
 
     # --- webhooks ----------------------------------------------------------------------------------------
 
@@ -407,6 +508,20 @@ class JobStore:
         pipe.zadd(Keys.webhooks_due, {rid: at})
         pipe.execute()
         return int(attempts)
+
+    # --- worker liveness (what /readyz counts) ---------------------------------------------------------
+
+    def worker_alive(self, name: str, ttl_s: float) -> None:
+        self.r.zadd(Keys.workers_alive, {name: time.time() + ttl_s})
+
+    def worker_gone(self, name: str) -> None:
+        self.r.zrem(Keys.workers_alive, name)
+
+    def live_workers(self) -> list[str]:
+        """Workers whose liveness beat is current; a SIGKILLed one drops out within its TTL."""
+        now = time.time()
+        self.r.zremrangebyscore(Keys.workers_alive, "-inf", now)
+        return [_s(n) for n in self.r.zrange(Keys.workers_alive, 0, -1)]
 
     # --- figures for /metrics ---------------------------------------------------------------------------
 

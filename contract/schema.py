@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
 from urllib.parse import urlsplit
 from typing import Annotated, Any
@@ -28,6 +29,11 @@ DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=
 STORAGE_SCHEME = "storage://"  # a file already in our storage (an upload, or a data URI the API unpacked)
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Cost bounds checked at submit, so no accepted request can ask a worker for unbounded memory or time.
+MAX_SIDE = 4096  # output height/width: inputs stop at 4096 x 4096 (media.probe.MAX_PIXELS)
+MAX_DOWNSCALE = 64  # -k means native/k: at most 4096/64 = 64 pixels
+MAX_FEED_FORWARD_SPLITS = 256
+MAX_VAE_CHUNK_SIZE = 1025  # 8 * 128 + 1
 
 
 class File(BaseModel):
@@ -167,10 +173,10 @@ class LipsyncInput(BaseModel):
     @field_validator("height", "width")
     @classmethod
     def _size(cls, value: int) -> int:
-        if value == 0:
-            raise ValueError("must be -k (native/k, k >= 1) or a positive size")
-        if value > 8192:
-            raise ValueError("must be at most 8192 pixels")
+        if value == 0 or value < -MAX_DOWNSCALE:
+            raise ValueError(f"must be -k (native/k, 1 <= k <= {MAX_DOWNSCALE}) or a positive size")
+        if value > MAX_SIDE:
+            raise ValueError(f"must be at most {MAX_SIDE} pixels (the largest input side)")
         return value
 
     @field_validator("num_frames")
@@ -184,15 +190,34 @@ class LipsyncInput(BaseModel):
     @field_validator("vae_chunk_size")
     @classmethod
     def _chunk(cls, value: int) -> int:
-        if value < 9 or (value - 1) % 8 != 0:
-            raise ValueError("must be 8n+1 with n >= 1 (9, 17, 25, …, 65, …)")
+        if value < 9 or value > MAX_VAE_CHUNK_SIZE or (value - 1) % 8 != 0:
+            raise ValueError(f"must be 8n+1 with n >= 1, at most {MAX_VAE_CHUNK_SIZE} (9, 17, 25, …, 65, …)")
         return value
 
-    @field_validator("frame_block_width", "feed_forward_num_splits")
+    @field_validator("frame_block_width")
     @classmethod
-    def _at_least_one(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError("must be at least 1")
+    def _block(cls, value: int, info: ValidationInfo) -> int:
+        limit = _limit(info, "max_num_frames", 10_000)
+        if not 1 <= value <= limit:
+            raise ValueError(f"must be between 1 and {limit}")
+        return value
+
+    @field_validator("feed_forward_num_splits")
+    @classmethod
+    def _splits(cls, value: int) -> int:
+        if not 1 <= value <= MAX_FEED_FORWARD_SPLITS:
+            raise ValueError(f"must be between 1 and {MAX_FEED_FORWARD_SPLITS}")
+        return value
+
+    @field_validator(
+        "edit_addition_start_frames", "edit_addition_durations", "edit_removal_ranges", "edit_removal_bridge_durations",
+        mode="before",
+    )
+    @classmethod
+    def _list_length(cls, value: Any, info: ValidationInfo) -> Any:
+        limit = 2 * _limit(info, "max_num_frames", 10_000)
+        if isinstance(value, list) and len(value) > limit:
+            raise ValueError(f"must hold at most {limit} values")
         return value
 
     @field_validator("face_id_cond_strength")
@@ -252,7 +277,7 @@ class LipsyncInput(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _edits_consistent(self) -> "LipsyncInput":
+    def _edits_consistent(self, info: ValidationInfo) -> "LipsyncInput":
         errors = []
         starts, durations = self.edit_addition_start_frames, self.edit_addition_durations
         if len(starts) != len(durations):
@@ -273,9 +298,34 @@ class LipsyncInput(BaseModel):
             errors.append(("edit_removal_ranges", f"each end must be below num_frames ({self.num_frames})"))
         if self.vae_overlap_window_width < 0 or self.vae_overlap_window_width >= self.vae_chunk_size:
             errors.append(("vae_overlap_window_width", f"must be >= 0 and below vae_chunk_size ({self.vae_chunk_size})"))
+        if not errors:
+            errors = self._timeline_errors(_limit(info, "max_num_frames", 10_000))
         if errors:
             raise FieldErrors(errors)
         return self
+
+    def _timeline_errors(self, max_frames: int) -> list[tuple[str, str]]:
+        """media.timeline's rules that need no video, and the output's length bound (edits included).
+
+        ``num_frames`` stands in for the input's length: the real one is at most that, so what passes here
+        can only get shorter in the worker.
+        """
+        starts, pairs = self.edit_addition_start_frames, list(zip(self.edit_removal_ranges[::2], self.edit_removal_ranges[1::2]))
+        if len(set(starts)) != len(starts):
+            return [("edit_addition_start_frames", f"has the same start frame twice: {starts}")]
+        for k, start in enumerate(starts):
+            inside = next(((a, b) for a, b in pairs if a <= start <= b), None)
+            if inside is not None:
+                return [("edit_addition_start_frames", f"[{k}] = {start} falls inside the removed range {list(inside)}")]
+        removed = sum(b - a + 1 for a, b in pairs)
+        added = sum(self.edit_addition_durations) + sum(self.edit_removal_bridge_durations)
+        if removed >= self.num_frames and added == 0:
+            return [("edit_removal_ranges", "removes every frame and adds none: the output would be empty")]
+        length = self.num_frames - removed + added
+        if length > max_frames:
+            field = "edit_addition_durations" if sum(self.edit_addition_durations) else "edit_removal_bridge_durations"
+            return [(field, f"the output would have {length} frames; at most {max_frames} (max_num_frames) are allowed")]
+        return []
 
 
 
@@ -325,7 +375,12 @@ def _details(exc: ValidationError) -> list[dict[str, Any]]:
 
 
 def _is_small(value: Any) -> bool:
-    return isinstance(value, (int, float, bool)) or (isinstance(value, str) and len(value) <= 200)
+    """Echo only short, JSON-safe inputs: a huge int or a non-finite float would not serialise."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, int):
+        return INT64_MIN <= value <= INT64_MAX
+    return isinstance(value, str) and len(value) <= 200
 
 
 class InputInvalid(ValueError):

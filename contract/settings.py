@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     )
     apps: dict[str, AppConfig] = {DEFAULT_APP_ID: AppConfig(queue="lipsync")}
     proxy_path: str = Field(default="/api/fal/proxy", description="Where the JS client's proxyUrl points.")
+    cors_origins: str = Field(
+        default="", description="Comma-separated browser origins allowed by CORS (`*`: any); empty: CORS off."
+    )
 
     # --- auth -------------------------------------------------------------------------------------------
     api_keys: str = Field(default="", description="Comma-separated `secret` or `id:secret` entries.")
@@ -60,6 +63,9 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = 2.0
     heartbeat_ttl_s: float = 10.0
     reaper_interval_s: float = 3.0
+    max_runner_retries: int = Field(
+        default=10, ge=0, description="Times a request whose worker died is queued again (hosted: 10); X-Fal-No-Retry opts out."
+    )
 
     # --- inputs -----------------------------------------------------------------------------------------
     allow_private_urls: bool = Field(
@@ -111,8 +117,13 @@ class Settings(BaseSettings):
     # --- lip-sync model (the `lipsync` pipeline) -------------------------------------------------------------
     weights_dir: Path | None = Field(
         default=None,
-        description="Model weights (LipSyncPipeline.save_pretrained layout). Unset, or an existing empty folder: "
-        "random weights of random_weights_config, and every result's logs say the output is not a trained model's.",
+        description="Model weights folder: a MuseTalk or LatentSync folder in its published layout, or ours "
+        "(LipSyncPipeline.save_pretrained); the engine is detected from the files (`lipsync weights check DIR`). "
+        "Unset, or an existing empty folder: pipio with random weights of random_weights_config, and every "
+        "result's logs say the output is not a trained model's.",
+    )
+    engine: str | None = Field(
+        default=None, description="Engine to run (pipio | musetalk | latentsync); default: detected from weights_dir."
     )
     random_weights_config: str = Field(
         default="tiny", description="Model config (tiny | base | a JSON path) built with random weights when no weights."

@@ -58,14 +58,18 @@ class AudioFit:
     target_s: float
 
 
+MAX_DECODE_RATE = 48_000  # bounds a hostile 192 kHz track to a quarter of its native memory
+
+
 def load_audio(
     path: str | os.PathLike[str], *, field: str = "audio", max_seconds: float | None = None
 ) -> AudioTrack:
     """Decode the first audio stream of any file FFmpeg reads (wav, mp3, m4a/aac, opus, flac, a video …).
 
-    Keeps the native sample rate and up to two channels (more are downmixed to stereo). ``max_seconds``
-    stops decoding early (the output timeline never needs more). Raises NotAMediaFile, TruncatedMedia,
-    UnsupportedCodec, NoAudioStream or AudioTooShort, all 422 on ``field``.
+    Keeps the native sample rate up to ``MAX_DECODE_RATE`` (48 kHz; above that, e.g. 192 kHz, it is resampled
+    down while decoding, so memory is bounded by the duration) and up to two channels (more are downmixed to
+    stereo). ``max_seconds`` stops decoding early (the output timeline never needs more). Raises
+    NotAMediaFile, TruncatedMedia, UnsupportedCodec, NoAudioStream or AudioTooShort, all 422 on ``field``.
     """
     path = os.fspath(path)
     with open_container(path, field) as container:
@@ -77,6 +81,7 @@ def load_audio(
         if rate <= 0:
             raise TruncatedMedia(f"the {field} audio stream has no sample rate", field=field)
         channels = min(2, max(1, int(stream.codec_context.channels or 1)))
+        rate = min(rate, MAX_DECODE_RATE)
         resampler = av.AudioResampler(format="fltp", layout="stereo" if channels == 2 else "mono", rate=rate)
         limit = None if max_seconds is None else int(np.ceil(max_seconds * rate))
         announced = None

@@ -24,6 +24,7 @@ from contract.webhook_signing import WebhookSigner
 from server.auth import KeyRing
 from server.http import error_response, validation_response
 from server.metrics import HttpMetrics, JobCollector
+from server.middleware import ErrorShield, install_cors
 from server.openapi import install_openapi
 from server.proxy import FalProxyMiddleware
 from server.routers import health, playground, queue, storage as storage_routes
@@ -33,6 +34,8 @@ from storage import make_signer, make_storage
 from storage.housekeeping import Housekeeper
 
 log = logging.getLogger("lipsync.api")
+
+REDIS_RETRY_AFTER_S = 2
 
 
 async def _housekeep_forever(housekeeper: Housekeeper, interval_s: float) -> None:
@@ -49,7 +52,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         connection = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
-        aredis = aioredis.Redis.from_url(settings.redis_url, health_check_interval=30)
+        # Reads block for up to a second (status streams, sync runs): the socket timeout must outlast that.
+        aredis = aioredis.Redis.from_url(settings.redis_url, health_check_interval=30, socket_timeout=10)
         signer = make_signer(settings)
         storage = make_storage(settings, signer)
         service = QueueService(settings, connection, storage, signer)
@@ -65,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.metrics_registry = registry
         if app.state.keys.open:
             log.warning("no API keys configured (LIPSYNC_API_KEYS): the API is open to anyone who can reach it")
-        housekeeper = Housekeeper(service.store, storage, settings)
+        housekeeper = Housekeeper(service.store, storage, settings, dispatcher=service.dispatcher)
         reaper = asyncio.create_task(_housekeep_forever(housekeeper, settings.reaper_interval_s))
         try:
             yield
@@ -100,6 +104,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"detail": exc.detail, "error_type": error_type}, status_code=exc.status_code, headers=exc.headers
         )
 
+    @app.exception_handler(redis.RedisError)
+    async def _redis_down(request: Request, exc: redis.RedisError) -> JSONResponse:
+        # Redis holds every request's state: while it is unreachable the API is unavailable, not broken.
+        log.warning("redis unavailable on %s %s: %s", request.method, request.url.path, exc)
+        body = {"detail": "The queue is unavailable for a moment; retry shortly", "error_type": "service_unavailable"}
+        return JSONResponse(body, status_code=503, headers={"Retry-After": str(REDIS_RETRY_AFTER_S)})
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -111,6 +122,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(storage_routes.router)
     app.include_router(queue.router)
     app.include_router(queue.submit_router(list(settings.apps)))
+    app.add_middleware(ErrorShield)
     app.add_middleware(HttpMetrics, registry=registry)
     app.add_middleware(FalProxyMiddleware, path=settings.proxy_path)
+    install_cors(app, settings.cors_origins)  # outermost: preflights never reach auth or routing
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from fastapi import Request
@@ -27,7 +28,8 @@ def error_response(err: LipsyncError, *, request_id: str | None = None, status_c
     if isinstance(err, TooManyRequests):
         headers["Retry-After"] = str(err.retry_after_s)
     if code == 504:
-        headers["X-Fal-Request-Timeout-Type"] = "user"  # tells both clients not to retry
+        # "user": the caller's own deadline; both clients never retry it. "server": our limit; they may.
+        headers["X-Fal-Request-Timeout-Type"] = err.timeout_type or "server"
     return JSONResponse(err.to_body(), status_code=code, headers=headers)
 
 
@@ -49,11 +51,57 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+MAX_JSON_DEPTH = 64  # the schema nests 3 levels; deeper bodies are refused before the parser recurses
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _too_deep(raw: bytes, limit: int) -> bool:
+    """True when brackets nest deeper than ``limit`` (strings skipped); linear, no recursion."""
+    depth, in_string, escaped = 0, False, False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return False
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON: no NaN/Infinity, no float that overflows to inf, ints within Python's digit limit,
+    nesting at most ``MAX_JSON_DEPTH``. Anything else is a 422 on ``body`` (never a 500)."""
+    if _too_deep(raw, MAX_JSON_DEPTH):
+        msg = f"body is nested deeper than {MAX_JSON_DEPTH} levels"
+        raise InputInvalid([{"loc": ["body"], "msg": msg, "type": "json_invalid"}])
+    try:
+        return json.loads(raw, parse_float=_finite_float, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        msg = f"body is not valid JSON: {str(exc)[:200]}"
+        raise InputInvalid([{"loc": ["body"], "msg": msg, "type": "json_invalid"}]) from None
+
+
 async def read_json_body(request: Request, limit: int) -> Any:
     raw = await read_body(request, limit)
     if not raw.strip():
         return {}
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputInvalid([{"loc": ["body"], "msg": f"body is not valid JSON: {exc}", "type": "json_invalid"}]) from None
+    return parse_json(raw)

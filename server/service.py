@@ -6,7 +6,6 @@ Routers call these methods and turn their answers into the protocol's bodies; th
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -15,16 +14,26 @@ from urllib.parse import urlsplit
 
 import redis
 from pydantic import BaseModel
-from rq import Queue
 
 from contract.admission import Admission
+from contract.dispatch import Dispatcher
 from contract.errors import InvalidInput
-from contract.jobs import RUN_REQUEST, JobStore, RequestRecord, RequestStatus
+from contract.jobs import JobStore, RequestRecord, RequestStatus
 from contract.schema import STORAGE_SCHEME, File, file_fields, parse_data_uri, validate_input
 from contract.settings import AppConfig, Settings
 from server.errors import NotFound, StillRunning, TooManyRequests
 from storage import Signer, Storage, public_result, safe_key
 from storage.filesystem import parse_file_path
+
+
+@dataclass(frozen=True)
+class SubmitOptions:
+    """What a submit's headers ask for, already checked (server/routers/queue.py reads them)."""
+
+    start_timeout_s: float | None = None  # X-Fal-Request-Timeout: longest wait before a worker starts it
+    priority: str = "normal"  # x-fal-queue-priority
+    no_retry: bool = False  # X-Fal-No-Retry
+    files_ttl_s: int = 0  # X-Fal-Object-Lifecycle-Preference expiration; 0: the server's retention
 
 
 @dataclass(frozen=True)
@@ -49,7 +58,8 @@ class QueueService:
         self.storage = storage
         self.signer = signer
         self.apps = load_apps(settings)
-        self.queues = {app.config.queue: Queue(app.config.queue, connection=connection) for app in self.apps.values()}
+        self.dispatcher = Dispatcher(settings, connection)
+        self.queues = self.dispatcher.queues
 
     # --- apps -----------------------------------------------------------------------------------------
 
@@ -71,12 +81,9 @@ class QueueService:
         *,
         base_url: str,
         webhook_url: str | None,
-        start_timeout_s: float | None = None,
+        options: SubmitOptions = SubmitOptions(),
     ) -> RequestRecord:
-        """Validate, store data: URIs, and queue the request in one transaction with its record.
-
-        ``start_timeout_s`` (the clients' X-Fal-Request-Timeout) bounds the wait before a worker starts it.
-        """
+        """Validate, store data: URIs, and queue the request in one transaction with its record."""
         context = {
             "max_num_frames": self.settings.max_num_frames,
             "max_prompt_chars": self.settings.max_prompt_chars,
@@ -96,6 +103,9 @@ class QueueService:
         for name, file in file_fields(params).items():
             normalized[name] = self._internalize(rid, name, file).model_dump(mode="json")
         now = time.time()
+        start_timeout_s = options.start_timeout_s
+        wait_s = min(self.settings.queued_ttl_s, start_timeout_s or self.settings.queued_ttl_s)
+        files_ttl = options.files_ttl_s
         record = RequestRecord(
             request_id=rid,
             app_id=app.app_id,
@@ -105,24 +115,19 @@ class QueueService:
             created_at=now,
             base_url=base_url,
             webhook_url=webhook_url or "",
+            priority=options.priority,
+            no_retry=options.no_retry,
+            user_timeout=start_timeout_s is not None and start_timeout_s <= self.settings.queued_ttl_s,
+            files_ttl_s=min(files_ttl, self.settings.result_ttl_s) if files_ttl else 0,
+            wait_s=wait_s,
         )
-        queue = self.queues[app.config.queue]
-        wait_s = min(self.settings.queued_ttl_s, start_timeout_s or self.settings.queued_ttl_s)
         with self.r.pipeline() as pipe:
             pipe.multi()  # one transaction: the record exists exactly when its job is queued
             self.store.create(record, queued_deadline=now + wait_s, pipe=pipe)
-            queue.enqueue_call(
-                RUN_REQUEST,
-                args=(rid,),
-                job_id=rid,
-                timeout=self.settings.job_timeout_s,
-                result_ttl=600,
-                failure_ttl=self.settings.result_ttl_s,
-                ttl=math.ceil(wait_s),
-                pipeline=pipe,
-            )
+            self.dispatcher.enqueue(record, wait_s, pipe)
             pipe.execute()
         return record
+
 
     def _internalize(self, rid: str, field: str, file: File) -> File:
         """Data URIs and our own upload URLs become ``storage://`` keys; other URLs stay for the worker."""
@@ -162,9 +167,7 @@ class QueueService:
         return record
 
     def queue_position(self, record: RequestRecord) -> int:
-        queue = self.queues[self.apps[record.app_id].config.queue]
-        position = queue.get_job_position(record.request_id)
-        return int(position) if position is not None else 0
+        return self.dispatcher.position(record)
 
     def result_body(self, record: RequestRecord) -> dict[str, Any]:
         """The output JSON with signed URLs; raises the request's error when it failed."""
@@ -175,16 +178,15 @@ class QueueService:
         return self.sign_result(record)
 
     def sign_result(self, record: RequestRecord) -> dict[str, Any]:
-        return public_result(record.result or {}, self.storage, base_url=record.base_url, ttl_s=self.settings.url_ttl_s)
+        ttl_s = min(record.files_ttl_s or self.settings.url_ttl_s, self.settings.url_ttl_s)
+        return public_result(record.result or {}, self.storage, base_url=record.base_url, ttl_s=ttl_s)
 
     # --- cancel ---------------------------------------------------------------------------------------
 
     def cancel(self, record: RequestRecord) -> RequestStatus:
         status = self.store.request_cancel(record.request_id)
         if status is RequestStatus.IN_QUEUE:
-            job = self.queues[self.apps[record.app_id].config.queue].fetch_job(record.request_id)
-            if job is not None and job.get_status(refresh=True) == "queued":
-                job.cancel()
+            self.dispatcher.cancel_queued(record)
         return status
 
 

@@ -17,6 +17,7 @@ import time
 
 import redis
 
+from contract.dispatch import Dispatcher
 from contract.jobs import JobStore
 from contract.settings import Settings
 from storage.base import Storage
@@ -39,15 +40,23 @@ def sweep(store: JobStore, storage: Storage, *, upload_ttl_s: float) -> int:
 
 
 class Housekeeper:
-    def __init__(self, store: JobStore, storage: Storage, settings: Settings):
+    """With a ``dispatcher`` (contract.dispatch), a request whose worker died goes back on RQ and a request
+    that waited too long leaves its RQ queue; without one, the former fails ``runner_disconnected`` at once."""
+
+    def __init__(self, store: JobStore, storage: Storage, settings: Settings, *, dispatcher: Dispatcher | None = None):
         self.store, self.storage, self.settings = store, storage, settings
+        self.dispatcher = dispatcher
         self._next_sweep = 0.0
 
     def tick(self) -> None:
         """One round; call it every ``reaper_interval_s``. Never raises for Redis or storage trouble."""
         try:
-            for rid in self.store.reap():
-                log.warning("reaped request %s", rid)
+            requeue = self.dispatcher.requeue if self.dispatcher else None
+            reaped = self.store.reap(max_retries=self.settings.max_runner_retries, requeue=requeue)
+            for rid, outcome in reaped:
+                log.warning("reaped request %s: %s", rid, outcome)
+                if outcome == "request_timeout" and self.dispatcher:
+                    self.dispatcher.drop(rid)  # else it would count in every later queue position
             if time.monotonic() >= self._next_sweep:
                 self._next_sweep = time.monotonic() + self.settings.retention_interval_s
                 sweep(self.store, self.storage, upload_ttl_s=self.settings.upload_ttl_s)

@@ -89,8 +89,8 @@ def test_defaults_and_edge_values_are_accepted(stack):
         "audio": OK_AUDIO,
         "height": -3, "width": 640, "frame_rate": 120, "vae_chunk_size": 9, "vae_overlap_window_width": 0,
         "face_id_cond_strength": 16, "appearance_cond_strength": 16, "seed": -(2**63),
-        "edit_addition_start_frames": [0, 99], "edit_addition_durations": [1, 5],
-        "edit_removal_ranges": [0, 0, 98, 99], "edit_removal_bridge_durations": [0, 3],
+        "edit_addition_start_frames": [0, 97], "edit_addition_durations": [1, 5],
+        "edit_removal_ranges": [2, 2, 98, 99], "edit_removal_bridge_durations": [0, 3],
     }
     response = _submit(stack, body)
     assert response.status_code == 200, response.text

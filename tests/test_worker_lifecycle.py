@@ -80,7 +80,10 @@ def test_sigkilled_worker_fails_its_request_and_a_new_worker_serves(tmp_path_fac
     stack = next(gen)
     try:
         victim = stack.workers[0]
-        slow = _submit(stack, _body(media, use_custom_prompt=True, custom_prompt="test:slow=0.5", num_frames=60))
+        # X-Fal-No-Retry: without it the request would be queued again (tests/test_runner_retry.py)
+        body = _body(media, use_custom_prompt=True, custom_prompt="test:slow=0.5", num_frames=60)
+        response = httpx.post(f"{stack.base_url}/pipio/lipsync", json=body, headers=AUTH | {"X-Fal-No-Retry": "1"})
+        slow = response.json()
         wait_until(lambda: _status(slow)["status"] == "IN_PROGRESS", 30, "the job to start")
         victim.kill(signal.SIGKILL)
         status = _completed(slow, timeout=30)  # heartbeat TTL 2 s + reaper period 0.5 s in tests

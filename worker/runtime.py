@@ -8,10 +8,12 @@ error; nothing escapes to RQ, whose own job status is only transport.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import time
 import traceback
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,36 @@ log = logging.getLogger("lipsync.worker")
 
 PROGRESS_LOG_INTERVAL_S = 1.0
 CANCEL_CHECK_INTERVAL_S = 0.1
+WORKDIR_PREFIX = "lipsync-w"  # + "<pid>-<request id>-": a dead worker's folders are found by their pid
+
+
+class LostOwnership(Exception):
+    """This attempt no longer owns its request: its heartbeat lapsed and the request was queued again.
+
+    Not a LipsyncError: nothing is recorded, the attempt that owns it now finishes it.
+    """
+
+
+def sweep_dead_workdirs(base: Path | None = None) -> int:
+    """Delete work folders left by worker processes that died (SIGKILL, OOM); returns how many."""
+    base = base or Path(tempfile.gettempdir())
+    removed = 0
+    for folder in base.glob(f"{WORKDIR_PREFIX}*-*"):
+        pid = folder.name[len(WORKDIR_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class WorkerRuntime:
@@ -43,6 +75,10 @@ class WorkerRuntime:
         self.http = SafeHttp(allow_private=settings.allow_private_urls, timeout_s=settings.download_timeout_s)
         self.pipeline = pipeline
         self.input_models = {app_id: cfg.load_input_model() for app_id, cfg in settings.apps.items()}
+        self.token = ""  # the running attempt's token ("" between jobs); the heartbeat thread reads it
+        removed = sweep_dead_workdirs()
+        if removed:
+            log.info("removed %d work folders of dead workers", removed)
 
     @classmethod
     def create(cls, settings: Settings, name: str, connection: redis.Redis) -> "WorkerRuntime":
@@ -58,13 +94,21 @@ class WorkerRuntime:
         if record is None:
             log.warning("request %s has expired; skipping", rid)
             return
-        if not self.store.start(rid, self.name, self.settings.heartbeat_ttl_s):
-            log.info("request %s already finished (cancelled?); skipping", rid)
+        token = uuid.uuid4().hex
+        if not self.store.start(rid, self.name, self.settings.heartbeat_ttl_s, token):
+            log.info("request %s already finished (cancelled?) or started elsewhere; skipping", rid)
             return
-        workdir = Path(tempfile.mkdtemp(prefix=f"lipsync-{rid[:8]}-"))
+        self.token = token
+        if record.runner_attempts:
+            self.store.log(rid, f"Worker {self.name} took over the request (retry {record.runner_attempts})")
+        workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-{rid[:8]}-"))
         metrics: dict[str, Any] = {"queue_time": round(time.time() - record.created_at, 3)}
+        finished = True
         try:
             result = self._run(record, workdir, metrics)
+        except LostOwnership:
+            finished = False
+            log.warning("request %s was queued again while this worker ran it; dropping this attempt", rid)
         except LipsyncError as err:
             self._fail(rid, err, metrics)
         except JobTimeoutException:
@@ -73,11 +117,16 @@ class WorkerRuntime:
             log.error("request %s crashed:\n%s", rid, traceback.format_exc())
             self._fail(rid, InternalError(f"Pipeline failed: {type(exc).__name__}: {exc}"), metrics)
         else:
-            self.store.complete(rid, result=result, metrics=metrics)
-            log.info("request %s completed in %.2f s", rid, metrics.get("total_time", 0.0))
+            if self.store.complete(rid, result=result, metrics=metrics, token=token):
+                log.info("request %s completed in %.2f s", rid, metrics.get("total_time", 0.0))
+            else:
+                finished = False
+                log.warning("request %s was finished or taken over meanwhile; result dropped", rid)
         finally:
+            self.token = ""
             shutil.rmtree(workdir, ignore_errors=True)
-            self._delete_unpacked_inputs(record)
+            if finished:  # a later attempt still needs the inputs
+                self._delete_unpacked_inputs(record)
 
     def _delete_unpacked_inputs(self, record: RequestRecord) -> None:
         """The API's copies of data: URIs (``inputs/<id>/…``) serve this request alone: drop them once it ends."""
@@ -90,7 +139,7 @@ class WorkerRuntime:
     def _run(self, record: RequestRecord, workdir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
         rid, started = record.request_id, time.perf_counter()
         params = validate_input(self.input_models[record.app_id], record.input, {"internal": True})
-        progress = ProgressReporter(self.store, rid)
+        progress = ProgressReporter(self.store, rid, self.token)
 
         self.store.log(rid, "Fetching inputs")
         inputs = {}
@@ -140,17 +189,21 @@ class WorkerRuntime:
         return result
 
     def _fail(self, rid: str, err: LipsyncError, metrics: dict[str, Any]) -> None:
+        if not self.store.owns(rid, self.token):
+            log.warning("request %s failed (%s) after it was taken over; not recorded", rid, err.error_type)
+            return
         level = LogLevel.WARN if isinstance(err, RequestCancelled) else LogLevel.ERROR
         self.store.log(rid, f"{err.error_type}: {err.message}", level)
-        self.store.complete(rid, error=err, metrics=metrics)
+        self.store.complete(rid, error=err, metrics=metrics, token=self.token)
         log.info("request %s ended with %s: %s", rid, err.error_type, err.message)
 
 
 class ProgressReporter:
-    """``progress(stage, done, total)`` for pipelines: logs at most once a second a stage, checks cancel."""
+    """``progress(stage, done, total)`` for pipelines: logs at most once a second a stage, checks cancel
+    and that this attempt still owns the request."""
 
-    def __init__(self, store: JobStore, rid: str):
-        self.store, self.rid = store, rid
+    def __init__(self, store: JobStore, rid: str, token: str = ""):
+        self.store, self.rid, self.token = store, rid, token
         self._last_log: dict[str, float] = {}
         self._last_check = 0.0
 
@@ -164,5 +217,7 @@ class ProgressReporter:
             self.check_cancel()
 
     def check_cancel(self) -> None:
+        if self.token and not self.store.owns(self.rid, self.token):
+            raise LostOwnership(self.rid)
         if self.store.is_cancel_requested(self.rid):
             raise RequestCancelled()

@@ -29,14 +29,43 @@ class RefusedAddress(httpcore.ConnectError):
 
 
 class DownloadError(Exception):
-    """A download failed; the message is fit to show the user."""
+    """A download failed; the message is fit to show the user. ``permanent``: retrying cannot help (the
+    address is refused, the URL is not valid), so webhook delivery gives up at once."""
+
+    def __init__(self, message: str, *, permanent: bool = False):
+        super().__init__(message)
+        self.permanent = permanent
+
+
+# IPv6 ranges that carry an IPv4 address in their low 32 bits and can reach it: IPv4-compatible (::a.b.c.d,
+# deprecated), IPv4-translated (::ffff:0:a.b.c.d, RFC 2765) and NAT64 (64:ff9b::/96, 64:ff9b:1::/48).
+_EMBEDS_IPV4_LOW32 = [ipaddress.ip_network(n) for n in ("::/96", "::ffff:0:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48")]
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """Every IPv4 address an IPv6 address may lead to: mapped, compatible, translated, NAT64, 6to4, Teredo."""
+    found = []
+    if ip.ipv4_mapped is not None:
+        found.append(ip.ipv4_mapped)
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)  # (server, client)
+    if any(ip in net for net in _EMBEDS_IPV4_LOW32):
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return found
 
 
 def is_public(address: str) -> bool:
+    """A globally routable unicast address, and so is every IPv4 address it embeds."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
+    candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(ip)
+        if ip in ipaddress.ip_network("::/96") and int(ip) > 1:
+            return False  # IPv4-compatible addresses are deprecated (RFC 4291): never a real public host
+        candidates += embedded
+    return all(c.is_global and not c.is_multicast for c in candidates)
 
 
 class GuardedBackend(httpcore.SyncBackend):
@@ -133,7 +162,7 @@ def _as_download_errors() -> Iterator[None]:
     try:
         yield
     except RefusedAddress as exc:
-        raise DownloadError(f"refused: {exc}") from None
+        raise DownloadError(f"refused: {exc}", permanent=True) from None
     except httpcore.TimeoutException:
         raise DownloadError("the server did not answer in time") from None
     except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as exc:
@@ -145,7 +174,7 @@ def _normalise(url: str) -> str:
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, ValueError, TypeError) as exc:
-        raise DownloadError(f"not a valid URL: {exc}") from None
+        raise DownloadError(f"not a valid URL: {exc}", permanent=True) from None
     if parsed.scheme not in {"http", "https"} or not parsed.host:
-        raise DownloadError("only http and https URLs with a host can be fetched")
+        raise DownloadError("only http and https URLs with a host can be fetched", permanent=True)
     return str(parsed)

@@ -32,7 +32,8 @@ def webhook_payload(record: RequestRecord, storage: Storage, url_ttl_s: int) -> 
     base = {"request_id": record.request_id, "gateway_request_id": record.request_id}
     err = record.error_obj
     if err is None:
-        payload = public_result(record.result or {}, storage, base_url=record.base_url, ttl_s=url_ttl_s)
+        ttl_s = min(record.files_ttl_s or url_ttl_s, url_ttl_s)  # X-Fal-Object-Lifecycle-Preference
+        payload = public_result(record.result or {}, storage, base_url=record.base_url, ttl_s=ttl_s)
         return base | {"status": "OK", "payload": payload, "error": None}
     return base | {"status": "ERROR", "payload": err.to_body(), "error": f"Invalid status code: {err.status_code}"}
 
@@ -84,15 +85,20 @@ class WebhookDispatcher:
             return
         body = json.dumps(webhook_payload(record, self.storage, self.settings.url_ttl_s)).encode()
         headers = self.signer.headers(rid, record.owner, body)
+        permanent = False
         try:
             status = self.http.post_json(record.webhook_url, body, headers, self.settings.webhook_timeout_s)
             problem = None if 200 <= status < 300 else f"HTTP {status}"
         except DownloadError as exc:
-            problem = str(exc)
+            problem, permanent = str(exc), exc.permanent
         attempt = record.webhook_attempts + 1
         if problem is None:
             self.store.webhook_done(rid)
             self.store.log(rid, f"Webhook delivered (attempt {attempt})")
+            return
+        if permanent:  # a refused address stays refused: no point in retrying for hours
+            self.store.webhook_done(rid)
+            self.store.log(rid, f"Webhook attempt {attempt} failed: {problem}; not retried", LogLevel.ERROR)
             return
         if attempt >= self.settings.webhook_max_attempts:
             self.store.webhook_done(rid)

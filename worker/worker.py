@@ -9,6 +9,7 @@ Added to the stock class (reference/rq-workers.md, "Recommended design"):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from typing import Any
@@ -18,6 +19,7 @@ from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.worker.base import BaseWorker
 
+from contract.dispatch import Dispatcher, worker_queue_names
 from contract.settings import Settings
 from storage.housekeeping import Housekeeper
 from worker.runtime import WorkerRuntime
@@ -40,11 +42,23 @@ class LipsyncWorker(SimpleWorker):
         self.webhooks.start()
         self._stop_maintenance = threading.Event()
         threading.Thread(target=self._housekeep, name="housekeeping", daemon=True).start()
+        threading.Thread(target=self._liveness, name="liveness", daemon=True).start()
 
     def _housekeep(self) -> None:
-        housekeeper = Housekeeper(self.runtime.store, self.runtime.storage, self.settings)
+        dispatcher = Dispatcher(self.settings, self.connection)
+        housekeeper = Housekeeper(self.runtime.store, self.runtime.storage, self.settings, dispatcher=dispatcher)
         while not self._stop_maintenance.wait(self.settings.reaper_interval_s):
             housekeeper.tick()
+
+    def _liveness(self) -> None:
+        """What /readyz counts: refreshed every heartbeat interval, lapses after heartbeat_ttl_s."""
+        while True:
+            try:
+                self.runtime.store.worker_alive(self.name, self.settings.heartbeat_ttl_s)
+            except redis.RedisError as exc:
+                log.warning("liveness beat failed: %s", exc)
+            if self._stop_maintenance.wait(self.settings.heartbeat_interval_s):
+                return
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         execution = self.prepare_execution(job)
@@ -65,13 +79,16 @@ class LipsyncWorker(SimpleWorker):
             try:
                 if stop.is_set():
                     return
-                self.runtime.store.heartbeat(rid, self.name, ttl)
+                if self.runtime.token:
+                    self.runtime.store.heartbeat(rid, self.name, ttl, self.runtime.token)
                 self.maintain_heartbeats(job, execution)
             except redis.RedisError as exc:
                 log.warning("heartbeat for %s failed: %s", rid, exc)
 
     def teardown(self) -> None:
         self._stop_maintenance.set()
+        with contextlib.suppress(redis.RedisError):
+            self.runtime.store.worker_gone(self.name)
         self.webhooks.stop()
         self.runtime.http.close()
         super().teardown()
@@ -79,7 +96,7 @@ class LipsyncWorker(SimpleWorker):
 
 def run_worker(settings: Settings, *, name: str | None = None, queues: list[str] | None = None, burst: bool = False) -> None:
     connection = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
-    queue_names = queues or sorted({app.queue for app in settings.apps.values()})
+    queue_names = queues or worker_queue_names(settings)  # normal queues first: low ones wait behind them
     worker = LipsyncWorker(
         [Queue(q, connection=connection) for q in queue_names],
         name=name,

@@ -17,15 +17,18 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(request: Request) -> JSONResponse:
-    """Ready when Redis answers; also says how many workers are registered and how many are busy."""
+    """Ready when Redis answers; also says how many workers are alive (a fresh liveness beat, not a
+    registration a killed worker left behind) and how many of those are busy."""
     try:
         connection = request.app.state.redis
         connection.ping()
-        workers = Worker.all(connection=connection)
+        alive = set(request.app.state.service.store.live_workers())
+        workers = [w for w in Worker.all(connection=connection) if w.name in alive]
+        busy = sum(1 for w in workers if w.get_state() == "busy")
     except Exception as exc:  # any failure to reach Redis means not ready
-        return JSONResponse({"status": "unavailable", "detail": f"redis: {exc}"}, status_code=503)
-    busy = sum(1 for w in workers if w.get_state() == "busy")
-    return JSONResponse({"status": "ok", "workers": len(workers), "busy_workers": busy})
+        headers = {"Retry-After": "2"}
+        return JSONResponse({"status": "unavailable", "detail": f"redis: {exc}"}, status_code=503, headers=headers)
+    return JSONResponse({"status": "ok", "workers": len(alive), "busy_workers": busy})
 
 
 @router.get("/.well-known/jwks.json")

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+from urllib.parse import urlsplit
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import redis
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from contract.errors import LipsyncError, RequestTimeout
+from contract.dispatch import PRIORITIES
 from contract.jobs import Keys, RequestRecord, RequestStatus, parse_events
 from contract.schema import InputInvalid
 from server.auth import require_owner
@@ -28,11 +31,13 @@ from server.protocol import (
     StatusResponse,
     SubmitResponse,
 )
-from server.service import QueueService
+from server.service import QueueService, SubmitOptions
 
 router = APIRouter(responses=ERROR_RESPONSES)
 
-SSE_KEEPALIVE_S = 15.0
+SSE_KEEPALIVE_S = 15.0  # hosted sends a keep-alive comment every 15 s
+SSE_POLL_S = 1.0
+MIN_FILES_TTL_S = 60  # how often a stream re-reads its request (queue position) between events
 Owner = Annotated[str, Depends(require_owner)]
 
 
@@ -48,12 +53,53 @@ def _logs_flag(logs: str | None) -> bool:
     return (logs or "").lower() in {"1", "true", "yes"}
 
 
+def _header_error(name: str, msg: str) -> InputInvalid:
+    return InputInvalid([{"loc": ["header", name], "msg": msg, "type": "value_error"}])
+
+
 def _webhook(url: str | None) -> str | None:
     if url is None:
         return None
-    if not url.lower().startswith(("http://", "https://")) or len(url) > 2048:
-        raise InputInvalid([{"loc": ["query", "fal_webhook"], "msg": "must be an http(s) URL", "type": "value_error"}])
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        host = None
+    if not url.lower().startswith(("http://", "https://")) or len(url) > 2048 or not host:
+        raise InputInvalid(
+            [{"loc": ["query", "fal_webhook"], "msg": "must be an http(s) URL with a host", "type": "value_error"}]
+        )
     return url
+
+
+def _priority(value: str | None) -> str:
+    """``x-fal-queue-priority``: the JS client sends ``normal`` on every submit; ``low`` waits behind it."""
+    priority = (value or "normal").strip().lower()
+    if priority not in PRIORITIES:
+        raise _header_error("x-fal-queue-priority", "must be normal or low")
+    return priority
+
+
+def _no_retry(value: str | None) -> bool:
+    return value is not None and value.strip().lower() not in {"", "0", "false", "no"}
+
+
+def _files_ttl(value: str | None) -> int:
+    """``X-Fal-Object-Lifecycle-Preference: {"expiration_duration_seconds": N}``: how long result files live.
+
+    Honoured within the server's bounds: at least ``MIN_FILES_TTL_S`` (time to fetch the result), at most the
+    server's own retention (applied where it is used). 0 = not given.
+    """
+    if value is None:
+        return 0
+    try:
+        seconds = json.loads(value, parse_constant=lambda c: None).get("expiration_duration_seconds")
+    except (ValueError, AttributeError, RecursionError):
+        seconds = None
+    if seconds is None:
+        return 0  # hosted ignores a preference it cannot read; so do we
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise _header_error("x-fal-object-lifecycle-preference", "expiration_duration_seconds must be a positive number")
+    return max(MIN_FILES_TTL_S, int(min(seconds, 2**31)))
 
 
 def _start_timeout(value: str | None) -> float | None:
@@ -64,10 +110,19 @@ def _start_timeout(value: str | None) -> float | None:
         seconds = float(value)
     except ValueError:
         seconds = 0.0
-    if not seconds > 1:
-        detail = [{"loc": ["header", "x-fal-request-timeout"], "msg": "must be a number of seconds > 1", "type": "value_error"}]
-        raise InputInvalid(detail)
+    if not 1 < seconds < float("inf"):
+        raise _header_error("x-fal-request-timeout", "must be a number of seconds > 1")
     return seconds
+
+
+def submit_options(request: Request) -> SubmitOptions:
+    headers = request.headers
+    return SubmitOptions(
+        start_timeout_s=_start_timeout(headers.get("x-fal-request-timeout")),
+        priority=_priority(headers.get("x-fal-queue-priority")),
+        no_retry=_no_retry(headers.get("x-fal-no-retry")),
+        files_ttl_s=_files_ttl(headers.get("x-fal-object-lifecycle-preference")),
+    )
 
 
 def _status_body(service: QueueService, record: RequestRecord, base_url: str, with_logs: bool) -> dict[str, Any]:
@@ -98,25 +153,34 @@ async def stream_status(
 async def _stream_events(
     request: Request, service: QueueService, record: RequestRecord, base_url: str, with_logs: bool
 ) -> AsyncIterator[str]:
-    """One ``data:`` event per batch of new events (new log lines only), closed right after COMPLETED."""
-    aredis = request.app.state.aredis
-    rid, last = record.request_id, "0-0"
+    """A ``data:`` event per batch of new events (new log lines only) and per change of queue position, a
+    keep-alive comment after ``SSE_KEEPALIVE_S`` of silence; closed right after COMPLETED. Lives as long as
+    the request does: a Redis outage only delays events."""
+    aredis, loop = request.app.state.aredis, asyncio.get_running_loop()
+    rid, last, sent_position, last_sent = record.request_id, "0-0", None, loop.time()
     while True:
-        batch = await aredis.xread({Keys.events(rid): last}, block=int(SSE_KEEPALIVE_S * 1000), count=1000)
-        if not batch:
+        try:
+            batch = await aredis.xread({Keys.events(rid): last}, block=int(SSE_POLL_S * 1000), count=1000)
+            new = parse_events(batch[0][1]) if batch else []
+            last = new[-1].id if new else last
+            record = await run_in_threadpool(service.store.get, rid)
+            if record is None:  # expired while we watched
+                return
+            queued = record.status is RequestStatus.IN_QUEUE
+            position = await run_in_threadpool(service.queue_position, record) if queued else None
+        except redis.RedisError:
+            new, position = [], sent_position
+            await asyncio.sleep(SSE_POLL_S)
+        if new or position != sent_position:
+            logs = [e.log_entry() for e in new if e.kind == "log"] if with_logs else None
+            body = StatusResponse.build(record, base_url, logs=logs, queue_position=position).to_json()
+            yield f"data: {json.dumps(body)}\n\n"
+            sent_position, last_sent = position, loop.time()
+            if record.status is RequestStatus.COMPLETED:
+                return
+        elif loop.time() - last_sent >= SSE_KEEPALIVE_S:
             yield ": keepalive\n\n"
-            continue
-        new = parse_events(batch[0][1])
-        last = new[-1].id
-        record = await run_in_threadpool(service.store.get, rid)
-        if record is None:  # expired while we watched
-            return
-        logs = [e.log_entry() for e in new if e.kind == "log"] if with_logs else None
-        position = await run_in_threadpool(service.queue_position, record) if record.status is RequestStatus.IN_QUEUE else None
-        body = StatusResponse.build(record, base_url, logs=logs, queue_position=position).to_json()
-        yield f"data: {json.dumps(body)}\n\n"
-        if record.status is RequestStatus.COMPLETED:
-            return
+            last_sent = loop.time()
 
 
 @router.get("/{app_path:path}/requests/{request_id}/status", summary="Request status", response_model=StatusResponse)
@@ -160,7 +224,7 @@ async def _submit(request: Request, app_path: str, owner: str, service: QueueSer
         body,
         base_url=base_url_of(request),
         webhook_url=_webhook(webhook),
-        start_timeout_s=_start_timeout(request.headers.get("x-fal-request-timeout")),
+        options=submit_options(request),
     )
 
 

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
 from datetime import datetime, timezone
 from typing import Annotated
@@ -37,6 +39,7 @@ from storage.filesystem import signed_file_url
 router = APIRouter(tags=["storage"], responses=ERROR_RESPONSES | STORAGE_ERROR_RESPONSES)
 
 UPLOAD_URL_TTL_S = 3600
+MIN_FILES_TTL_S = 60  # the shortest life a lifecycle header may ask for
 TOKEN_TTL_S = 3600
 REDIRECT_TTL_S = 600
 # A part number that is not an integer matches no PUT route, only other methods' routes on that path.
@@ -67,8 +70,31 @@ def _new_key(file_name: str | None) -> str:
 
 
 def _file_url(request: Request, key: str) -> str:
-    # Always our own URL (whatever the backend): the API recognises it when it comes back as an input.
-    return signed_file_url(_signer(request), base_url_of(request), key, request.app.state.settings.url_ttl_s)
+    """Always our own URL (whatever the backend): the API recognises it when it comes back as an input.
+
+    An ``X-Fal-Object-Lifecycle`` (JS initiate) or ``…-Preference`` (Python) header with
+    ``expiration_duration_seconds`` shortens the file's life, within [MIN_FILES_TTL_S, upload_ttl_s]: the URL
+    expires then, and retention deletes the file then.
+    """
+    settings = request.app.state.settings
+    ttl_s = _lifecycle_ttl(request, settings.upload_ttl_s)
+    if ttl_s:
+        request.app.state.service.store.expire_files_at(f"upload:{key}", [key], time.time() + ttl_s)
+    return signed_file_url(_signer(request), base_url_of(request), key, min(ttl_s or settings.url_ttl_s, settings.url_ttl_s))
+
+
+def _lifecycle_ttl(request: Request, most_s: int) -> int:
+    for name in ("x-fal-object-lifecycle", "x-fal-object-lifecycle-preference"):
+        value = request.headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = json.loads(value, parse_constant=lambda c: None).get("expiration_duration_seconds")
+        except (ValueError, AttributeError, RecursionError):
+            continue  # hosted ignores a preference it cannot read
+        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds > 0:
+            return int(min(max(seconds, MIN_FILES_TTL_S), most_s))
+    return 0
 
 
 def _token_or_key(request: Request) -> str:
@@ -222,4 +248,6 @@ def download(request: Request, expires: str, signature: str, area: str, folder: 
         raise NotFound("File not found")
     if not isinstance(storage, FileSystemStorage):
         return RedirectResponse(storage.url(key, base_url=base_url_of(request), ttl_s=REDIRECT_TTL_S), status_code=307)
-    return FileResponse(storage.path(key), media_type=obj.content_type, filename=key.rsplit("/", 1)[-1])
+    # Uploads carry the uploader's content type: never let a browser sniff or run them on our origin.
+    headers = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"}
+    return FileResponse(storage.path(key), media_type=obj.content_type, filename=key.rsplit("/", 1)[-1], headers=headers)
