@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model.pipeline_lipsync import LipSyncPipeline  # noqa: E402
+from model.pipio.pipeline_lipsync import LipSyncPipeline  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -338,16 +338,20 @@ def test_model_loading_rules(tmp_path):
     subprocess.run([sys.executable, "scripts/write_random_weights.py", "--config", "tiny", "--out", str(weights)],
                    check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1])
     loaded = load_lipsync_pipeline(Settings(weights_dir=weights, face_crop_size=64, device="auto", dtype="auto"))
-    assert loaded.random_weights_warning is None and loaded.model_name == "pretrained"
+    assert loaded.info.random_weights_warning is None and loaded.info.name == "pipio"
+    assert loaded.info.weights == "weights"
     import torch
 
     cuda = torch.cuda.is_available()
-    assert loaded.device == ("cuda" if cuda else "cpu")
-    assert loaded.model.dtype == (torch.bfloat16 if cuda else torch.float32)
+    assert loaded.options.device == ("cuda" if cuda else "cpu")
+    assert loaded.engine.model.dtype == (torch.bfloat16 if cuda else torch.float32)
     (tmp_path / "empty").mkdir()
     empty = load_lipsync_pipeline(Settings(weights_dir=tmp_path / "empty"))
-    assert empty.random_weights_warning and "is empty" in empty.random_weights_warning and empty.crop_size == 64
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    warning = empty.info.random_weights_warning
+    assert warning and "not set or empty" in warning and empty.info.crop_size == 64
+    from model.weights import WeightsFolderError
+
+    with pytest.raises(WeightsFolderError, match="does not exist"):
         load_lipsync_pipeline(Settings(weights_dir=tmp_path / "missing"))
 
 

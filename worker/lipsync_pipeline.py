@@ -1,28 +1,28 @@
-"""The lip-sync pipeline: media/ (decode, timeline, faces, crops, masks, paste, encode) joined with model/.
+"""The lip-sync pipeline: media/ (decode, timeline, faces, audio, paste-back, encode) around one engine.
 
-Loaded once per worker (``load_lipsync_pipeline(settings)``), called once per request. The flow, in passes over
-the input so that full-size frames are never all in memory at once:
+Loaded once per worker (``load_lipsync_pipeline(settings)``): the engine is detected from the weights folder
+(``model.weights``; ``LIPSYNC_ENGINE`` overrides) and loaded. Called once per request. The flow, in streaming
+passes so that full-size frames are never all in memory at once:
 
 1. probe the input and resolve the output spec (``frame_rate``, ``height``, ``width``, ``num_frames``);
 2. pass 1 (streaming decode): face track over the source frames (its length is the exact input length T0);
    no face anywhere → ``NoFaceDetected`` (422 on ``video``);
 3. the output timeline from the edit fields (additions, removals, bridges) and the face track laid on it;
 4. the audio, fitted to the output timeline (padded with silence / cut, logged) and resampled to 16 kHz;
-5. the face-ID embedding (a decode that stops after the last frame it needs);
-6. pass 2 (streaming decode of the output timeline's background frames): face crops at the model's working
-   size and mouth masks (whole-frame ``generate`` for additions, bridges and image input);
-7. the model, every schema knob wired through, its callback forwarding to ``job.progress`` (cancel works
-   between denoising blocks and steps);
-8. pass 3 (streaming decode again): paste the generated crops back and encode the MP4 with the aligned audio.
+5. the face-ID embedding, for engines that use one;
+6. the engine's crop rule on the output track (frame → crop affines);
+7. pass 2: two streaming decodes of the output timeline's background frames run side by side — the first
+   feeds crops to the engine as it asks for them, the second takes the engine's generated crops as they come,
+   pastes them back through the engine's blend masks and encodes the MP4 with the aligned audio.
 
-What grows with the output length T is only what the model itself takes at once: the crops, masks and
-generated crops at the working size (T x S x S), never the full-size frames.
+The worker has no engine-specific branch: what differs between models is behind ``model.engine``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,21 +30,16 @@ import numpy as np
 
 from contract.jobs import LogLevel
 from contract.settings import Settings
+from model.engine import CropBatch, EngineOptions, EngineRequest, Knobs, LipSyncEngine, landmarks_to_crop, rebatch
 from worker.pipeline import OutputFile, PipelineJob, PipelineOutput
 
 log = logging.getLogger("lipsync.pipeline")
 
-RANDOM_WEIGHTS_WARNING = (
-    "NOT A TRAINED MODEL: this worker runs the {config!r} model config with RANDOM weights ({why}); the output "
-    "video is not a trained model's lip-sync. Set LIPSYNC_WEIGHTS_DIR to a weights folder for real results."
-)
 CHUNK = 16
 """Frames per decoded chunk in every pass."""
-REFERENCE_POOL = 8
-"""Candidate appearance-reference crops handed to the model (it picks min(strength, max_reference_frames))."""
 
 
-def _resolve_device(name: str) -> str:
+def resolve_device(name: str) -> str:
     import torch
 
     if name == "auto":
@@ -52,55 +47,40 @@ def _resolve_device(name: str) -> str:
     return name
 
 
-def _resolve_dtype(name: str, device: str):
-    import torch
-
-    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-             "fp32": torch.float32, "float32": torch.float32}
+def resolve_dtype(name: str, device: str) -> str:
+    aliases = {"bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16", "fp32": "fp32",
+               "float32": "fp32"}
     if name == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    if name not in table:
+        return "bf16" if device.startswith("cuda") else "fp32"
+    if name not in aliases:
         raise ValueError(f"unknown dtype {name!r}: use auto, bf16, fp16 or fp32")
-    return table[name]
+    return aliases[name]
+
+
+def engine_options(settings: Settings) -> EngineOptions:
+    device = resolve_device(settings.device)
+    return EngineOptions(device=device, dtype=resolve_dtype(settings.dtype, device),
+                         num_inference_steps=settings.num_inference_steps, guidance_scale=settings.guidance_scale,
+                         random_weights_config=settings.random_weights_config, face_crop_size=settings.face_crop_size)
 
 
 class LipSyncWorkerPipeline:
-    """``pipeline(job) -> PipelineOutput`` over a loaded ``LipSyncPipeline`` and the face models."""
+    """``pipeline(job) -> PipelineOutput`` over a loaded engine and the face models."""
 
     def __init__(self, settings: Settings):
         from media.embedding import FaceEmbedder
         from media.faces import default_face_analyzer
-        from model.pipeline_lipsync import LipSyncPipeline
+        from model.weights import load_engine
 
-        self.settings = settings
-        self.device = _resolve_device(settings.device)
-        self.dtype = _resolve_dtype(settings.dtype, self.device)
         started = time.perf_counter()
-        weights = settings.weights_dir
-        self.random_weights_warning: str | None = None
-        if weights is not None and Path(weights).is_dir() and any(Path(weights).iterdir()):
-            self.model = LipSyncPipeline.from_pretrained(weights, device=self.device, dtype=self.dtype)
-            self.model_name = "pretrained"  # (the folder is logged here, not put into users' metrics)
-            log.info("lip-sync model weights from %s", weights)
-            default_crop = 512
-        else:
-            if weights is not None and not Path(weights).exists():
-                raise FileNotFoundError(f"LIPSYNC_WEIGHTS_DIR={weights} does not exist")
-            why = "LIPSYNC_WEIGHTS_DIR is not set" if weights is None else f"LIPSYNC_WEIGHTS_DIR={weights} is empty"
-            config = settings.random_weights_config
-            self.model = LipSyncPipeline.from_config(config, init_seed=0, device=self.device, dtype=self.dtype)
-            self.model_name = f"random:{config}"
-            self.random_weights_warning = RANDOM_WEIGHTS_WARNING.format(config=config, why=why)
-            default_crop = 64 if config == "tiny" else 512
-            log.warning(self.random_weights_warning)
-        self.crop_size = settings.face_crop_size or default_crop
-        multiple = self.model.config.vae_spatial_multiple
-        if self.crop_size % multiple:
-            raise ValueError(f"face_crop_size {self.crop_size} must be a multiple of {multiple}")
+        self.settings = settings
+        self.options = engine_options(settings)
+        self.engine: LipSyncEngine = load_engine(settings.weights_dir, self.options, settings.engine)
+        self.info = self.engine.info
         self.analyzer = default_face_analyzer()
-        self.embedder = FaceEmbedder()
-        log.info("lip-sync pipeline: model %s on %s/%s, face crops %d px, faces %s; loaded in %.1f s",
-                 self.model_name, self.device, str(self.dtype).replace("torch.", ""), self.crop_size,
+        self.embedder = FaceEmbedder() if self.info.needs_identity else None
+        log.info("lip-sync pipeline: engine %s (weights %s) on %s/%s, face crops %d px, faces %s; loaded in %.1f s",
+                 self.info.name, self.info.weights, self.options.device, self.options.dtype, self.info.crop_size,
                  self.analyzer.name, time.perf_counter() - started)
 
     # ------------------------------------------------------------------------------------------------------
@@ -115,8 +95,8 @@ class LipSyncWorkerPipeline:
         video_path, audio_path = job.inputs["video"].path, job.inputs["audio"].path
         timings: dict[str, float] = {}
         clock = _Clock(timings)
-        if self.random_weights_warning:
-            job.log(self.random_weights_warning, LogLevel.WARN)
+        if self.info.random_weights_warning:
+            job.log(self.info.random_weights_warning, LogLevel.WARN)
 
         # 1. Probe + output spec
         with clock("probe_time"):
@@ -134,8 +114,8 @@ class LipSyncWorkerPipeline:
         expected = expected_frame_count(info, spec)
         job.log(f"Decoding {info.kind} and tracking faces: about {expected} frames", LogLevel.INFO)
         with clock("face_track_time"):
-            track = track_faces(self._progress_chunks(job, iter_video_chunks(video_path, spec, chunk_size=CHUNK),
-                                                      "decoding + face tracking, frame", expected), self.analyzer)
+            track = track_faces(_progress_chunks(job, iter_video_chunks(video_path, spec, chunk_size=CHUNK),
+                                                 "decoding + face tracking, frame", expected), self.analyzer)
             job.log(f"Face coverage {100 * track.coverage:.1f}% ({int(track.present.sum())} of {track.num_frames} "
                     f"frames; {int(track.detected.sum())} detected) with {track.analyzer}", LogLevel.INFO)
             track.require_face("video")
@@ -146,8 +126,6 @@ class LipSyncWorkerPipeline:
         out_track = track_on_timeline(track, timeline)
         num_out = timeline.num_frames
         generate = timeline.source_indices() < 0
-        if is_image:
-            generate[:] = True  # a still is animated: every frame synthesised, the image is the reference
         if timeline.spans or timeline.removed:
             job.log(f"Timeline: {source_frames} input frames, +{sum(s.length for s in timeline.spans)} generated "
                     f"({len(timeline.spans)} spans), -{timeline.removed} removed -> {num_out} output frames",
@@ -157,7 +135,7 @@ class LipSyncWorkerPipeline:
         with clock("audio_time"):
             audio = load_audio(audio_path, max_seconds=num_out / float(spec.fps) + 1.0)
             audio, fit = fit_to_timeline(audio, num_out, spec.fps)
-            wav16k = to_model_audio(audio, self.model.config.audio_sample_rate)
+            wav16k = to_model_audio(audio)
         job.log({"padded": f"Audio is {fit.source_s:.3f} s, shorter than the {fit.target_s:.3f} s video: padded "
                            "with silence",
                  "cut": f"Audio is {fit.source_s:.3f} s, longer than the {fit.target_s:.3f} s video: cut",
@@ -168,180 +146,160 @@ class LipSyncWorkerPipeline:
             "removed_frames": timeline.removed, "fps": float(spec.fps), "width": spec.width, "height": spec.height,
             "face_coverage": round(track.coverage, 4),
             "output_face_coverage": round(out_track.coverage, 4), "audio_fit": fit.action,
-            "model": self.model_name, "random_weights": self.random_weights_warning is not None,
-            "crop_size": self.crop_size,
+            "engine": self.info.name, "model": self.info.weights,
+            "random_weights": self.info.random_weights_warning is not None, "crop_size": self.info.crop_size,
         }
+        background = timeline.background_indices()
+
+        def frames() -> Iterator[np.ndarray]:  # a fresh streaming decode of the output timeline's frames
+            from media.video import iter_reindexed
+
+            return iter_reindexed(iter_video_chunks(video_path, spec, chunk_size=CHUNK), background, chunk_size=CHUNK)
 
         out_path = job.workdir / "output.mp4"
         if not out_track.present.any():
             job.log("No output frame shows a face (every face frame was removed): the video is re-encoded with the "
                     "new audio, unchanged", LogLevel.WARN)
             with clock("paste_encode_time"):
-                self._encode(job, video_path, spec, timeline, out_track, None, None, generate, audio, out_path)
-            return self._output(out_path, metrics, timings)
+                _encode(job, frames(), audio, spec, num_out)
+            return _output(out_path, metrics, timings)
 
-        # 5. Face-ID embedding
-        with clock("face_id_time"):
-            face_id = self._face_id(video_path, spec, track, count=1 if is_image else 8)
+        # 5. Face-ID embedding, for engines that condition on one
+        identity = None
+        if self.embedder is not None:
+            from media.embedding import track_embedding
 
-        # 6. Pass 2: crops + masks on the output timeline
-        with clock("crop_time"):
-            crops, masks = self._crops(job, video_path, spec, timeline, out_track, is_image)
-            references = self._references(crops, out_track, generate, is_image)
+            with clock("face_id_time"):
+                identity = track_embedding(iter_video_chunks(video_path, spec, chunk_size=CHUNK), track,
+                                           self.embedder, count=1 if is_image else 8)
 
-        # 7. The model
-        with clock("model_time"):
-            result = self._run_model(job, req, crops, masks, generate, wav16k, spec, face_id, references)
-        for note in result.notes:
-            job.log(f"Model: {note}", LogLevel.INFO)
-        metrics.update(face_id_cond_strength=result.face_id_cond_strength, num_frame_blocks=result.num_frame_blocks,
-                       vae_overlap_window_width=result.vae_overlap_window_width)
-        del crops
+        # 6. The engine's crop rule
+        affines = self.engine.face_affines(out_track)
+        present = out_track.present & np.isfinite(affines).all(axis=(1, 2))
+        crop_landmarks = landmarks_to_crop(out_track.landmarks, np.nan_to_num(affines))
+        crop_landmarks[~present] = np.nan
 
-        # 8. Pass 3: paste back + encode with the aligned audio
-        with clock("paste_encode_time"):
-            self._encode(job, video_path, spec, timeline, out_track, result.frames, masks, generate, audio, out_path)
-        return self._output(out_path, metrics, timings)
+        # 7. Pass 2: crops into the engine, generated crops out, pasted and encoded as they come
+        request = EngineRequest(
+            audio=wav16k, fps=float(spec.fps), num_frames=num_out, generate=generate, is_image=is_image,
+            knobs=Knobs.from_request(req), log=lambda m: job.log(m, LogLevel.INFO), progress=job.progress,
+            identity=identity)
+        batches = self._crop_batches(job, frames(), affines, present, crop_landmarks, num_out, clock, still=is_image)
+        generated = rebatch(_timed(self.engine.generate(request, batches), clock, "model_time"), CHUNK)
+        pasted = self._pasted(job, frames(), generated, request, affines, present, crop_landmarks, clock)
+        _encode(job, pasted, audio, spec, num_out)
+        metrics.update(request.metrics)
+        timings["model_time"] = max(0.0, timings.get("model_time", 0.0) - timings.get("crop_time", 0.0))
+        return _output(out_path, metrics, timings)
 
     # ------------------------------------------------------------------------------------------------------
-    @staticmethod
-    def _output(path: Path, metrics: dict[str, Any], timings: dict[str, float]) -> PipelineOutput:
-        metrics.update({k: round(v, 3) for k, v in timings.items()})
-        return PipelineOutput(files={"video": OutputFile(path, "video/mp4", "output.mp4")}, metrics=metrics)
-
-    @staticmethod
-    def _progress_chunks(job: PipelineJob, chunks, stage: str, expected: int):
-        done = 0
-        for chunk in chunks:
-            done += len(chunk)
-            job.progress(stage, done, max(expected, done))
-            yield chunk
-
-    def _face_id(self, video_path: Path, spec, track, count: int) -> np.ndarray | None:
-        from media.embedding import track_embedding
-        from media.video import iter_video_chunks
-
-        embedding = track_embedding(iter_video_chunks(video_path, spec, chunk_size=CHUNK), track, self.embedder,
-                                    count=count)
-        want = self.model.transformer.config.id_embed_dim
-        if embedding is not None and embedding.shape != (want,):
-            log.warning("face-ID embedding has %d dims, the model wants %d: identity conditioning off",
-                        embedding.shape[0], want)
-            return None
-        return embedding
-
-    def _crops(self, job: PipelineJob, video_path: Path, spec, timeline, out_track, is_image: bool):
-        """(T, S, S, 3) uint8 face crops of the output timeline's background frames, (T, S, S) mouth masks."""
-        from media.crop import crop_faces
-        from media.masks import mouth_masks
-        from media.video import iter_reindexed, iter_video_chunks
-
-        size, num_out = self.crop_size, timeline.num_frames
-        if is_image:  # one still: one crop, seen T times (a read-only view, no T copies)
-            first = next(iter_video_chunks(video_path, spec, chunk_size=1))
-            crop, _ = crop_faces(first, out_track, [0], size)
-            job.progress("cropping faces, frame", num_out, num_out)
-            return (np.broadcast_to(crop[0], (num_out, size, size, 3)),
-                    np.broadcast_to(np.zeros((size, size), np.float32), (num_out, size, size)))
-        crops = np.zeros((num_out, size, size, 3), np.uint8)
-        masks = np.zeros((num_out, size, size), np.float32)
+    def _crop_batches(self, job: PipelineJob, chunks, affines, present, landmarks, num_out: int, clock, *,
+                      still: bool):
+        """CropBatch per decoded chunk. A still image is cropped once and that crop seen T times (a read-only
+        view): every frame of a still is the same picture with the same face."""
         j = 0
-        for frames in iter_reindexed(iter_video_chunks(video_path, spec, chunk_size=CHUNK),
-                                     timeline.background_indices(), chunk_size=CHUNK):
-            idx = list(range(j, j + len(frames)))
-            crops[j : j + len(frames)], _ = crop_faces(frames, out_track, idx, size)
-            masks[j : j + len(frames)] = mouth_masks(out_track, idx, size)
-            j += len(frames)
-            job.progress("cropping faces, frame", j, num_out)
-        return crops, masks
-
-    def _references(self, crops: np.ndarray, out_track, generate: np.ndarray, is_image: bool) -> np.ndarray:
-        """Appearance references: evenly spaced crops of real (not generated) face frames; the still for an
-        image; crops of the held frames behind generated ones if nothing else shows the face."""
-        if is_image:
-            return np.ascontiguousarray(crops[:1])
-        pool = np.flatnonzero(out_track.present & ~generate)
-        if pool.size == 0:
-            pool = np.flatnonzero(out_track.present)
-        picks = pool[np.linspace(0, pool.size - 1, min(REFERENCE_POOL, pool.size)).round().astype(int)]
-        return crops[np.unique(picks)]
-
-    def _run_model(self, job: PipelineJob, req, crops, masks, generate, wav16k, spec, face_id, references):
-        steps = self.settings.num_inference_steps or self.model.config.num_inference_steps
-        state = {"step": 0}
-
-        def callback(stage: str, step: int, total: int, message: str) -> None:
-            if stage == "vae_encode":
-                job.progress("VAE encode chunk", step, total)
-            elif stage == "block":
-                job.progress(f"denoising block {step}/{total} step", state["step"] + 1, steps)
-            elif stage == "denoise":
-                state["step"] = step
-            elif stage == "vae_decode":
-                job.progress("VAE decode chunk", step, total)
-
-        job.log(f"Lip-sync model: {len(generate)} frames ({int(generate.sum())} generated), {steps} denoising steps, "
-                f"seed {req.seed}", LogLevel.INFO)
-        return self.model(
-            crops, masks, generate, wav16k, float(spec.fps),
-            prompt=req.custom_prompt if req.use_custom_prompt else None,
-            face_id_embedding=face_id, reference_frames=references,
-            vae_chunk_size=req.vae_chunk_size, vae_overlap_window_width=req.vae_overlap_window_width,
-            frame_block_width=req.frame_block_width, feed_forward_num_splits=req.feed_forward_num_splits,
-            face_id_cond_strength=req.face_id_cond_strength, appearance_cond_strength=req.appearance_cond_strength,
-            seed=req.seed, num_inference_steps=steps, guidance_scale=self.settings.guidance_scale,
-            callback=callback,
-        )
-
-    def _encode(self, job: PipelineJob, video_path: Path, spec, timeline, out_track, generated, masks, generate,
-                audio, out_path: Path) -> None:
-        """Pass 3: background frames of the output timeline, generated faces pasted in, to MP4 with audio.
-        Real frames take the generated crop through the mouth mask; generated frames the whole face."""
-        from media.crop import landmarks_in_crop
-        from media.masks import face_blend_mask
-        from media.paste import paste_faces
-        from media.video import iter_reindexed, iter_video_chunks
-        from media.writer import Mp4Writer
-
-        num_out, size = timeline.num_frames, self.crop_size
-        job.log(f"Encoding {num_out} frames", LogLevel.INFO)
-        with Mp4Writer(out_path, fps=spec.fps, width=spec.width, height=spec.height, audio=audio) as writer:
-            j = 0
-            for frames in iter_reindexed(iter_video_chunks(video_path, spec, chunk_size=CHUNK),
-                                         timeline.background_indices(), chunk_size=CHUNK):
+        still_crop = None
+        for frames in chunks:
+            with clock("crop_time"):
                 n = len(frames)
-                if generated is not None:
-                    idx = list(range(j, j + n))
-                    blend = np.array(masks[j : j + n], dtype=np.float32, copy=True)
-                    for k, i in enumerate(idx):
-                        if generate[i] and out_track.present[i]:
-                            blend[k] = face_blend_mask(landmarks_in_crop(out_track, i, size), size)
-                    frames = paste_faces(frames, generated[j : j + n], out_track, idx, masks=blend)
-                writer.write(frames)
-                j += n
-                job.progress("encoding frame", j, num_out)
-        written = writer.result
-        if written is None or written.num_frames != num_out:
-            raise RuntimeError(f"wrote {None if written is None else written.num_frames} frames, expected {num_out}")
+                sl = slice(j, j + n)
+                if still and still_crop is None:
+                    still_crop = self.engine.crop(frames[:1], affines[sl][:1])[0]
+                if still:
+                    crops = np.broadcast_to(still_crop, (n, *still_crop.shape))
+                else:
+                    crops = self.engine.crop(frames, np.where(present[sl, None, None], affines[sl], np.nan))
+                batch = CropBatch(start=j, crops=crops, present=present[sl], landmarks=landmarks[sl])
+            j += n
+            job.progress("cropping faces, frame", j, num_out)
+            yield batch
+
+    def _pasted(self, job: PipelineJob, chunks, generated, request, affines, present, landmarks, clock):
+        from media.paste import paste_face
+
+        j = 0
+        for frames in chunks:
+            crops = next(generated, None)
+            n = len(frames)
+            if crops is None or len(crops) != n:
+                raise RuntimeError(f"engine {self.info.name} returned {0 if crops is None else len(crops)} crops for "
+                                   f"output frames {j}..{j + n - 1}")
+            with clock("paste_encode_time"):
+                sl = slice(j, j + n)
+                masks = self.engine.blend_masks(request, j, landmarks[sl])
+                out = np.array(frames, copy=True)
+                for k in np.flatnonzero(present[sl]):
+                    out[k] = paste_face(frames[k], crops[k], affines[j + k], masks[k])
+            j += n
+            yield out
+        if next(generated, None) is not None:
+            raise RuntimeError(f"engine {self.info.name} returned more crops than the {j} output frames")
+
+
+def _encode(job: PipelineJob, chunks, audio, spec, num_out: int) -> None:
+    """Write the frames (pasted, or the background frames unchanged) to MP4 with the aligned audio."""
+    from media.writer import Mp4Writer
+
+    out_path = job.workdir / "output.mp4"
+    j = 0
+    with Mp4Writer(out_path, fps=spec.fps, width=spec.width, height=spec.height, audio=audio) as writer:
+        for frames in chunks:
+            if j == 0:
+                job.log(f"Encoding {num_out} frames", LogLevel.INFO)
+            writer.write(frames)
+            j += len(frames)
+            job.progress("encoding frame", j, num_out)
+    written = writer.result
+    if written is None or written.num_frames != num_out:
+        raise RuntimeError(f"wrote {None if written is None else written.num_frames} frames, expected {num_out}")
+
+
+def _output(path: Path, metrics: dict[str, Any], timings: dict[str, float]) -> PipelineOutput:
+    metrics.update({k: round(v, 3) for k, v in timings.items()})
+    return PipelineOutput(files={"video": OutputFile(path, "video/mp4", "output.mp4")}, metrics=metrics)
+
+
+def _progress_chunks(job: PipelineJob, chunks, stage: str, expected: int):
+    done = 0
+    for chunk in chunks:
+        done += len(chunk)
+        job.progress(stage, done, max(expected, done))
+        yield chunk
+
+
+def _timed(items, clock: "_Clock", name: str):
+    """Yield from ``items``, adding the time spent producing each item to ``name`` (it includes the time the
+    producer spends pulling its own inputs; the caller subtracts what it measured separately)."""
+    it = iter(items)
+    while True:
+        with clock(name):
+            item = next(it, None)
+        if item is None:
+            return
+        yield item
 
 
 class _Clock:
-    """``with clock("name"):`` adds the block's wall time (seconds) to ``timings[name]``."""
+    """``with clock("name"):`` adds the block's wall time (seconds) to ``timings[name]``; re-entrant per name."""
 
     def __init__(self, timings: dict[str, float]):
         self.timings = timings
 
-    def __call__(self, name: str) -> "_Clock":
-        self._name = name
-        return self
+    def __call__(self, name: str) -> "_Timer":
+        return _Timer(self.timings, name)
+
+
+class _Timer:
+    def __init__(self, timings: dict[str, float], name: str):
+        self.timings, self.name = timings, name
 
     def __enter__(self) -> None:
         self._t0 = time.perf_counter()
 
     def __exit__(self, *exc: object) -> None:
-        self.timings[self._name] = self.timings.get(self._name, 0.0) + time.perf_counter() - self._t0
+        self.timings[self.name] = self.timings.get(self.name, 0.0) + time.perf_counter() - self._t0
 
 
 def load_lipsync_pipeline(settings: Settings) -> LipSyncWorkerPipeline:
-    """The worker's factory (``LIPSYNC_PIPELINE=lipsync``): loads the model and the face models once."""
+    """The worker's factory (``LIPSYNC_PIPELINE=lipsync``): loads the engine and the face models once."""
     return LipSyncWorkerPipeline(settings)

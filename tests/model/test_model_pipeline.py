@@ -176,7 +176,7 @@ def test_bf16_pipeline_runs_and_keeps_outside_pixels(make_clip):
     """The GPU dtype path (bf16 weights and activations, fp32 latents/scheduler/timestep) on CPU."""
     import torch
 
-    from model.pipeline_lipsync import LipSyncPipeline
+    from model.pipio.pipeline_lipsync import LipSyncPipeline
 
     pipe = LipSyncPipeline.from_config("tiny", init_seed=0, dtype=torch.bfloat16)
     inputs = make_clip(17, generate=slice(4, 6))

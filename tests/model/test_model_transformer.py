@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from model.config import load_config
-from model.frame_blocks import block_weights, plan_frame_blocks
-from model.transformer_lipsync import LipSyncConditioning, LipSyncTransformer3DModel, reference_logit_bias
+from model.pipio.config import load_config
+from model.pipio.frame_blocks import block_weights, plan_frame_blocks
+from model.pipio.transformer_lipsync import LipSyncConditioning, LipSyncTransformer3DModel, reference_logit_bias
 
 FRAMES, H, W = 3, 2, 2
 

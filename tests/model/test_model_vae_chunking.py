@@ -14,8 +14,8 @@ import torch
 from diffusers import AutoencoderKLLTXVideo
 from diffusers.models.autoencoders.autoencoder_kl_ltx import LTXVideoCausalConv3d
 
-from model.autoencoder_lipsync import blend_stream, decode_chunked, encode_chunked, plan_chunks
-from model.config import load_config
+from model.pipio.autoencoder_lipsync import blend_stream, decode_chunked, encode_chunked, plan_chunks
+from model.pipio.config import load_config
 
 NUM_FRAMES = 49  # 7 latent frames: long enough for several chunks of 9 and 17
 TEMB = torch.tensor([0.05])  # the tiny VAE's decoder is timestep-conditioned, like LTX 0.9.5's

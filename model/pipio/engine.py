@@ -1,0 +1,178 @@
+"""The pipio engine: our LTX-based diffusion model (``LipSyncPipeline``) behind the engine interface.
+
+Face preparation: the head square of ``media.faces`` (the track's smoothed alignment) at the working size
+(512 for trained weights, 64 for the random ``tiny`` config); the model repaints the landmark mouth mask of
+real frames and the whole frame where the timeline has no source frame (additions, bridges) or the input is
+a still; paste-back goes through the mouth mask, or the feathered whole-face mask for synthesised frames.
+The model needs the whole timeline at once (its VAE and transformer blocks span frames), so ``generate``
+gathers the crops first; they are at the working size, never full frames.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from media.faces import FaceTrack, affine_for
+from media.masks import face_blend_mask, mouth_mask
+from model.engine import CropBatch, EngineInfo, EngineOptions, EngineRequest
+from model.weights import WeightsLayout
+
+log = logging.getLogger(__name__)
+
+RANDOM_WEIGHTS_WARNING = (
+    "NOT A TRAINED MODEL: this worker runs the {config!r} model config with RANDOM weights ({why}); the output "
+    "video is not a trained model's lip-sync. Set LIPSYNC_WEIGHTS_DIR to a weights folder for real results."
+)
+REFERENCE_POOL = 8
+"""Candidate appearance-reference crops handed to the model (it picks min(strength, max_reference_frames))."""
+OUTPUT_CHUNK = 16
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+class PipioEngine:
+    def __init__(self, model, info: EngineInfo, *, steps: int, guidance_scale: float | None):
+        self.model = model
+        self.info = info
+        self.steps = steps
+        self.guidance_scale = guidance_scale  # None: the pipeline config's
+
+    # ---------------------------------------------------------------------------------------- face rule
+    def face_affines(self, track: FaceTrack) -> np.ndarray:
+        out = np.full((track.num_frames, 2, 3), np.nan)
+        for i in np.flatnonzero(track.present):
+            out[i] = affine_for(track.alignment[i], self.info.crop_size)
+        return out
+
+    def crop(self, frames: np.ndarray, affines: np.ndarray) -> np.ndarray:
+        from media.crop import crop_face
+
+        size = self.info.crop_size
+        crops = np.zeros((len(frames), size, size, 3), np.uint8)
+        for k, (frame, m) in enumerate(zip(frames, affines)):
+            if np.isfinite(m).all():
+                crops[k] = crop_face(frame, m, size)
+        return crops
+
+    def model_masks(self, landmarks: np.ndarray) -> np.ndarray:
+        size = self.info.crop_size
+        masks = np.zeros((len(landmarks), size, size), np.float32)
+        for k, pts in enumerate(landmarks):
+            if np.isfinite(pts).all():
+                masks[k] = mouth_mask(pts, size)
+        return masks
+
+    def blend_masks(self, request: EngineRequest, start: int, landmarks: np.ndarray) -> np.ndarray:
+        size = self.info.crop_size
+        masks = self.model_masks(landmarks)
+        for k in np.flatnonzero(self._synthesised(request)[start : start + len(landmarks)]):
+            if np.isfinite(landmarks[k]).all():
+                masks[k] = face_blend_mask(landmarks[k], size)
+        return masks
+
+    # ---------------------------------------------------------------------------------------- forward
+    def generate(self, request: EngineRequest, batches: Iterable[CropBatch]) -> Iterator[np.ndarray]:
+        batches = list(batches)
+        crops = np.concatenate([b.crops for b in batches])
+        present = np.concatenate([b.present for b in batches])
+        landmarks = np.concatenate([b.landmarks for b in batches])
+        generate = self._synthesised(request)
+        request.metrics["generated_frames"] = int(generate.sum())
+        # synthesised frames take mask 1 everywhere inside the model (their pixels are ignored)
+        masks = np.zeros(crops.shape[:3], np.float32) if request.is_image else self.model_masks(landmarks)
+        references = self._references(crops, present, generate, request.is_image)
+        result = self._run(request, crops, masks, generate, references)
+        for note in result.notes:
+            request.log(f"Model: {note}")
+        request.metrics.update(face_id_cond_strength=result.face_id_cond_strength,
+                               num_frame_blocks=result.num_frame_blocks,
+                               vae_overlap_window_width=result.vae_overlap_window_width)
+        for start in range(0, len(result.frames), OUTPUT_CHUNK):
+            yield result.frames[start : start + OUTPUT_CHUNK]
+
+    @staticmethod
+    def _synthesised(request: EngineRequest) -> np.ndarray:
+        """Frames the model synthesises whole: the timeline's generated frames; every frame of a still (it is
+        animated, the image being the appearance reference)."""
+        return np.ones_like(request.generate) if request.is_image else request.generate
+
+    def _identity(self, embedding: np.ndarray | None) -> np.ndarray | None:
+        want = self.model.transformer.config.id_embed_dim
+        if embedding is not None and embedding.shape != (want,):
+            log.warning("face-ID embedding has %d dims, the model wants %d: identity conditioning off",
+                        embedding.shape[0], want)
+            return None
+        return embedding
+
+    @staticmethod
+    def _references(crops: np.ndarray, present: np.ndarray, generate: np.ndarray, is_image: bool) -> np.ndarray:
+        """Appearance references: evenly spaced crops of real (not generated) face frames; the still for an
+        image; crops of the held frames behind generated ones if nothing else shows the face."""
+        if is_image:
+            return np.ascontiguousarray(crops[:1])
+        pool = np.flatnonzero(present & ~generate)
+        if pool.size == 0:
+            pool = np.flatnonzero(present)
+        picks = pool[np.linspace(0, pool.size - 1, min(REFERENCE_POOL, pool.size)).round().astype(int)]
+        return crops[np.unique(picks)]
+
+    def _run(self, request: EngineRequest, crops, masks, generate, references):
+        steps = request.metrics.setdefault("num_inference_steps", self.steps)
+        state = {"step": 0}
+
+        def callback(stage: str, step: int, total: int, message: str) -> None:
+            if stage == "vae_encode":
+                request.progress("VAE encode chunk", step, total)
+            elif stage == "block":
+                request.progress(f"denoising block {step}/{total} step", state["step"] + 1, steps)
+            elif stage == "denoise":
+                state["step"] = step
+            elif stage == "vae_decode":
+                request.progress("VAE decode chunk", step, total)
+
+        k = request.knobs
+        request.log(f"Lip-sync model: {len(generate)} frames ({int(generate.sum())} generated), {steps} denoising "
+                    f"steps, seed {k.seed}")
+        return self.model(
+            crops, masks, generate, request.audio, request.fps, prompt=k.prompt,
+            face_id_embedding=self._identity(request.identity), reference_frames=references,
+            vae_chunk_size=k.vae_chunk_size, vae_overlap_window_width=k.vae_overlap_window_width,
+            frame_block_width=k.frame_block_width, feed_forward_num_splits=k.feed_forward_num_splits,
+            face_id_cond_strength=k.face_id_cond_strength, appearance_cond_strength=k.appearance_cond_strength,
+            seed=k.seed, num_inference_steps=steps, guidance_scale=self.guidance_scale, callback=callback,
+        )
+
+
+def load_engine(root: Path | None, layout: WeightsLayout, options: EngineOptions) -> PipioEngine:
+    """Load the pipeline from ``root`` (``save_pretrained`` layout), or random weights of the configured preset."""
+    from model.pipio.pipeline_lipsync import LipSyncPipeline
+
+    device, dtype = options.device, _torch_dtype(options.dtype)
+    warning = None
+    if root is not None:
+        model = LipSyncPipeline.from_pretrained(root, device=device, dtype=dtype)
+        weights, default_crop = root.name, 512
+        log.info("pipio weights from %s", root)
+    else:
+        config = options.random_weights_config
+        model = LipSyncPipeline.from_config(config, init_seed=0, device=device, dtype=dtype)
+        weights, default_crop = f"random:{config}", 64 if config == "tiny" else 512
+        why = "LIPSYNC_WEIGHTS_DIR is not set or empty"
+        warning = RANDOM_WEIGHTS_WARNING.format(config=config, why=why)
+        log.warning(warning)
+    crop = options.face_crop_size or default_crop
+    multiple = model.config.vae_spatial_multiple
+    if crop % multiple:
+        raise ValueError(f"face_crop_size {crop} must be a multiple of {multiple}")
+    info = EngineInfo(name="pipio", crop_size=crop, weights=weights, random_weights_warning=warning,
+                      needs_identity=True)
+    return PipioEngine(model, info, steps=options.num_inference_steps or model.config.num_inference_steps,
+                       guidance_scale=options.guidance_scale)
