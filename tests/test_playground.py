@@ -137,7 +137,10 @@ def wait_for(driver, predicate: Callable[[Any], Any], timeout: float, what: str,
         return WebDriverWait(driver, timeout, poll_frequency=0.1).until(predicate)
     except TimeoutException:
         logs = driver.execute_script("return document.getElementById('logs')?.textContent")
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}\npage logs:\n{logs}\n{served.logs()}") from None
+        console = "\n".join(e["message"] for e in driver.get_log("browser"))
+        raise AssertionError(
+            f"timed out after {timeout} s waiting for {what}\nconsole:\n{console}\npage logs:\n{logs}\n{served.logs()}"
+        ) from None
 
 
 def open_page(driver, served: Served) -> None:
@@ -222,11 +225,27 @@ def test_upload_submit_watch_and_play(browser, lipsync_serve, clips):
     assert "completed" in driver.find_element(By.CSS_SELECTOR, "#history li").text.lower()
     assert console_errors(driver) == []
 
+    save_screenshots(driver)
+
+
+def save_screenshots(driver) -> None:
+    """The whole finished page (README's docs/playground.png is one), and the same page at phone width."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    driver.execute_script("document.getElementById('result-video').currentTime = 0.4; window.scrollTo(0, 0);")
-    wait_for(driver, lambda d: d.execute_script("return !document.getElementById('result-video').seeking"), 10, "seek", served)
-    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
-    (ARTIFACTS / "playground.png").write_bytes(base64.b64decode(shot["data"]))
+    driver.execute_async_script(  # play it through once: the player then rests on its last frame
+        "const [v, done] = [document.getElementById('result-video'), arguments[0]];"
+        "v.addEventListener('ended', () => setTimeout(done, 300), {once: true});"
+        "v.muted = true; v.play(); window.scrollTo(0, 0);")
+    full = {"format": "png", "captureBeyondViewport": True}
+    (ARTIFACTS / "playground.png").write_bytes(base64.b64decode(driver.execute_cdp_cmd("Page.captureScreenshot", full)["data"]))
+    size = driver.get_window_size()
+    driver.set_window_size(390, 844)
+    try:
+        widths = driver.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+        assert widths[0] <= widths[1], f"the page scrolls sideways at phone width: {widths}"
+        phone = driver.execute_cdp_cmd("Page.captureScreenshot", full)["data"]
+        (ARTIFACTS / "playground-phone.png").write_bytes(base64.b64decode(phone))
+    finally:
+        driver.set_window_size(size["width"], size["height"])
 
 
 def test_bad_value_is_shown_beside_its_field_and_nothing_is_queued(browser, lipsync_serve):
@@ -245,6 +264,7 @@ def test_bad_value_is_shown_beside_its_field_and_nothing_is_queued(browser, lips
     assert box.find_element(By.ID, "field-vae_chunk_size-error").is_displayed()  # beside the field, in its box
     assert driver.find_element(By.ID, "field-vae_chunk_size").get_attribute("aria-invalid") == "true"
     assert "vae_chunk_size" in text(driver, "form-error")
+    assert driver.switch_to.active_element.get_attribute("id") == "field-vae_chunk_size"  # focus moved to it
     assert text(driver, "field-video-error") == ""  # only the field the 422 names
     assert history(driver) == before and served.jobs_seen() == seen
     assert console_errors(driver, allowed_statuses=(422,)) == []

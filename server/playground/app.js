@@ -18,6 +18,7 @@ const GROUPS = [
   ["Seed", ["seed"]],
 ];
 const OPEN_GROUPS = new Set(["Inputs", "Output size and rate"]);
+const REQUEST_STAGES = ["queue_time", "fetch_time", "inference_time", "upload_time"]; // worker/runtime.py's
 
 const state = { app: null, authRequired: false, fields: new Map(), current: null, watcher: null };
 
@@ -514,7 +515,10 @@ async function finish(entry, status) {
   else if (status.error_type) setBadge(`failed · ${status.error_type}`, "failed");
   else setBadge("completed", "completed");
   if (status.error_type) showRunError(`${status.error_type}: ${status.error}`);
-  else $("progress").value = 1;
+  else {
+    $("progress").value = 1;
+    $("progress-label").textContent = status.metrics?.total_time !== undefined ? `done in ${status.metrics.total_time} s` : "done";
+  }
   renderMetrics(status.metrics || {});
   if (status.error_type === "client_cancelled") return;
   try {
@@ -565,16 +569,25 @@ function renderMetrics(metrics) {
     if (name === "weights" && metrics.random_weights) dd.className = "bad";
     facts.append(el("dt", { text: name }), dd);
   }
-  const stages = $("stages");
-  stages.replaceChildren();
+  // The worker times the request (queue, fetch, inference, upload); the pipeline's own stages are inside
+  // `inference`, so they are listed under it, indented.
   const times = Object.entries(metrics).filter(([k, v]) => k.endsWith("_time") && k !== "total_time" && typeof v === "number");
+  const outer = times.filter(([k]) => REQUEST_STAGES.includes(k));
+  const inner = times.filter(([k]) => !REQUEST_STAGES.includes(k));
   const longest = Math.max(...times.map(([, v]) => v), 1e-9);
-  for (const [name, seconds] of times) {
+  const row = ([name, seconds], sub) => {
     const bar = el("span", { class: "bar" });
     bar.style.width = `${Math.max(1, (100 * seconds) / longest)}%`;
-    stages.append(el("li", {}, el("span", { class: "stage", text: name.replace(/_time$/, "") }),
-                     el("span", { class: "track" }, bar), el("span", { class: "secs", text: `${seconds.toFixed(2)} s` })));
+    return el("li", { class: sub ? "sub" : null }, el("span", { class: "stage", text: name.replace(/_time$/, "") }),
+              el("span", { class: "track" }, bar), el("span", { class: "secs", text: `${seconds.toFixed(2)} s` }));
+  };
+  const stageRows = [];
+  for (const stage of outer) {
+    stageRows.push(row(stage, false));
+    if (stage[0] === "inference_time") stageRows.push(...inner.map((s) => row(s, true)));
   }
+  if (!outer.some(([k]) => k === "inference_time")) stageRows.push(...inner.map((s) => row(s, false)));
+  $("stages").replaceChildren(...stageRows);
   $("metrics-json").textContent = JSON.stringify(metrics, null, 2);
   $("metrics").hidden = false;
 }
