@@ -108,7 +108,17 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "face": make_face_video(d / "face.mp4", **CLIP),
         "long_face": make_face_video(d / "long-face.mp4", frames=60, size=(96, 96)),
         "speech": make_speech(d / "speech.wav"),
+        "still": _still(d / "face.png", (120, 96)),
     }
+
+
+def _still(path: Path, size: tuple[int, int]) -> Path:
+    import cv2
+    import skimage.data
+
+    rgb = cv2.resize(skimage.data.astronaut(), size, interpolation=cv2.INTER_AREA)
+    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +153,8 @@ def wait_for(driver, predicate: Callable[[Any], Any], timeout: float, what: str,
         ) from None
 
 
-def open_page(driver, served: Served) -> None:
-    driver.get(served.base + "/")
+def open_page(driver, served: Served, path: str = "/") -> None:
+    driver.get(served.base + path)
     wait_for(driver, lambda d: d.find_element(By.ID, "form").is_displayed(), 15, "the form", served)
 
 
@@ -289,7 +299,7 @@ def test_wrong_key_shows_the_401_message(browser, lipsync_serve):
 
 def test_cancel_during_a_run_ends_cancelled(browser, slow_serve, clips):
     driver, served = browser, slow_serve
-    open_page(driver, served)
+    open_page(driver, served, "/playground")
     assert not driver.find_element(By.ID, "key-box").is_displayed()  # no keys configured: no key box
     driver.find_element(By.ID, "field-video").send_keys(str(clips["long_face"]))
     driver.find_element(By.ID, "field-audio").send_keys(str(clips["speech"]))
@@ -308,5 +318,25 @@ def test_cancel_during_a_run_ends_cancelled(browser, slow_serve, clips):
     status = httpx.get(f"{served.base}/pipio/lipsync/requests/{request_id}/status").json()
     assert status["status"] == "COMPLETED" and status["error_type"] == "client_cancelled"
     assert "client_cancelled" in driver.find_element(By.CSS_SELECTOR, "#history li").text
+    assert not driver.find_element(By.ID, "result").is_displayed()
+    assert console_errors(driver) == []
+
+
+def test_an_image_for_the_video_field_and_reopening_a_request(browser, slow_serve, clips):
+    driver, served = browser, slow_serve
+    open_page(driver, served)
+    cancelled = history(driver)[0]  # the previous test's request, kept in this tab's sessionStorage
+    driver.find_element(By.ID, "field-video").send_keys(str(clips["still"]))
+    driver.find_element(By.ID, "field-audio").send_keys(str(clips["speech"]))
+    driver.find_element(By.ID, "submit").click()
+    size = wait_for(driver, lambda d: d.execute_script(
+        "const v = document.getElementById('result-video');"
+        "return v.readyState >= 1 && [v.videoWidth, v.videoHeight];"), 60, "the result video", served)
+    assert size == [120, 96]  # the still, re-encoded by the test pipeline
+    assert history(driver)[1:] == [cancelled]
+
+    driver.find_element(By.CSS_SELECTOR, f'#history li[data-request-id="{cancelled}"] button').click()
+    wait_for(driver, lambda d: d.find_element(By.ID, "run-id").text == cancelled and text(d, "run-status") == "cancelled",
+             15, "the re-opened request", served)
     assert not driver.find_element(By.ID, "result").is_displayed()
     assert console_errors(driver) == []

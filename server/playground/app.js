@@ -229,17 +229,22 @@ function startUpload(field) {
       const target = await api("POST", "storage/upload/initiate",
                                { content_type: file.type || "application/octet-stream", file_name: file.name });
       await putWithProgress(target.upload_url, file, (share) => {
+        if (field.upload !== upload) return; // another file was chosen meanwhile
         field.progress.value = share;
         field.status.textContent = `uploading ${file.name}: ${Math.round(share * 100)}%`;
       });
-      field.progress.value = 1;
-      field.status.textContent = `uploaded ${file.name} (${formatBytes(file.size)})`;
       upload.url = target.file_url;
+      if (field.upload === upload) {
+        field.progress.value = 1;
+        field.status.textContent = `uploaded ${file.name} (${formatBytes(file.size)})`;
+      }
       return upload.url;
     } catch (err) {
-      field.status.textContent = "upload failed";
-      field.upload = null; // the next submit tries again (with a corrected key, say)
-      showError(err, field);
+      if (field.upload === upload) {
+        field.status.textContent = "upload failed";
+        field.upload = null; // the next submit tries again (with a corrected key, say)
+        showError(err, field);
+      }
       throw err;
     }
   })();
@@ -407,24 +412,30 @@ function resetRun() {
 
 async function watch(entry, signal) {
   let poller = null;
+  const onEvent = (status) => {
+    onStatus(entry, status);
+    clearInterval(poller);
+    if (status.status === "IN_QUEUE") poller = setInterval(() => pollPosition(entry, signal), 2000);
+  };
   try {
     for (let attempt = 0; ; attempt++) {
-      const response = await fetch(requestPath(entry, "/status/stream?logs=1"),
-                                   { headers: { Accept: "text/event-stream", ...authHeaders() }, signal });
-      if (!response.ok) {
-        let body = null;
-        try { body = await response.json(); } catch { body = null; }
-        throw new ApiError(response.status, body);
+      try {
+        const response = await fetch(requestPath(entry, "/status/stream?logs=1"),
+                                     { headers: { Accept: "text/event-stream", ...authHeaders() }, signal });
+        if (!response.ok) {
+          let body = null;
+          try { body = await response.json(); } catch { body = null; }
+          throw new ApiError(response.status, body); // 401, 404 (expired or another key's): no retry
+        }
+        $("logs").textContent = ""; // the stream replays the request's whole history on every connection
+        if (await readEvents(response.body, onEvent)) return;
+      } catch (err) {
+        if (signal.aborted || err instanceof ApiError) throw err;
+        // a dropped connection: try again below
       }
-      $("logs").textContent = ""; // the stream replays the request's whole history on every connection
-      const done = await readEvents(response.body, (status) => {
-        onStatus(entry, status);
-        clearInterval(poller);
-        if (status.status === "IN_QUEUE") poller = setInterval(() => pollPosition(entry, signal), 2000);
-      });
-      if (done) return;
-      // The stream closed before COMPLETED (a proxy timeout, an API restart): reconnect.
+      // The stream ended before COMPLETED (a proxy timeout, an API restart, a network drop): reconnect.
       await new Promise((r) => setTimeout(r, Math.min(1000 * 2 ** attempt, 10000)));
+      if (signal.aborted) return;
     }
   } finally {
     clearInterval(poller);
