@@ -31,6 +31,7 @@ from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.support import ROOT, free_port, make_face_video, make_speech, wait_until
@@ -234,6 +235,8 @@ def test_upload_submit_watch_and_play(browser, lipsync_serve, clips):
     assert driver.find_element(By.ID, "download").get_attribute("href").startswith(served.base + "/files/")
     assert "completed" in driver.find_element(By.CSS_SELECTOR, "#history li").text.lower()
     assert console_errors(driver) == []
+    fetched = driver.execute_script("return performance.getEntriesByType('resource').map((e) => e.name)")
+    assert fetched and all(url.startswith(served.base + "/") for url in fetched), fetched  # offline: own origin only
 
     save_screenshots(driver)
 
@@ -284,10 +287,10 @@ def test_wrong_key_shows_the_401_message(browser, lipsync_serve):
     driver, served = browser, lipsync_serve
     open_page(driver, served)
     before, seen = history(driver), served.jobs_seen()
-    set_key(driver, "playground:wrong")
     use_url(driver, "video", "https://example.com/face.mp4")
     use_url(driver, "audio", "https://example.com/speech.wav")
-    driver.find_element(By.ID, "submit").click()
+    set_key(driver, "playground:wrong")
+    driver.find_element(By.ID, "api-key").send_keys(Keys.ENTER)  # keyboard only: Enter submits the form
 
     error = wait_for(driver, lambda d: text(d, "api-key-error"), 10, "the key's error", served)
     assert error == "Unauthorized: missing or invalid API key"
