@@ -42,7 +42,8 @@ class PipelineConfig:
         max_reference_frames: at most this many distinct appearance references (the rest is a logit bias).
         face_id_auto_strength_video / face_id_auto_strength_generate: the ``face_id_cond_strength = -1`` rule
             (see ``resolve_face_id_strength``).
-        reference_time_seconds: RoPE time of the appearance reference tokens, outside the clip.
+        reference_time_seconds: RoPE time of the appearance reference tokens relative to the first frame of the
+            frame block they condition (negative: before the block, outside it), the same for every block.
         vae_spatial_multiple: frame height and width must be multiples of this (the VAE's spatial compression).
     """
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from media.embedding import EMBEDDING_DIM, FaceEmbedder
 from media.faces import FaceTrack, affine_for
 from media.masks import face_blend_mask, mouth_mask
 from model.engine import CropBatch, EngineInfo, EngineOptions, EngineRequest
@@ -105,11 +106,8 @@ class PipioEngine:
         return np.ones_like(request.generate) if request.is_image else request.generate
 
     def _identity(self, embedding: np.ndarray | None) -> np.ndarray | None:
-        want = self.model.transformer.config.id_embed_dim
-        if embedding is not None and embedding.shape != (want,):
-            log.warning("face-ID embedding has %d dims, the model wants %d: identity conditioning off",
-                        embedding.shape[0], want)
-            return None
+        if embedding is not None:
+            check_face_id_embedder(self.model.transformer.config.id_embed_dim, embedding.shape[-1])
         return embedding
 
     @staticmethod
@@ -151,6 +149,19 @@ class PipioEngine:
         )
 
 
+class FaceIdEmbedderMismatch(ValueError):
+    """The checkpoint was trained with a face-ID embedder of another width than the one this server runs."""
+
+
+def check_face_id_embedder(model_dim: int, embedder_dim: int = EMBEDDING_DIM) -> None:
+    """Fail loudly: running a checkpoint without the identity it was trained with silently spoils its output."""
+    if model_dim != embedder_dim:
+        raise FaceIdEmbedderMismatch(
+            f"face-ID embedder mismatch: the model's transformer wants {model_dim}-d face-ID embeddings "
+            f"(id_embed_dim) but the face-ID embedder ({FaceEmbedder.name}, media.embedding) gives {embedder_dim}-d; "
+            f"this checkpoint was trained with another embedder")
+
+
 def load_engine(root: Path | None, layout: WeightsLayout, options: EngineOptions) -> PipioEngine:
     """Load the pipeline from ``root`` (``save_pretrained`` layout), or random weights of the configured preset."""
     from model.pipio.pipeline_lipsync import LipSyncPipeline
@@ -168,6 +179,7 @@ def load_engine(root: Path | None, layout: WeightsLayout, options: EngineOptions
         why = "LIPSYNC_WEIGHTS_DIR is not set or empty"
         warning = RANDOM_WEIGHTS_WARNING.format(config=config, why=why)
         log.warning(warning)
+    check_face_id_embedder(model.transformer.config.id_embed_dim)
     crop = options.face_crop_size or default_crop
     multiple = model.config.vae_spatial_multiple
     if crop % multiple:

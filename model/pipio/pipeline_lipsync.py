@@ -38,7 +38,7 @@ from .autoencoder_lipsync import decode_chunked, denormalize_latents, encode_chu
 from .config import LipSyncConfig, PipelineConfig, load_config, pipeline_config_from_dict
 from .frame_blocks import FrameBlock, block_weights, plan_frame_blocks
 from .loading import LoadReport, WeightsLoadError, build_and_load, read_state_dict
-from .text_encoder import build_text_encoder, build_tokenizer, encode_prompt
+from .text_encoder import build_text_encoder, build_tokenizer, check_tokenizer, encode_prompt
 from .transformer_lipsync import LipSyncConditioning, LipSyncTransformer3DModel, reference_logit_bias
 
 logger = logging.getLogger(__name__)
@@ -109,16 +109,19 @@ class LipSyncPipeline:
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, device: str | torch.device = "cpu",
                         dtype: torch.dtype = torch.float32, transformer_overrides: dict | None = None,
-                        allow_new_lipsync_modules: bool = False) -> "LipSyncPipeline":
+                        allow_new_lipsync_modules: bool = False,
+                        pipeline_config: PipelineConfig | None = None) -> "LipSyncPipeline":
         """Load the diffusers-style layout written by :meth:`save_pretrained` (or assembled by hand)::
 
-            <dir>/pipeline_config.json                        PipelineConfig (optional: defaults)
+            <dir>/pipeline_config.json                        PipelineConfig (required unless ``pipeline_config``
+                                                              is passed: guidance and steps live there)
             <dir>/transformer/config.json + diffusion_pytorch_model.safetensors[.index.json]
             <dir>/vae/config.json + diffusion_pytorch_model.safetensors
             <dir>/audio_encoder/config.json + model.safetensors   (a full Whisper checkpoint works too)
             <dir>/text_encoder/config.json + model.safetensors    (a full T5 checkpoint works too)
             <dir>/scheduler/scheduler_config.json
-            <dir>/tokenizer/                                  optional; else the byte-level ByT5 tokenizer
+            <dir>/tokenizer/                                  T5's tokenizer; only a text encoder sized for the
+                                                              byte-level ByT5 vocabulary (259) may go without
 
         ``transformer/`` may hold a *stock* ``LTXVideoTransformer3DModel`` checkpoint: pass the lip-sync
         sizes in ``transformer_overrides`` and ``allow_new_lipsync_modules=True``; the new modules keep their
@@ -128,8 +131,12 @@ class LipSyncPipeline:
         root = Path(directory)
         if not root.is_dir():
             raise FileNotFoundError(f"model directory {root} does not exist")
-        pipeline_config = PipelineConfig()
-        if (root / "pipeline_config.json").is_file():
+        if pipeline_config is None:  # a folder without it would silently sample with the defaults (guidance 1.0)
+            if not (root / "pipeline_config.json").is_file():
+                raise FileNotFoundError(
+                    f"{root / 'pipeline_config.json'} is missing: it holds the sampling settings (steps, audio "
+                    f"guidance) the weights were trained for; save_pretrained and lipsync train write it. Pass "
+                    f"pipeline_config= to load a folder without one (e.g. stock LTX-Video weights for training)")
             pipeline_config = pipeline_config_from_dict(json.loads((root / "pipeline_config.json").read_text()),
                                                         str(root / "pipeline_config.json"))
         transformer, t_report = load_transformer(root / "transformer", overrides=transformer_overrides,
@@ -139,8 +146,9 @@ class LipSyncPipeline:
         text_encoder, x_report = load_text_encoder(root / "text_encoder")
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(
             FlowMatchEulerDiscreteScheduler.load_config(str(root / "scheduler")))
-        pipe = cls(transformer, vae, audio_encoder, text_encoder, build_tokenizer(root / "tokenizer"), scheduler,
-                   pipeline_config)
+        tokenizer = build_tokenizer(root / "tokenizer")
+        check_tokenizer(tokenizer, text_encoder, str(root / "tokenizer"))
+        pipe = cls(transformer, vae, audio_encoder, text_encoder, tokenizer, scheduler, pipeline_config)
         pipe.load_reports = [t_report, v_report, a_report, x_report]
         return pipe.to(device, dtype)
 
@@ -155,6 +163,7 @@ class LipSyncPipeline:
             module.config.save_pretrained(root / name)
             save_model(module, str(root / name / "model.safetensors"))
         self.scheduler.save_config(root / "scheduler")
+        self.tokenizer.save_pretrained(root / "tokenizer")
         (root / "pipeline_config.json").write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
         (root / "model_index.json").write_text(json.dumps({
             "_class_name": "LipSyncPipeline",
@@ -319,10 +328,8 @@ class LipSyncPipeline:
 
         # 3. Encode prompt and audio (only the audio the timeline can hear: the rest never reaches a window)
         text, text_mask = encode_prompt(self.tokenizer, self.text_encoder, prompt, cfg.max_prompt_tokens)
-        heard = int(np.ceil((source.padded_frames + cfg.audio_context_frames + 1) / fps * cfg.audio_sample_rate))
-        features = encode_audio(self.audio_encoder, audio[:heard], cfg.audio_sample_rate)
-        audio_windows = latent_frame_windows(features.float(), source.num_latent, fps, cfg.audio_feature_rate,
-                                             cfg.audio_context_frames, self.transformer.config.audio_steps_per_frame,
+        audio_windows = encode_audio_windows(self.audio_encoder, audio, source.padded_frames, source.num_latent, fps,
+                                             cfg, self.transformer.config.audio_steps_per_frame,
                                              source.ratio_t)[None].to(device, dtype)  # (1, F, steps, layers, d)
         if guidance > 1.0:  # batch = [conditional, null audio]
             audio_windows = torch.cat([audio_windows, torch.zeros_like(audio_windows)])
@@ -330,11 +337,8 @@ class LipSyncPipeline:
         batch = audio_windows.shape[0]
 
         # 4. Masked video latents + latent mask, references, identity, positions
-        masked = encode_chunked(self.vae, lambda s, e: source.read_masked(s, e, device, dtype), source.padded_frames,
-                                vae_chunk_size, plan.overlap,
+        cond = encode_condition(self.vae, source, vae_chunk_size, plan.overlap, device, dtype,
                                 progress=lambda i, n: notify("vae_encode", i, n, f"VAE encode chunk {i}/{n}"))
-        masked = pack_latents(normalize_latents(self.vae, masked.float()))  # (1, F*h*w, C)
-        cond = torch.cat([masked, torch.from_numpy(source.latent_mask()).to(device).reshape(1, -1, 1)], dim=2)
         references, reference_coords, bias, note = self._encode_references(frames, generate, reference_frames,
                                                                            appearance_cond_strength)
         notes += [note] if note else []
@@ -361,8 +365,7 @@ class LipSyncPipeline:
         # 6. Timesteps: sigmas 1 -> 1/N with LTX's shift for the sequence length of one block
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler.config)  # per call: no shared state
         sc = scheduler.config
-        mu = calculate_shift((blocks[0].end - blocks[0].start) * hw, sc.base_image_seq_len, sc.max_image_seq_len,
-                             sc.base_shift, sc.max_shift)
+        mu = shift_mu(sc, (blocks[0].end - blocks[0].start) * hw)
         scheduler.set_timesteps(sigmas=np.linspace(1.0, 1.0 / steps, steps), mu=mu, device=device)
 
         # 7. Denoising loop: per step, every block predicts, overlaps are blended, one Euler step
@@ -388,7 +391,9 @@ class LipSyncPipeline:
         velocity = torch.zeros_like(latents)
         for b, (block, weight) in enumerate(zip(blocks, weights)):
             tokens = slice(block.start * hw, block.end * hw)
-            block_conditioning = dataclasses.replace(conditioning, audio=conditioning.audio[:, block.start : block.end])
+            block_conditioning = dataclasses.replace(
+                conditioning, audio=conditioning.audio[:, block.start : block.end],
+                reference_coords=place_references(conditioning.reference_coords, video_coords, block.start * hw))
             pred = self.transformer(
                 latents[:, tokens].expand(batch, -1, -1).to(dtype), cond[:, tokens].expand(batch, -1, -1).to(dtype),
                 t.expand(batch).float(),  # the timestep stays fp32: its sinusoidal embedding needs the precision
@@ -428,16 +433,8 @@ class LipSyncPipeline:
         count = min(strength, self.config.max_reference_frames, len(index))
         picks = pool[index[np.linspace(0, len(index) - 1, count).round().astype(int)]]
         device, dtype = self.device, self.dtype
-        pixels = torch.from_numpy(picks).to(device, torch.float32) / 127.5 - 1.0
-        # Each reference is its own single-frame clip (B=count, T=1): a causal VAE encodes it like a first frame.
-        moments = self.vae.encoder(pixels.permute(0, 3, 1, 2)[:, :, None].to(dtype))
-        refs = normalize_latents(self.vae, moments[:, : moments.shape[1] // 2].float())  # (count, C, 1, h, w)
-        lh, lw = refs.shape[-2:]
-        tokens = refs.permute(0, 2, 3, 4, 1).reshape(1, count * lh * lw, -1)
-        coords = latent_coords(1, lh, lw, 1.0, 1, self.vae.spatial_compression_ratio, device)
-        coords[:, 0] = self.config.reference_time_seconds
-        coords = coords.repeat(1, 1, count)
-        return tokens.to(dtype), coords, reference_logit_bias(strength, count), ""
+        tokens, coords = encode_reference_frames(self.vae, picks, self.config.reference_time_seconds, device, dtype)
+        return tokens, coords, reference_logit_bias(strength, count), ""
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -475,6 +472,59 @@ class _FrameSource:
             latent_mouth_mask(self.pixel_mask(self.index[max(0, k * r - r + 1) : k * r + 1]), r, self.ratio_s,
                               first_is_alone=(k == 0))
             for k in range(self.num_latent)])
+
+
+def encode_audio_windows(audio_encoder: WhisperEncoder, audio: np.ndarray, padded_frames: int, num_latent: int,
+                         fps: float, cfg: PipelineConfig, steps_per_frame: int, ratio_t: int) -> torch.Tensor:
+    """Waveform on the output timeline -> (F, steps, layers, d) per-latent-frame audio windows (fp32). Only the
+    audio the timeline can hear is encoded: the rest never reaches a window."""
+    heard = int(np.ceil((padded_frames + cfg.audio_context_frames + 1) / fps * cfg.audio_sample_rate))
+    features = encode_audio(audio_encoder, audio[:heard], cfg.audio_sample_rate)
+    return latent_frame_windows(features.float(), num_latent, fps, cfg.audio_feature_rate, cfg.audio_context_frames,
+                                steps_per_frame, ratio_t)
+
+
+def encode_condition(vae: AutoencoderKLLTXVideo, source: "_FrameSource", chunk_size: int, overlap: int,
+                     device: torch.device, dtype: torch.dtype, progress=None) -> torch.Tensor:
+    """The inpainting condition: chunk-encoded masked video (grey where regenerated), normalised and packed,
+    with the latent mask as one more channel: (1, F*h*w, C + 1) fp32."""
+    masked = encode_chunked(vae, lambda s, e: source.read_masked(s, e, device, dtype), source.padded_frames,
+                            chunk_size, overlap, progress=progress)
+    masked = pack_latents(normalize_latents(vae, masked.float()))  # (1, F*h*w, C)
+    return torch.cat([masked, torch.from_numpy(source.latent_mask()).to(device).reshape(1, -1, 1)], dim=2)
+
+
+def encode_reference_frames(vae: AutoencoderKLLTXVideo, picks: np.ndarray, reference_time_seconds: float,
+                            device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R, H, W, 3) uint8 reference crops -> clean latent tokens (1, R*h*w, C) and their RoPE coordinates
+    (1, 3, R*h*w), time ``reference_time_seconds`` relative to the block (see ``place_references``)."""
+    pixels = torch.from_numpy(np.ascontiguousarray(picks)).to(device, torch.float32) / 127.5 - 1.0
+    # Each reference is its own single-frame clip (B=R, T=1): a causal VAE encodes it like a first frame.
+    moments = vae.encoder(pixels.permute(0, 3, 1, 2)[:, :, None].to(dtype))
+    refs = normalize_latents(vae, moments[:, : moments.shape[1] // 2].float())  # (R, C, 1, h, w)
+    count, lh, lw = refs.shape[0], refs.shape[-2], refs.shape[-1]
+    tokens = refs.permute(0, 2, 3, 4, 1).reshape(1, count * lh * lw, -1)
+    coords = latent_coords(1, lh, lw, 1.0, 1, vae.spatial_compression_ratio, device)
+    coords[:, 0] = reference_time_seconds
+    return tokens.to(dtype), coords.repeat(1, 1, count)
+
+
+def shift_mu(scheduler_config, seq_len: int) -> float:
+    """LTX's resolution-dependent shift ``mu`` for ``seq_len`` tokens of one frame block (sampling and training)."""
+    sc = scheduler_config
+    return calculate_shift(seq_len, sc.base_image_seq_len, sc.max_image_seq_len, sc.base_shift, sc.max_shift)
+
+
+def place_references(reference_coords: torch.Tensor | None, video_coords: torch.Tensor,
+                     first_token: int) -> torch.Tensor | None:
+    """Reference RoPE coordinates for the block whose first video token is ``first_token``: their time
+    (``reference_time_seconds``, relative) is offset by that token's time, so every block, at 0 s or at 60 s,
+    sees its references at the same distance (training uses the same placement)."""
+    if reference_coords is None:
+        return None
+    placed = reference_coords.clone()
+    placed[:, 0] += video_coords[:, 0, first_token : first_token + 1]
+    return placed
 
 
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:

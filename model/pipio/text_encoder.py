@@ -25,6 +25,17 @@ def build_tokenizer(directory: str | Path | None = None) -> PreTrainedTokenizerB
     return ByT5Tokenizer(extra_ids=0)
 
 
+def check_tokenizer(tokenizer: PreTrainedTokenizerBase, encoder: T5EncoderModel, source: str) -> None:
+    """Refuse a tokenizer whose vocabulary does not match the text encoder's embedding (a byte-level tokenizer
+    in front of T5-XXL would run, silently, on meaningless ids). T5 pads its embedding to a multiple of 128,
+    so ``len(tokenizer) <= vocab_size < len(tokenizer) + 128`` is a match."""
+    size, vocab = len(tokenizer), encoder.config.vocab_size
+    if not size <= vocab < size + 128:
+        raise ValueError(f"tokenizer ({type(tokenizer).__name__} from {source}) has {size} tokens but the text "
+                         f"encoder's vocab_size is {vocab}: they do not belong together (a T5 checkpoint needs "
+                         f"its own tokenizer/ folder)")
+
+
 @torch.no_grad()
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, encoder: T5EncoderModel, prompt: str,
                   max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
