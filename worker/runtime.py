@@ -14,6 +14,7 @@ import tempfile
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ log = logging.getLogger("lipsync.worker")
 
 PROGRESS_LOG_INTERVAL_S = 1.0
 CANCEL_CHECK_INTERVAL_S = 0.1
+RECORD_RETRY_S = 30.0
 WORKDIR_PREFIX = "lipsync-w"  # + "<pid>-<request id>-": a dead worker's folders are found by their pid
 
 
@@ -103,25 +105,31 @@ class WorkerRuntime:
             self.store.log(rid, f"Worker {self.name} took over the request (retry {record.runner_attempts})")
         workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-{rid[:8]}-"))
         metrics: dict[str, Any] = {"queue_time": round(time.time() - record.created_at, 3)}
-        finished = True
+        finished = False  # True once this attempt's outcome is recorded: only then may its inputs go
         try:
-            result = self._run(record, workdir, metrics)
-        except LostOwnership:
-            finished = False
-            log.warning("request %s was queued again while this worker ran it; dropping this attempt", rid)
-        except LipsyncError as err:
-            self._fail(rid, err, metrics)
-        except JobTimeoutException:
-            self._fail(rid, RequestTimeout(f"Request ran longer than {self.settings.job_timeout_s} s"), metrics)
-        except Exception as exc:  # a bug or a crash in the pipeline: the request fails, the worker lives on
-            log.error("request %s crashed:\n%s", rid, traceback.format_exc())
-            self._fail(rid, InternalError(f"Pipeline failed: {type(exc).__name__}: {exc}"), metrics)
-        else:
-            if self.store.complete(rid, result=result, metrics=metrics, token=token):
-                log.info("request %s completed in %.2f s", rid, metrics.get("total_time", 0.0))
+            try:
+                result = self._run(record, workdir, metrics)
+            except (LostOwnership, redis.RedisError):
+                raise
+            except LipsyncError as err:
+                finished = self._fail(rid, err, metrics)
+            except JobTimeoutException:
+                error = RequestTimeout(f"Request ran longer than {self.settings.job_timeout_s} s")
+                finished = self._fail(rid, error, metrics)
+            except Exception as exc:  # a bug or a crash in the pipeline: the request fails, the worker lives on
+                log.error("request %s crashed:\n%s", rid, traceback.format_exc())
+                finished = self._fail(rid, InternalError(f"Pipeline failed: {type(exc).__name__}: {exc}"), metrics)
             else:
-                finished = False
-                log.warning("request %s was finished or taken over meanwhile; result dropped", rid)
+                finished = self._record(lambda: self.store.complete(rid, result=result, metrics=metrics, token=token))
+                if finished:
+                    log.info("request %s completed in %.2f s", rid, metrics.get("total_time", 0.0))
+                else:
+                    log.warning("request %s was finished or taken over meanwhile; result dropped", rid)
+        except LostOwnership:
+            log.warning("request %s was queued again while this worker ran it; dropping this attempt", rid)
+        except redis.RedisError as exc:
+            # Redis went away mid-request: the reaper queues the request again once Redis is back.
+            log.warning("request %s: redis unavailable (%s); leaving it to the reaper's retry", rid, exc)
         finally:
             self.token = ""
             shutil.rmtree(workdir, ignore_errors=True)
@@ -188,14 +196,26 @@ class WorkerRuntime:
             }
         return result
 
-    def _fail(self, rid: str, err: LipsyncError, metrics: dict[str, Any]) -> None:
+    def _fail(self, rid: str, err: LipsyncError, metrics: dict[str, Any]) -> bool:
         if not self.store.owns(rid, self.token):
             log.warning("request %s failed (%s) after it was taken over; not recorded", rid, err.error_type)
-            return
+            return False
         level = LogLevel.WARN if isinstance(err, RequestCancelled) else LogLevel.ERROR
         self.store.log(rid, f"{err.error_type}: {err.message}", level)
-        self.store.complete(rid, error=err, metrics=metrics, token=self.token)
+        done = self._record(lambda: self.store.complete(rid, error=err, metrics=metrics, token=self.token))
         log.info("request %s ended with %s: %s", rid, err.error_type, err.message)
+        return done
+
+    def _record(self, complete: Callable[[], bool]) -> bool:
+        """Record an outcome, riding out a Redis restart of up to ``RECORD_RETRY_S`` (the work is done)."""
+        deadline = time.monotonic() + RECORD_RETRY_S
+        while True:
+            try:
+                return complete()
+            except (redis.ConnectionError, redis.TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
 
 class ProgressReporter:
