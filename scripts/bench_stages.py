@@ -1,0 +1,208 @@
+"""Benchmark the worker pipeline's stages, old code against new in one run, as ratios.
+
+For each case (size x seconds of 25 fps video of a real face) and each code tree (``new`` = this checkout,
+``old`` = another checkout, e.g. ``git worktree add /tmp/old 8659ffd``), one request runs through
+``worker.lipsync_pipeline`` in its own process (same venv, ``PYTHONPATH`` = that tree) and the script prints
+the request's wall time, each stage's frames/s, the CPU stages' time (wall minus model) and the process's
+peak RSS; then the new/old ratios, and checks that both outputs agree (frame count, fps, size, audio) and
+how close their paste-back is (PSNR of each output against the input, and of the two outputs).
+
+    git worktree add /tmp/old 8659ffd
+    .venv/bin/python scripts/bench_stages.py --old /tmp/old --cases 1080x1920:10            # acceptance 1
+    .venv/bin/python scripts/bench_stages.py --old /tmp/old --cases 720x1280:10 720x1280:60 1080x1920:10 1080x1920:60
+    .venv/bin/python scripts/bench_stages.py --cases 1080x1920:10 1080x1920:60                # new code only
+
+The model is the engine the settings select (``LIPSYNC_*`` pass through; default the tiny pipio config with
+random weights, so the model costs almost nothing and the CPU stages dominate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FPS = 25
+
+
+# ---------------------------------------------------------------------------------------------------- child
+def child(video: Path, audio: Path, out: Path, frames: int) -> None:
+    """One request through the pipeline of whatever tree PYTHONPATH points at; prints one JSON line."""
+    import shutil
+
+    from contract.schema import STORAGE_SCHEME, LipsyncInput, validate_input
+    from contract.settings import Settings
+    from worker.pipeline import LocalFile, PipelineJob, load_pipeline
+
+    settings = Settings()
+    t0 = time.perf_counter()
+    pipeline = load_pipeline("lipsync", settings)
+    load_s = time.perf_counter() - t0
+    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    body = {"video": STORAGE_SCHEME + "local/video", "audio": STORAGE_SCHEME + "local/audio", "num_frames": frames}
+    context = {"internal": True, "max_num_frames": max(frames, settings.max_num_frames),
+               "max_prompt_chars": settings.max_prompt_chars}
+    params = validate_input(LipsyncInput, body, context)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-stages-"))
+    job = PipelineJob(request_id="bench", params=params,
+                      inputs={"video": LocalFile(video, "video/mp4"), "audio": LocalFile(audio, "audio/wav")},
+                      workdir=workdir, log=lambda *a: None, progress=lambda *a: None)
+    t0 = time.perf_counter()
+    result = pipeline(job)
+    wall = time.perf_counter() - t0
+    shutil.move(str(result.files["video"].path), out)
+    shutil.rmtree(workdir, ignore_errors=True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"wall_s": wall, "load_s": load_s, "rss_loaded_mb": rss_loaded, "peak_rss_mb": peak,
+                      "metrics": result.metrics}))
+
+
+# ---------------------------------------------------------------------------------------------------- parent
+def make_clip(path: Path, width: int, height: int, seconds: int) -> None:
+    """A portrait/landscape clip of the astronaut's face panning slowly (H.264 via the ffmpeg CLI: fast)."""
+    import cv2
+    import skimage.data
+
+    still = path.parent / "astronaut.png"
+    if not still.exists():
+        cv2.imwrite(str(still), cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR))
+    side = int(max(width, height) * 1.1)
+    vf = (f"scale={side}:{side},crop={width}:{height}:'{(side - width) // 2}+{side // 40}*sin(t/2)':"
+          f"'{(side - height) // 2}+{side // 30}*sin(t/3)',format=yuv420p")
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-loop", "1", "-framerate", str(FPS), "-i", str(still),
+                    "-t", str(seconds), "-vf", vf, "-c:v", "libx264", "-preset", "veryfast", "-crf", "18",
+                    str(path)], check=True)
+
+
+def run_child(tree: Path, video: Path, audio: Path, out: Path, frames: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONUNBUFFERED": "1"}
+    env.setdefault("LIPSYNC_DEVICE", "cpu")
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(video), str(audio), str(out), str(frames)]
+    proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"child in {tree} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def read_frames(path: Path):
+    import av
+    import numpy as np
+
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(s)]), float(s.average_rate)
+
+
+def read_audio(path: Path):
+    import av
+    import numpy as np
+
+    with av.open(str(path)) as c:
+        if not c.streams.audio:
+            return None
+        return np.concatenate([f.to_ndarray() for f in c.decode(c.streams.audio[0])], axis=-1)
+
+
+def psnr(a, b) -> float:
+    import numpy as np
+
+    mse = float(np.mean((a.astype(np.float32) - b.astype(np.float32)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def compare(video: Path, outputs: dict[str, Path], frames: int) -> dict[str, str]:
+    """Frame count, fps, size, audio of each output; PSNR against the input and between the outputs."""
+    import numpy as np
+
+    source, _ = read_frames(video)
+    source = source[:frames]
+    read = {name: read_frames(p) for name, p in outputs.items()}
+    lines = {}
+    for name, (frames_, fps) in read.items():
+        lines[name] = (f"{len(frames_)} frames {frames_.shape[2]}x{frames_.shape[1]} @ {fps:g} fps, "
+                       f"PSNR vs input {psnr(frames_, source[:len(frames_)]):.2f} dB")
+    if len(read) == 2:
+        (_, (a, _)), (_, (b, _)) = read.items()
+        audio = [read_audio(p) for p in outputs.values()]
+        same_audio = (audio[0] is None and audio[1] is None) or (
+            audio[0] is not None and audio[1] is not None and audio[0].shape == audio[1].shape
+            and float(np.abs(audio[0] - audio[1]).max()) < 1e-4)
+        lines["new vs old"] = (f"shape {'same' if a.shape == b.shape else f'{a.shape} vs {b.shape}'}, audio "
+                               f"{'same' if same_audio else 'DIFFERS'}, PSNR(new, old) "
+                               f"{psnr(a, b) if a.shape == b.shape else float('nan'):.2f} dB")
+    return lines
+
+
+STAGES = ("face_track_time", "face_id_time", "crop_time", "model_time", "paste_encode_time")
+
+
+def report(name: str, r: dict, frames: int) -> str:
+    m = r["metrics"]
+    cpu = r["wall_s"] - m.get("model_time", 0.0)
+    stages = "  ".join(f"{k.removesuffix('_time')} {frames / m[k]:6.0f}/s" if m.get(k) else
+                       f"{k.removesuffix('_time')}      -  " for k in STAGES)
+    return (f"  {name:4s} wall {r['wall_s']:7.2f} s ({frames / r['wall_s']:5.1f} frames/s) | CPU stages "
+            f"{cpu:7.2f} s ({frames / cpu:5.1f} frames/s) | {stages} | peak RSS {r['peak_rss_mb']:6.0f} MB "
+            f"(after load {r['rss_loaded_mb']:.0f})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", nargs=4, metavar=("VIDEO", "AUDIO", "OUT", "FRAMES"), help=argparse.SUPPRESS)
+    parser.add_argument("--old", type=Path, help="checkout of the code to compare against (a git worktree)")
+    parser.add_argument("--cases", nargs="+", default=["1080x1920:10"], help="WxH:seconds at 25 fps")
+    parser.add_argument("--clips", type=Path, default=Path(tempfile.gettempdir()) / "bench-stages-clips",
+                        help="where the input clips are made once and reused")
+    args = parser.parse_args()
+    if args.child:
+        video, audio, out, frames = args.child
+        return child(Path(video), Path(audio), Path(out), int(frames))
+
+    sys.path.insert(0, str(ROOT))
+    from tests.support import make_speech
+
+    args.clips.mkdir(parents=True, exist_ok=True)
+    audio = args.clips / "speech.wav"
+    if not audio.exists():
+        make_speech(audio)
+    trees = {"new": ROOT} | ({"old": args.old.resolve()} if args.old else {})
+    peaks: dict[tuple[str, str], dict[int, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in args.cases:
+            size, seconds = case.split(":")
+            width, height = map(int, size.split("x"))
+            frames = int(seconds) * FPS
+            video = args.clips / f"face-{width}x{height}-{seconds}s.mp4"
+            if not video.exists():
+                make_clip(video, width, height, int(seconds))
+            print(f"{width}x{height}, {seconds} s = {frames} frames:", flush=True)
+            results, outputs = {}, {}
+            for name, tree in trees.items():
+                outputs[name] = Path(tmp) / f"{name}-{width}x{height}-{seconds}.mp4"
+                results[name] = run_child(tree, video, audio, outputs[name], frames)
+                print(report(name, results[name], frames), flush=True)
+                peaks.setdefault((name, size), {})[int(seconds)] = results[name]["peak_rss_mb"]
+            if "old" in results:
+                new, old = results["new"], results["old"]
+                cpu = [r["wall_s"] - r["metrics"].get("model_time", 0.0) for r in (old, new)]
+                print(f"  speed-up new/old: wall {old['wall_s'] / new['wall_s']:.2f}x, CPU stages "
+                      f"{cpu[0] / cpu[1]:.2f}x; peak RSS {new['peak_rss_mb'] / old['peak_rss_mb']:.2f}x")
+            for name, line in compare(video, outputs, frames).items():
+                print(f"  {name}: {line}")
+    for (name, size), by_len in peaks.items():
+        if len(by_len) > 1:
+            short, long = min(by_len), max(by_len)
+            ratio = by_len[long] / by_len[short]
+            print(f"peak RSS {name} {size}: {long} s / {short} s = {ratio:.2f}x "
+                  f"({'flat' if ratio <= 1.3 else 'NOT flat'}: the target is <= 1.3x)")
+
+
+if __name__ == "__main__":
+    main()
