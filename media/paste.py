@@ -1,7 +1,7 @@
 """Paste-back: put a (generated) face crop into its frame with a feathered mask and colour matching.
 
-The crop is warped back with the inverse of its crop affine into the face's bounding region only, the
-mask likewise, and blended: out = frame·(1 - m) + crop·m. Before that the crop's colour is shifted so its
+The crop is warped back with the inverse of its crop affine into the mask's bounding region only (the
+mouth, not the whole frame), the mask likewise, and blended in uint8: out = frame·(1 - m) + crop·m. Before that the crop's colour is shifted so its
 mean along the seam (where the mask is between 0 and 1) equals the original frame's, so a slightly
 different skin tone or exposure from the model never shows as an edge.
 """
@@ -16,16 +16,6 @@ import numpy as np
 from media.crop import crop_face, landmarks_in_crop
 from media.faces import FaceTrack
 from media.masks import face_blend_mask
-
-
-def _region(affine: np.ndarray, size: int, width: int, height: int) -> tuple[int, int, int, int] | None:
-    inv = cv2.invertAffineTransform(affine)
-    corners = np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float64)
-    pts = corners @ inv[:, :2].T + inv[:, 2]
-    x0, y0 = np.floor(pts.min(0)).astype(int)
-    x1, y1 = np.ceil(pts.max(0)).astype(int) + 1
-    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(width, x1), min(height, y1)
-    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
 
 COLOUR_STATS_SIZE = 64
@@ -56,17 +46,24 @@ def _seam_shift(frame: np.ndarray, crop: np.ndarray, affine: np.ndarray, mask: n
 
 
 def paste_face(
-    frame: np.ndarray, crop: np.ndarray, affine: np.ndarray, mask: np.ndarray, *, colour_match: bool = True
+    frame: np.ndarray, crop: np.ndarray, affine: np.ndarray, mask: np.ndarray, *, colour_match: bool = True,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """One frame (H, W, 3) uint8 with ``crop`` (S, S, 3) blended in through ``mask`` (S, S) in [0, 1].
 
-    ``affine`` is the frame → crop transform the crop was made with.
+    ``affine`` is the frame → crop transform the crop was made with. Only the frame pixels under the mask's
+    bounding box are touched, in uint8 (a saturating colour shift and one ``cv2.blendLinear``; within one code
+    value of the float blend). ``out``: where to write (may be ``frame`` itself, which is then changed in
+    place); by default a copy of ``frame``.
     """
-    size = crop.shape[0]
     h, w = frame.shape[:2]
-    region = _region(affine, size, w, h)
+    if out is None:
+        out = frame.copy()
+    elif out is not frame:
+        out[...] = frame
+    region = _mask_region(affine, mask, w, h)
     if region is None:
-        return frame.copy()
+        return out
     shift = _seam_shift(frame, crop, affine, mask) if colour_match else np.zeros(3, np.float32)
     x0, y0, x1, y1 = region
     m = affine.copy()
@@ -76,14 +73,29 @@ def paste_face(
     src = crop
     if scale > 1.25:
         src = cv2.GaussianBlur(crop, (0, 0), sigmaX=0.45 * np.sqrt(scale * scale - 1.0))
+    if np.any(np.abs(shift) >= 0.5):  # the colour shift, applied once at the crop's (small) size
+        src = cv2.add(src, tuple(float(v) for v in np.round(shift)) + (0.0,), dtype=cv2.CV_8U)
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     warped = cv2.warpAffine(src, m, (x1 - x0, y1 - y0), flags=flags, borderMode=cv2.BORDER_REPLICATE)
-    alpha = cv2.warpAffine(mask.astype(np.float32), m, (x1 - x0, y1 - y0), flags=flags, borderValue=0.0)
-    out = frame.copy()
-    roi = out[y0:y1, x0:x1].astype(np.float32)
-    roi += alpha[..., None] * (warped.astype(np.float32) + shift - roi)
-    out[y0:y1, x0:x1] = np.clip(roi + 0.5, 0, 255).astype(np.uint8)
+    alpha = cv2.warpAffine(mask.astype(np.float32, copy=False), m, (x1 - x0, y1 - y0), flags=flags, borderValue=0.0)
+    roi = np.ascontiguousarray(frame[y0:y1, x0:x1])
+    out[y0:y1, x0:x1] = cv2.blendLinear(warped, roi, alpha, 1.0 - alpha)
     return out
+
+
+def _mask_region(affine: np.ndarray, mask: np.ndarray, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """Frame-pixel box (x0, y0, x1, y1) covering where ``mask`` (crop coords) is above zero, or None."""
+    x, y, bw, bh = cv2.boundingRect((mask > 0).astype(np.uint8))
+    if bw == 0 or bh == 0:
+        return None
+    inv = cv2.invertAffineTransform(affine)
+    corners = np.array([[x - 1, y - 1], [x + bw + 1, y - 1], [x - 1, y + bh + 1], [x + bw + 1, y + bh + 1]],
+                       np.float64)
+    pts = corners @ inv[:, :2].T + inv[:, 2]
+    x0, y0 = np.floor(pts.min(0)).astype(int)
+    x1, y1 = np.ceil(pts.max(0)).astype(int) + 1
+    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(width, x1), min(height, y1)
+    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
 
 def paste_faces(
