@@ -9,6 +9,12 @@ layout, so masks and alignment do not care which one ran.
 ``track_faces`` is the first pass over the frames: it keeps only small per-frame numbers (landmarks and the
 alignment of a square crop), picks the dominant face, bridges brief misses, smooths the alignment inside
 each continuous shot, and leaves frames without a face marked absent (they pass through unchanged).
+
+Speed: the detector (the costly part) runs on a downscaled copy, and only every ``detect_every`` frames;
+in between, an analyzer that can (dlib) follows the face: its landmark predictor is seeded with the box of
+the previous frame, moved with the landmarks. A followed frame falls back to the detector when the face is
+lost or drifts: the new landmarks' extent moves or resizes too much against the previous frame's, or the
+face region's appearance changes abruptly (a cut, a hand over the face).
 """
 
 from __future__ import annotations
@@ -50,7 +56,11 @@ class FaceDetection:
 
 
 class FaceAnalyzer(Protocol):
-    """Anything that finds faces with 68 landmarks in an RGB uint8 frame."""
+    """Anything that finds faces with 68 landmarks in an RGB uint8 frame.
+
+    An analyzer may also have ``landmarks(rgb, box) -> (68, 2)``: landmarks of the face in ``box`` without
+    running the detector; ``track_faces`` then follows faces between detections.
+    """
 
     name: str
 
@@ -96,12 +106,23 @@ class DlibFaceAnalyzer:
         rects, scores, _ = self._detector.run(small, self.upsample, 0.0)
         out = []
         for rect, score in zip(rects, scores):
-            x0, y0, x1, y1 = (rect.left() / scale, rect.top() / scale, rect.right() / scale, rect.bottom() / scale)
-            full = self._dlib.rectangle(int(x0), int(y0), int(x1), int(y1))
-            shape = self._predictor(rgb, full)
-            pts = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
-            out.append(FaceDetection(np.array([x0, y0, x1, y1], np.float32), float(score), pts))
+            box = np.array([rect.left(), rect.top(), rect.right(), rect.bottom()], np.float32) / scale
+            out.append(FaceDetection(box, float(score), self.landmarks(rgb, box)))
         return out
+
+    def landmarks(self, rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
+        """(68, 2) landmarks of the face in ``box`` (frame pixels, truncated to integers as dlib takes them).
+
+        The predictor is given the box's neighbourhood only (half a box on each side), not the whole frame:
+        the same points (it never looks that far out), without converting a full-HD frame per call.
+        """
+        x0, y0, x1, y1 = (int(v) for v in box)
+        h, w = rgb.shape[:2]
+        margin = max(x1 - x0, y1 - y0) // 2 + 1
+        ox, oy = max(0, x0 - margin), max(0, y0 - margin)
+        sub = np.ascontiguousarray(rgb[oy : min(h, y1 + margin), ox : min(w, x1 + margin)])
+        shape = self._predictor(sub, self._dlib.rectangle(x0 - ox, y0 - oy, x1 - ox, y1 - oy))
+        return np.array([(p.x + ox, p.y + oy) for p in shape.parts()], dtype=np.float32)
 
 
 class InsightFaceAnalyzer:
@@ -268,6 +289,58 @@ def _unwrap_angles(alignment: np.ndarray) -> np.ndarray:
     return out
 
 
+FOLLOW_MIN_IOU = 0.6
+"""A followed face is lost when its landmarks' extent overlaps the previous frame's by less than this."""
+FOLLOW_MAX_CHANGE = 20.0
+"""... or when the face region's 16x16 grey thumbnail changes by more than this (mean absolute, 0-255)."""
+
+
+def _extent(landmarks: np.ndarray) -> np.ndarray:
+    return np.concatenate([landmarks.min(0), landmarks.max(0)])
+
+
+def _thumbnail(rgb: np.ndarray, box: np.ndarray) -> np.ndarray | None:
+    h, w = rgb.shape[:2]
+    x0, y0 = max(0, int(box[0])), max(0, int(box[1]))
+    x1, y1 = min(w, int(box[2]) + 1), min(h, int(box[3]) + 1)
+    if x1 - x0 < 4 or y1 - y0 < 4:
+        return None
+    return cv2.resize(cv2.cvtColor(rgb[y0:y1, x0:x1], cv2.COLOR_RGB2GRAY), (16, 16),
+                      interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+def _follow(analyzer: FaceAnalyzer, rgb: np.ndarray, face: FaceDetection,
+            thumb: np.ndarray | None) -> FaceDetection | None:
+    """The face of the previous frame found again in ``rgb`` by the landmark predictor alone, its box moved
+    (and scaled) with the landmarks; None when it is lost or drifts (see the module docstring)."""
+    now = _thumbnail(rgb, face.box)
+    if thumb is None or now is None or float(np.abs(now - thumb).mean()) > FOLLOW_MAX_CHANGE:
+        return None
+    pts = analyzer.landmarks(rgb, face.box)  # type: ignore[attr-defined]
+    before, after = _extent(face.landmarks), _extent(pts)
+    if _iou(before, after) < FOLLOW_MIN_IOU:
+        return None
+    zoom = float(np.sqrt(max(_area(after), 1.0) / max(_area(before), 1.0)))
+    c_box, c_before, c_after = (face.box[:2] + face.box[2:]) / 2, (before[:2] + before[2:]) / 2, (after[:2] + after[2:]) / 2
+    centre = c_after + (c_box - c_before) * zoom
+    half = (face.box[2:] - face.box[:2]) / 2 * zoom
+    return FaceDetection(np.concatenate([centre - half, centre + half]).astype(np.float32), face.score, pts)
+
+
+def _area(box: np.ndarray) -> float:
+    return float(max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1]))
+
+
+def _same_frame(frame: np.ndarray, last: np.ndarray | None) -> bool:
+    """A repeated frame (an animated still, a frame duplicated by fps resampling); a sparse look first."""
+    if last is None:
+        return False
+    if frame is last:
+        return True
+    return frame.shape == last.shape and np.array_equal(frame[::37, ::41], last[::37, ::41]) and \
+        np.array_equal(frame, last)
+
+
 def track_faces(
     frames: Iterable[np.ndarray],
     analyzer: FaceAnalyzer | None = None,
@@ -275,6 +348,7 @@ def track_faces(
     max_gap: int = 6,
     smooth_window: int = 7,
     cut_iou: float = 0.1,
+    detect_every: int = 10,
 ) -> FaceTrack:
     """First pass: detect, follow and smooth the dominant face over frames or (n, H, W, 3) chunks.
 
@@ -282,9 +356,16 @@ def track_faces(
     passing, a blink of the detector); longer ones pass through unchanged. A jump of the face box (IoU
     with the last box below ``cut_iou``) starts a new shot, and smoothing never crosses shots.
     ``smooth_window``: frames in the centred moving average of the crop alignment.
+    ``detect_every``: the detector runs at least every this many frames; in between the face is followed by
+    its landmarks when the analyzer can (1: detect on every frame). A new face entering the picture is
+    therefore picked up within ``detect_every`` frames.
     Returns a FaceTrack even with no face at all; call ``require_face()`` to turn that into NoFaceDetected.
     """
     analyzer = analyzer or default_face_analyzer()
+    can_follow = detect_every > 1 and callable(getattr(analyzer, "landmarks", None))
+    followed: FaceDetection | None = None  # the face of the previous frame, to follow into this one
+    thumb: np.ndarray | None = None
+    since_detect = 0
     raw: list[np.ndarray | None] = []
     shot: list[int] = []
     prev_box: np.ndarray | None = None
@@ -297,16 +378,25 @@ def track_faces(
         size = (frame.shape[1], frame.shape[0])
         i = len(raw)
         # A repeated frame (an animated still, frames duplicated by fps resampling) reuses its detection.
-        if last_frame is None or not (frame is last_frame or np.array_equal(frame, last_frame)):
-            faces = analyzer.detect(frame)
+        if not _same_frame(frame, last_frame):
+            face = None
+            if can_follow and followed is not None and since_detect < detect_every:
+                face = _follow(analyzer, frame, followed, thumb)
+            if face is not None:
+                faces, since_detect = [face], since_detect + 1
+            else:
+                faces, since_detect = analyzer.detect(frame), 1
         last_frame = frame
         if i - last_seen > max_gap + 1:
             prev_box = None
         if not faces:
             raw.append(None)
             shot.append(-1)
+            followed = None
             continue
         face = _pick_dominant(faces, prev_box)
+        if can_follow and face is not followed:
+            followed, thumb = face, _thumbnail(frame, face.box)
         if prev_box is None or _iou(face.box, prev_box) < cut_iou:
             shot_id += 1
         raw.append(face.landmarks)
