@@ -7,62 +7,19 @@ The fast test pipeline runs behind the real ``lipsync serve`` command (the model
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
+from tests.serve_support import Serve
 from tests.support import ROOT, data_uri_body, free_port, wait_until
 
 pytestmark = pytest.mark.slow
-
-
-class Serve:
-    def __init__(self, data_dir: Path, port: int | None = None):
-        self.port = port or free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LIPSYNC_")}
-        env.update({"LIPSYNC_PIPELINE": "tests.pipelines:reencode", "LIPSYNC_HEARTBEAT_INTERVAL_S": "0.5",
-                    "LIPSYNC_HEARTBEAT_TTL_S": "2", "LIPSYNC_REAPER_INTERVAL_S": "0.5", "PYTHONUNBUFFERED": "1"})
-        self.log = data_dir.parent / f"serve-{self.port}.log"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lipsync", "serve", "--port", str(self.port), "--data-dir", str(data_dir)],
-            cwd=ROOT, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
-        )
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def ready(self, workers: int = 1) -> None:
-        def check() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(self.output())
-            try:
-                return httpx.get(f"{self.base}/readyz", timeout=1).json().get("workers") == workers
-            except (httpx.HTTPError, ValueError):
-                return False
-
-        wait_until(check, 90, "lipsync serve")
-
-    def child(self, word: str) -> psutil.Process:
-        for proc in psutil.Process(self.proc.pid).children(recursive=True):
-            if word in " ".join(proc.cmdline()):
-                return proc
-        raise LookupError(word)
-
-    def descendants(self) -> list[psutil.Process]:
-        return psutil.Process(self.proc.pid).children(recursive=True)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(60)
 
 
 def _submit(base: str, body: dict) -> httpx.Response:
