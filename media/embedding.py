@@ -9,7 +9,7 @@ pack on disk the model could use ArcFace (512-d) instead; the dimension is part 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -80,3 +80,31 @@ def track_embedding(
         if base > picks[-1]:
             break
     return embedder.embed_many(frames, marks)
+
+
+class FrameSampler:
+    """Keeps copies of the frames at ``count`` evenly spaced positions of the ``expected`` length while a pass
+    streams by, so the face-ID needs no decode of its own: ``chunks = sampler.tap(chunks)`` in the face-track
+    pass, then ``sampler.embedding(track, embedder)``. Holds at most ``count`` frames (flat in length).
+    """
+
+    def __init__(self, expected: int, count: int = 8):
+        n = max(1, expected)
+        self.positions = sorted(set(np.linspace(0, n - 1, min(count, n)).round().astype(int).tolist()))
+        self.frames: dict[int, np.ndarray] = {}
+
+    def tap(self, chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        base, wanted = 0, set(self.positions)
+        for chunk in chunks:
+            for i in wanted.intersection(range(base, base + len(chunk))):
+                self.frames[i] = np.array(chunk[i - base], copy=True)
+            base += len(chunk)
+            yield chunk
+
+    def embedding(self, track: FaceTrack, embedder: FaceEmbedder) -> np.ndarray | None:
+        """Mean embedding over the kept frames where the face was found; None when none of them shows it
+        (then ``track_embedding`` decodes the frames it needs)."""
+        picks = [i for i in sorted(self.frames) if i < track.num_frames and track.detected[i]]
+        if not picks:
+            return None
+        return embedder.embed_many([self.frames[i] for i in picks], [track.landmarks[i] for i in picks])

@@ -6,14 +6,20 @@ passes so that full-size frames are never all in memory at once:
 
 1. probe the input and resolve the output spec (``frame_rate``, ``height``, ``width``, ``num_frames``);
 2. pass 1 (streaming decode): face track over the source frames (its length is the exact input length T0);
-   no face anywhere → ``NoFaceDetected`` (422 on ``video``);
+   no face anywhere → ``NoFaceDetected`` (422 on ``video``); the few frames the face-ID needs are kept as it
+   streams by;
 3. the output timeline from the edit fields (additions, removals, bridges) and the face track laid on it;
 4. the audio, fitted to the output timeline (padded with silence / cut, logged) and resampled to 16 kHz;
-5. the face-ID embedding, for engines that use one;
+5. the face-ID embedding from those frames, for engines that use one;
 6. the engine's crop rule on the output track (frame → crop affines);
 7. pass 2: two streaming decodes of the output timeline's background frames run side by side — the first
    feeds crops to the engine as it asks for them, the second takes the engine's generated crops as they come,
    pastes them back through the engine's blend masks and encodes the MP4 with the aligned audio.
+
+Every pass is a bounded pipeline of threads (``worker.stages``): decode runs ahead of tracking; in pass 2
+decode+crop, the engine, the second decode, paste-back and encode each run in their own thread with a queue
+of two chunks between them, so a GPU engine never waits on a CPU stage that could have been ready, and
+memory is bounded by the queues (plus whatever the engine itself holds).
 
 The worker has no engine-specific branch: what differs between models is behind ``model.engine``.
 """
@@ -32,11 +38,14 @@ from contract.jobs import LogLevel
 from contract.settings import Settings
 from model.engine import CropBatch, EngineOptions, EngineRequest, Knobs, LipSyncEngine, landmarks_to_crop, rebatch
 from worker.pipeline import OutputFile, PipelineJob, PipelineOutput
+from worker.stages import Stages
 
 log = logging.getLogger("lipsync.pipeline")
 
 CHUNK = 16
 """Frames per decoded chunk in every pass."""
+FACE_ID_FRAMES = 8
+"""Evenly spaced frames whose face embeddings are averaged into the identity."""
 
 
 def resolve_device(name: str) -> str:
@@ -113,9 +122,17 @@ class LipSyncWorkerPipeline:
         # 2. Pass 1: decode + face track (the exact T0 is what the decode yields)
         expected = expected_frame_count(info, spec)
         job.log(f"Decoding {info.kind} and tracking faces: about {expected} frames", LogLevel.INFO)
-        with clock("face_track_time"):
-            track = track_faces(_progress_chunks(job, iter_video_chunks(video_path, spec, chunk_size=CHUNK),
-                                                 "decoding + face tracking, frame", expected), self.analyzer)
+        sampler = None
+        if self.embedder is not None:
+            from media.embedding import FrameSampler
+
+            sampler = FrameSampler(expected, count=1 if is_image else FACE_ID_FRAMES)
+        with clock("face_track_time"), Stages() as stages:
+            chunks = stages.run(iter_video_chunks(video_path, spec, chunk_size=CHUNK), name="decode")
+            if sampler is not None:
+                chunks = sampler.tap(chunks)
+            track = track_faces(_progress_chunks(job, chunks, "decoding + face tracking, frame", expected),
+                                self.analyzer)
             job.log(f"Face coverage {100 * track.coverage:.1f}% ({int(track.present.sum())} of {track.num_frames} "
                     f"frames; {int(track.detected.sum())} detected) with {track.analyzer}", LogLevel.INFO)
             track.require_face("video")
@@ -160,18 +177,20 @@ class LipSyncWorkerPipeline:
         if not out_track.present.any():
             job.log("No output frame shows a face (every face frame was removed): the video is re-encoded with the "
                     "new audio, unchanged", LogLevel.WARN)
-            with clock("paste_encode_time"):
-                _encode(job, frames(), audio, spec, num_out)
+            with clock("paste_encode_time"), Stages() as stages:
+                _encode(job, stages.run(frames(), name="decode"), audio, spec, num_out)
             return _output(out_path, metrics, timings)
 
         # 5. Face-ID embedding, for engines that condition on one
         identity = None
-        if self.embedder is not None:
+        if self.embedder is not None and sampler is not None:
             from media.embedding import track_embedding
 
             with clock("face_id_time"):
-                identity = track_embedding(iter_video_chunks(video_path, spec, chunk_size=CHUNK), track,
-                                           self.embedder, count=1 if is_image else 8)
+                identity = sampler.embedding(track, self.embedder)
+                if identity is None:  # none of the kept frames shows the face: decode the ones that do
+                    identity = track_embedding(iter_video_chunks(video_path, spec, chunk_size=CHUNK), track,
+                                               self.embedder, count=1 if is_image else FACE_ID_FRAMES)
 
         # 6. The engine's crop rule
         affines = self.engine.face_affines(out_track)
@@ -184,12 +203,19 @@ class LipSyncWorkerPipeline:
             audio=wav16k, fps=float(spec.fps), num_frames=num_out, generate=generate, is_image=is_image,
             knobs=Knobs.from_request(req), log=lambda m: job.log(m, LogLevel.INFO), progress=job.progress,
             identity=identity)
-        batches = self._crop_batches(job, frames(), affines, present, crop_landmarks, num_out, clock, still=is_image)
-        generated = rebatch(_timed(self.engine.generate(request, batches), clock, "model_time"), CHUNK)
-        pasted = self._pasted(job, frames(), generated, request, affines, present, crop_landmarks, clock)
-        _encode(job, pasted, audio, spec, num_out)
+        with clock("pass2_time"), Stages() as stages:
+            decoded = stages.run(frames(), name="decode")
+            batches = stages.run(self._crop_batches(job, decoded, affines, present, crop_landmarks, num_out, clock,
+                                                    still=is_image), name="crop")
+            waited = _timed(batches, clock, "model_wait_time")  # the engine waiting for crops is not model time
+            generated = stages.run(rebatch(_timed(self.engine.generate(request, waited), clock, "model_time"),
+                                           CHUNK), name="model")
+            pasted = stages.run(self._pasted(job, stages.run(frames(), name="decode"), generated, request, affines,
+                                             present, crop_landmarks, clock), name="paste")
+            _encode(job, pasted, audio, spec, num_out, clock)
         metrics.update(request.metrics)
-        timings["model_time"] = max(0.0, timings.get("model_time", 0.0) - timings.get("crop_time", 0.0))
+        timings["model_time"] = max(0.0, timings.get("model_time", 0.0) - timings.pop("model_wait_time", 0.0))
+        timings["paste_encode_time"] = timings.get("paste_time", 0.0) + timings.get("encode_time", 0.0)
         return _output(out_path, metrics, timings)
 
     # ------------------------------------------------------------------------------------------------------
@@ -224,19 +250,19 @@ class LipSyncWorkerPipeline:
             if crops is None or len(crops) != n:
                 raise RuntimeError(f"engine {self.info.name} returned {0 if crops is None else len(crops)} crops for "
                                    f"output frames {j}..{j + n - 1}")
-            with clock("paste_encode_time"):
+            with clock("paste_time"):
                 sl = slice(j, j + n)
                 masks = self.engine.blend_masks(request, j, landmarks[sl])
-                out = np.array(frames, copy=True)
+                out = frames if frames.flags.writeable else np.array(frames, copy=True)  # a fresh decode buffer
                 for k in np.flatnonzero(present[sl]):
-                    out[k] = paste_face(frames[k], crops[k], affines[j + k], masks[k])
+                    paste_face(out[k], crops[k], affines[j + k], masks[k], out=out[k])
             j += n
             yield out
         if next(generated, None) is not None:
             raise RuntimeError(f"engine {self.info.name} returned more crops than the {j} output frames")
 
 
-def _encode(job: PipelineJob, chunks, audio, spec, num_out: int) -> None:
+def _encode(job: PipelineJob, chunks, audio, spec, num_out: int, clock: "_Clock | None" = None) -> None:
     """Write the frames (pasted, or the background frames unchanged) to MP4 with the aligned audio."""
     from media.writer import Mp4Writer
 
@@ -245,8 +271,12 @@ def _encode(job: PipelineJob, chunks, audio, spec, num_out: int) -> None:
     with Mp4Writer(out_path, fps=spec.fps, width=spec.width, height=spec.height, audio=audio) as writer:
         for frames in chunks:
             if j == 0:
-                job.log(f"Encoding {num_out} frames", LogLevel.INFO)
-            writer.write(frames)
+                job.log(f"Encoding {num_out} frames with {writer.encoder_name}", LogLevel.INFO)
+            if clock is None:
+                writer.write(frames)
+            else:
+                with clock("encode_time"):
+                    writer.write(frames)
             j += len(frames)
             job.progress("encoding frame", j, num_out)
     written = writer.result
