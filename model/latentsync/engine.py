@@ -1,0 +1,171 @@
+"""The LatentSync engine (1.6 at 512², 1.5 at 256², or a folder's own ``unet_config.yaml``) behind the engine
+interface.
+
+- Faces: the published template alignment (``faces.align_track``) and its two-stage crop; paste-back through
+  the published restore mask (the whole crop, eroded and feathered).
+- ``generate`` pulls the worker's crops as it needs them, cut into 16-frame segments (fixed by training: the
+  temporal layers and the UNet's GroupNorms span a segment), runs ``segments_per_call`` segments per UNet call
+  and yields each call's frames: memory is flat in the video's length. Cancel (``request.progress`` raising)
+  takes effect between denoising steps.
+- Knobs: ``seed`` seeds the noise; ``frame_block_width`` is frames per UNet call, in whole segments
+  (``max(1, frame_block_width // 16)``); ``vae_chunk_size`` is the VAE's batch; ``feed_forward_num_splits``
+  chunks the feed-forward layers. ``vae_overlap_window_width``, ``face_id_cond_strength``,
+  ``appearance_cond_strength`` and a custom prompt have no counterpart in this model: accepted, said in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from media.faces import FaceTrack
+from model.engine import CropBatch, EngineInfo, EngineOptions, EngineRequest
+from model.latentsync import faces
+from model.latentsync.config import LatentSyncConfig, folder_config, scheduler_config
+from model.weights import WeightsFolderError, WeightsLayout
+
+log = logging.getLogger(__name__)
+
+UNUSED_KNOBS = ("vae_overlap_window_width", "face_id_cond_strength", "appearance_cond_strength")
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+class LatentSyncEngine:
+    def __init__(self, config: LatentSyncConfig, unet, vae, whisper, info: EngineInfo, *, device: str, dtype,
+                 steps: int, guidance_scale: float):
+        from model.latentsync.sampling import LatentSyncSampler
+
+        self.config = config
+        self.info = info
+        self.unet, self.whisper = unet, whisper
+        self.steps, self.guidance_scale = steps, guidance_scale
+        self.size = config.resolution
+        self.sampler = LatentSyncSampler(unet, vae, scheduler_config(), faces.mouth_mask(self.size), device=device,
+                                         dtype=dtype)
+        self._restore = faces.restore_mask(self.size)
+
+    # ---------------------------------------------------------------------------------------- face rule
+    def face_affines(self, track: FaceTrack) -> np.ndarray:
+        return faces.align_track(track.landmarks, track.present, self.size)
+
+    def crop(self, frames: np.ndarray, affines: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(frames), self.size, self.size, 3), np.uint8)
+        for k, (frame, m) in enumerate(zip(frames, affines)):
+            if np.isfinite(m).all():
+                out[k] = faces.crop_aligned(frame, m, self.size)
+        return out
+
+    def blend_masks(self, request: EngineRequest, start: int, landmarks: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(self._restore, (len(landmarks), self.size, self.size)).copy()
+
+    # ---------------------------------------------------------------------------------------- forward
+    def generate(self, request: EngineRequest, batches: Iterable[CropBatch]) -> Iterator[np.ndarray]:
+        from model.latentsync.audio import AudioFeatures
+
+        k = request.knobs
+        seg_len = self.config.num_frames
+        per_call = max(1, k.frame_block_width // seg_len)
+        self.unet.set_feed_forward_splits(k.feed_forward_num_splits)
+        num_segments = -(-request.num_frames // seg_len)
+        request.metrics.update(num_inference_steps=self.steps, guidance_scale=self.guidance_scale,
+                               segment_frames=seg_len, segments=num_segments, segments_per_call=per_call,
+                               vae_batch=k.vae_chunk_size, feed_forward_num_splits=k.feed_forward_num_splits,
+                               seed=k.seed)
+        request.log(f"LatentSync ({self.info.name}): {request.num_frames} frames in {num_segments} segments of "
+                    f"{seg_len} (fixed by training), {per_call} segment(s) per UNet call (frame_block_width "
+                    f"{k.frame_block_width}), {self.steps} DDIM steps, audio guidance {self.guidance_scale:g}, seed "
+                    f"{k.seed}")
+        unused = [f"{name}={getattr(k, name)}" for name in UNUSED_KNOBS]
+        if k.prompt:
+            unused.append("custom_prompt")
+        request.log(f"LatentSync has no mechanism for {', '.join(unused)}: accepted, not used")
+
+        audio = AudioFeatures(self.whisper, request.audio, request.fps, self.config.audio_feat_length)
+        run = self.sampler.run(seed=k.seed, steps=self.steps, guidance_scale=self.guidance_scale,
+                               vae_batch=k.vae_chunk_size)
+        pending: list[Segment] = []
+        done = 0
+        for segment in _segments(batches, seg_len):
+            if pending and len(segment.crops) != len(pending[0].crops):  # a short last segment goes alone
+                yield from self._call(request, run, audio, pending, done, num_segments)
+                done, pending = done + len(pending), []
+            pending.append(segment)
+            if len(pending) == per_call:
+                yield from self._call(request, run, audio, pending, done, num_segments)
+                done, pending = done + len(pending), []
+        if pending:
+            yield from self._call(request, run, audio, pending, done, num_segments)
+
+    def _call(self, request, run, audio, group: list["Segment"], done: int, total: int) -> Iterator[np.ndarray]:
+        from model.latentsync.sampling import SegmentInput
+
+        todo = [g for g in group if g.present.any()]  # a segment without any face is passed through
+        first, last = group[0].start, group[-1].start + len(group[-1].crops) - 1
+        results: dict[int, np.ndarray] = {}
+        if todo:
+            stage = f"denoising frames {first}-{last} (segments {done + 1}-{done + len(group)} of {total}), step"
+            outs = run.segments([SegmentInput(g.crops, audio.frames(g.start, len(g.crops))) for g in todo],
+                                on_step=lambda step, steps: request.progress(stage, step, steps))
+            results = {g.start: o for g, o in zip(todo, outs)}
+        for g in group:
+            out = results.get(g.start, g.crops)
+            if g.start in results and not g.present.all():  # frames without a face keep their input crop
+                out = np.where(g.present[:, None, None, None], out, g.crops)
+            yield out
+
+
+@dataclass
+class Segment:
+    start: int
+    crops: np.ndarray
+    present: np.ndarray
+
+
+def _segments(batches: Iterable[CropBatch], seg_len: int) -> Iterator[Segment]:
+    """Segments of ``seg_len`` frames (the last may be shorter), pulled from the worker's batches lazily."""
+    crops: list[np.ndarray] = []
+    present: list[np.ndarray] = []
+    have = start = 0
+    for batch in batches:
+        crops.append(batch.crops)
+        present.append(batch.present)
+        have += len(batch)
+        while have >= seg_len:
+            c, p = np.concatenate(crops), np.concatenate(present)
+            yield Segment(start, c[:seg_len], p[:seg_len])
+            start, have = start + seg_len, have - seg_len
+            crops, present = [c[seg_len:]], [p[seg_len:]]
+    if have:
+        yield Segment(start, np.concatenate(crops), np.concatenate(present))
+
+
+def load_engine(root: Path | None, layout: WeightsLayout, options: EngineOptions) -> LatentSyncEngine:
+    from model.latentsync.audio import load_whisper_encoder
+    from model.latentsync.loading import UNET_FILE, VAE_DIR, WHISPER_FILE, load_unet, load_vae
+
+    if root is None:
+        raise WeightsFolderError("LatentSync needs a weights folder (lipsync weights fetch latentsync DIR)")
+    config = folder_config(root, layout.variant)
+    dtype = _torch_dtype(options.dtype)
+    unet = load_unet(root / UNET_FILE, config.unet, device=options.device, dtype=dtype)
+    vae = load_vae(root / VAE_DIR, device=options.device, dtype=dtype)
+    whisper = load_whisper_encoder(root / WHISPER_FILE, device=options.device)
+    if whisper.config.d_model != config.unet.cross_attention_dim:
+        raise WeightsFolderError(f"{root / WHISPER_FILE}: whisper width {whisper.config.d_model} but the UNet's "
+                                 f"cross_attention_dim is {config.unet.cross_attention_dim}")
+    info = EngineInfo(name=config.variant, crop_size=config.resolution, weights=root.name)
+    log.info("LatentSync %s from %s (UNet step %s, config %s)", config.variant, root, unet.global_step,
+             config.source)
+    return LatentSyncEngine(config, unet, vae, whisper, info, device=options.device, dtype=dtype,
+                            steps=options.num_inference_steps or config.inference_steps,
+                            guidance_scale=(options.guidance_scale if options.guidance_scale is not None
+                                            else config.guidance_scale))

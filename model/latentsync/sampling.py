@@ -1,0 +1,138 @@
+"""LatentSync's sampling recipe over 16-frame segments (``latentsync/pipelines/lipsync_pipeline.py``), on
+aligned face crops.
+
+For a request (seed s): one generator on the device, seeded with s. Its first draw is the initial noise, one
+(1, 4, 1, h, w) latent repeated over every frame of the video. Then, segment after segment: the crops in
+[-1, 1]; the masked crops (crops x mask); the mask nearest-resized to the latent size; VAE posterior *samples*
+of the masked crops, then of the crops themselves (the reference) — each one draw of the segment's shape from
+the same generator — times 0.18215; DDIM (eta 0) over the steps with the UNet fed
+``[noisy latent, mask, masked latent, reference latent]`` and, when guidance > 1, a batch of zeros-audio and
+audio whose noise predictions combine as ``uncond + g (audio - uncond)``; decode (/ 0.18215); output
+``decoded (1 - mask) + crop mask``, to uint8 as published (``(x / 2 + 0.5).clamp(0, 1) * 255``, truncated).
+
+Several segments of the same length can go through the UNet together (``segments_per_call``): each segment is
+its own batch item, so every norm and attention sees exactly the frames it would see alone; the draws keep
+the published order. ``vae_batch`` only cuts the VAE's work into batches; the posterior is sampled once per
+segment as published.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+VAE_SCALE = 0.18215
+VAE_SHIFT = 0.0
+
+
+@dataclass
+class SegmentInput:
+    crops: np.ndarray
+    """(n, S, S, 3) uint8 aligned crops."""
+    audio: torch.Tensor
+    """(n, tokens, dim) audio tokens of the segment's frames."""
+
+
+class LatentSyncSampler:
+    """The models and the fixed parts of the recipe (mask, scheduler config); one ``run`` per request."""
+
+    def __init__(self, unet, vae, scheduler_config: dict, mask: np.ndarray, *, device: str, dtype: torch.dtype):
+        self.unet, self.vae = unet, vae
+        self.scheduler_config = dict(scheduler_config)
+        self.device, self.dtype = torch.device(device), dtype
+        self.mask = torch.from_numpy(mask.astype(np.float64))  # float64, as the published mask image loads
+        self.size = int(mask.shape[0])
+        self.latent_size = self.size // 8
+
+    def run(self, *, seed: int, steps: int, guidance_scale: float, vae_batch: int) -> "SamplingRun":
+        return SamplingRun(self, seed=seed, steps=steps, guidance_scale=guidance_scale, vae_batch=vae_batch)
+
+
+class SamplingRun:
+    def __init__(self, sampler: LatentSyncSampler, *, seed: int, steps: int, guidance_scale: float, vae_batch: int):
+        self.s = sampler
+        self.generator = torch.Generator(device=sampler.device).manual_seed(int(seed))
+        self.guidance_scale = float(guidance_scale)
+        self.vae_batch = max(1, int(vae_batch))
+        self.scheduler = DDIMScheduler.from_config(sampler.scheduler_config)
+        self.scheduler.set_timesteps(steps, device=sampler.device)
+        h = sampler.latent_size
+        channels = sampler.vae.config.latent_channels
+        self.noise = torch.randn((1, channels, 1, h, h), generator=self.generator, device=sampler.device,
+                                 dtype=sampler.dtype) * self.scheduler.init_noise_sigma
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance_scale > 1.0
+
+    # ------------------------------------------------------------------------------------------ pieces
+    def _vae_sample(self, pixels: torch.Tensor) -> torch.Tensor:
+        """VAE posterior sample of (n, 3, S, S), drawn once for the whole segment, scaled."""
+        moments = [self.s.vae.encode(pixels[i : i + self.vae_batch]).latent_dist.parameters
+                   for i in range(0, len(pixels), self.vae_batch)]
+        dist = DiagonalGaussianDistribution(torch.cat(moments))
+        return (dist.sample(generator=self.generator) - VAE_SHIFT) * VAE_SCALE
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        latents = latents / VAE_SCALE + VAE_SHIFT
+        return torch.cat([self.s.vae.decode(latents[i : i + self.vae_batch]).sample
+                          for i in range(0, len(latents), self.vae_batch)])
+
+    def _conditions(self, crops: np.ndarray):
+        """Pixels in [-1, 1], 1-channel mask at S, and the (1, 9, n, h, w) mask + masked + reference latents."""
+        s = self.s
+        pixels = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2) / 255.0
+        pixels = (pixels - 0.5) / 0.5
+        masked = (pixels * s.mask).to(device=s.device, dtype=s.dtype)  # float64 product, then the model's dtype
+        mask = s.mask[None, None].expand(len(crops), 1, s.size, s.size)
+        mask_latent = F.interpolate(mask, size=(s.latent_size, s.latent_size)).to(device=s.device, dtype=s.dtype)
+        masked_latent = self._vae_sample(masked)
+        pixels = pixels.to(device=s.device, dtype=s.dtype)
+        reference_latent = self._vae_sample(pixels)
+        cond = torch.cat([mask_latent, masked_latent, reference_latent], dim=1)  # (n, 9, h, w)
+        return pixels, mask.to(device=s.device, dtype=s.dtype), cond.permute(1, 0, 2, 3)[None]
+
+    # ------------------------------------------------------------------------------------------ segments
+    @torch.no_grad()
+    def segments(self, items: Sequence[SegmentInput], on_step: Callable[[int, int], None] | None = None):
+        """Generate k segments of the same length together; returns k (n, S, S, 3) uint8 arrays."""
+        n = len(items[0].crops)
+        if any(len(it.crops) != n for it in items):
+            raise ValueError("segments batched together must have the same length")
+        s = self.s
+        prepared = [self._conditions(it.crops) for it in items]  # draws in the published order
+        cond = torch.cat([p[2] for p in prepared])
+        audio = torch.cat([it.audio for it in items]).to(device=s.device, dtype=s.dtype)
+        if self.guided:
+            cond = torch.cat([cond, cond])
+            audio = torch.cat([torch.zeros_like(audio), audio])
+        latents = self.noise.expand(len(items), -1, n, -1, -1).clone()
+        timesteps = self.scheduler.timesteps
+        for j, t in enumerate(timesteps):
+            x = torch.cat([latents, latents]) if self.guided else latents
+            x = torch.cat([self.scheduler.scale_model_input(x, t), cond], dim=1)
+            noise = s.unet(x, t, audio)
+            if self.guided:
+                uncond, cond_noise = noise.chunk(2)
+                noise = uncond + self.guidance_scale * (cond_noise - uncond)
+            latents = self.scheduler.step(noise, t, latents, eta=0.0, generator=self.generator).prev_sample
+            if on_step is not None:
+                on_step(j + 1, len(timesteps))
+        outputs = []
+        for k, (pixels, mask, _) in enumerate(prepared):
+            decoded = self._decode(latents[k].permute(1, 0, 2, 3))
+            combined = decoded * (1 - mask) + pixels * mask
+            outputs.append(to_uint8(combined))
+        return outputs
+
+
+def to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    """(n, 3, S, S) in [-1, 1] -> (n, S, S, 3) uint8, as published (scaled, clamped, truncated)."""
+    images = ((pixels.float() / 2 + 0.5).clamp(0, 1) * 255).to(torch.uint8)
+    return images.permute(0, 2, 3, 1).cpu().numpy()
