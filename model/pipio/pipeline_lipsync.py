@@ -152,11 +152,19 @@ class LipSyncPipeline:
         pipe.load_reports = [t_report, v_report, a_report, x_report]
         return pipe.to(device, dtype)
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write every component in the layout :meth:`from_pretrained` reads."""
+    def save_pretrained(self, directory: str | Path, *, transformer_state_dict: dict | None = None) -> None:
+        """Write every component in the layout :meth:`from_pretrained` reads. ``transformer_state_dict``
+        replaces the transformer's own weights (training: gathered from FSDP shards, EMA or LoRA-merged)."""
         root = Path(directory)
         root.mkdir(parents=True, exist_ok=True)
-        self.transformer.save_pretrained(root / "transformer", safe_serialization=True)
+        if transformer_state_dict is None:
+            self.transformer.save_pretrained(root / "transformer", safe_serialization=True)
+        else:
+            from huggingface_hub import save_torch_state_dict
+
+            self.transformer.save_config(root / "transformer")
+            save_torch_state_dict(transformer_state_dict, root / "transformer",
+                                  filename_pattern="diffusion_pytorch_model{suffix}.safetensors")
         self.vae.save_pretrained(root / "vae", safe_serialization=True)
         for name, module in (("audio_encoder", self.audio_encoder), ("text_encoder", self.text_encoder)):
             (root / name).mkdir(exist_ok=True)

@@ -189,7 +189,7 @@ class LipSyncTransformer3DModel(ModelMixin, ConfigMixin):
         zero_init_gates (`bool`, True): new branches start as no-ops (fine-tuning from LTX-Video).
     """
 
-    _supports_gradient_checkpointing = False
+    _supports_gradient_checkpointing = True  # per block (training: ``enable_gradient_checkpointing()``)
     _skip_layerwise_casting_patterns = ["norm"]
     # Regional torch.compile: ``model.compile_repeated_blocks()`` compiles one block and reuses it for all.
     _repeated_blocks = ["LipSyncTransformerBlock"]
@@ -226,6 +226,7 @@ class LipSyncTransformer3DModel(ModelMixin, ConfigMixin):
         self.proj_out = nn.Linear(inner_dim, out_channels)
 
         # --- lip-sync modules ---
+        self.gradient_checkpointing = False
         self.cond_proj_in = nn.Linear(in_channels + 1, inner_dim)
         if zero_init_gates:
             nn.init.zeros_(self.cond_proj_in.weight)
@@ -284,10 +285,14 @@ class LipSyncTransformer3DModel(ModelMixin, ConfigMixin):
             id_tokens = self.id_projection(conditioning.id_embeds.to(x.dtype))
 
         for block in self.transformer_blocks:
-            x = block(x, text, temb, image_rotary_emb, text_bias.unsqueeze(1), audio_tokens=audio_tokens,
-                      num_video_tokens=num_video_tokens, num_frames=num_frames, id_tokens=id_tokens,
-                      id_scale=conditioning.id_scale, self_attention_bias=self_attention_bias,
-                      ff_num_splits=ff_num_splits)
+            kwargs = dict(audio_tokens=audio_tokens, num_video_tokens=num_video_tokens, num_frames=num_frames,
+                          id_tokens=id_tokens, id_scale=conditioning.id_scale,
+                          self_attention_bias=self_attention_bias, ff_num_splits=ff_num_splits)
+            if torch.is_grad_enabled() and self.gradient_checkpointing:  # recompute the block in backward
+                x = self._gradient_checkpointing_func(block, x, text, temb, image_rotary_emb, text_bias.unsqueeze(1),
+                                                      **kwargs)
+            else:
+                x = block(x, text, temb, image_rotary_emb, text_bias.unsqueeze(1), **kwargs)
 
         x, embedded_timestep = x[:, :num_video_tokens], embedded_timestep[:, :num_video_tokens]
         shift, scale = (self.scale_shift_table[None, None] + embedded_timestep[:, :, None]).unbind(dim=2)
