@@ -268,3 +268,27 @@ def test_redis_down_is_503_with_retry_after(tmp_path_factory, media):
     finally:
         with pytest.raises(StopIteration):
             next(gen)
+
+
+# --- item 4: audio decoded with bounded memory -------------------------------------------------------------
+
+
+def test_192khz_audio_is_decoded_at_48khz_and_bounded_by_max_seconds(tmp_path):
+    import av
+    import numpy as np
+
+    from media.audio import MAX_DECODE_RATE, load_audio
+
+    path, rate, seconds = tmp_path / "hires.flac", 192_000, 4
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("flac", rate=rate)
+        stream.layout = "stereo"
+        t = np.arange(rate * seconds) / rate
+        tone = (0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(np.stack([tone, tone]).T.reshape(1, -1).copy(), format="s16", layout="stereo")
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            out.mux(packet)
+    track = load_audio(path, max_seconds=1.5)
+    assert track.sample_rate == MAX_DECODE_RATE == 48_000
+    assert track.samples.shape == (72_000, 2)  # 1.5 s at 48 kHz, not 4 s at 192 kHz
