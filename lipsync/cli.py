@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--queue", action="append", help="queue to serve (repeatable); default: every app's")
     worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     worker.set_defaults(func=_worker)
+
+    from training.cli import add_training_commands  # `lipsync data prepare`, `lipsync train`
+
+    add_training_commands(sub, common)
     return parser
 
 

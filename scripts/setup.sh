@@ -20,7 +20,7 @@ PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 # torch pinned in the same command: an unpinned torch requirement would pull a multi-GB CUDA build.
-.venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 -e ".[model,test]"
+.venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 -e ".[model,train,test]"
 
 if command -v npm >/dev/null; then
   npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
