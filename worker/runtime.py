@@ -146,7 +146,9 @@ class WorkerRuntime:
 
     def _run(self, record: RequestRecord, workdir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
         rid, started = record.request_id, time.perf_counter()
-        params = validate_input(self.input_models[record.app_id], record.input, {"internal": True})
+        context = {"internal": True, "max_num_frames": self.settings.max_num_frames,
+                   "max_prompt_chars": self.settings.max_prompt_chars}  # the bounds the API checked against
+        params = validate_input(self.input_models[record.app_id], record.input, context)
         progress = ProgressReporter(self.store, rid, self.token)
 
         self.store.log(rid, "Fetching inputs")
