@@ -30,6 +30,21 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _header(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "header", "required": False, "schema": schema, "description": description}
+
+
+# The fal headers a submit honours (README, "Behaviour worth knowing").
+SUBMIT_HEADERS = [
+    _header("x-fal-queue-priority", {"type": "string", "enum": ["normal", "low"]}, "low waits behind every normal request"),
+    _header("x-fal-request-timeout", {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"},
+            "seconds (> 1) the request may wait to start; then it ends request_timeout (type user)"),
+    _header("x-fal-no-retry", {"type": "string", "enum": ["1", "true"]}, "fail at once if the worker dies (no retry)"),
+    _header("x-fal-object-lifecycle-preference", {"type": "string"},
+            'JSON {"expiration_duration_seconds": N}: result files and URLs live N s (bounded by the server)'),
+]
+
+
 def install_openapi(app: FastAPI, settings: Settings) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
@@ -51,7 +66,7 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
                        "description": "URL to POST the result to when the request finishes"}
             spec["paths"][f"/{app_id}"] = {"post": {
                 "summary": f"Submit a request to {app_id}", "operationId": f"submit_{app_id}", "tags": [app_id],
-                "parameters": [webhook], "requestBody": body,
+                "parameters": [webhook, *SUBMIT_HEADERS], "requestBody": body,
                 "responses": {"200": _json({"$ref": REF.format(model="SubmitResponse")}, "Queued"), **errors},
             }}
             spec["paths"][f"/run/{app_id}"] = {"post": {
