@@ -141,6 +141,7 @@ def test_engine_equals_the_published_recipe_bit_exact(engine, weights):
     assert (m["num_inference_steps"], m["guidance_scale"], m["segments"], m["segment_frames"]) == (2, 1.5, 2, 16)
 
 
+@pytest.mark.slow
 def test_seeded_and_batched_output(engine):
     n, size = 32, engine.info.crop_size
     crops, audio = _crops(n, size, seed=3), _audio(n, seed=3)
