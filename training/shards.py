@@ -115,7 +115,12 @@ def read_shard(url: str) -> list[dict]:
     """Raw records of one shard (local path or any URL webdataset opens, e.g. ``pipe:aws s3 cp s3://... -``)."""
     import webdataset as wds
 
-    return list(wds.WebDataset(url, shardshuffle=False, empty_check=False))
+    # one shard, read whole: the caller (training/data.py) already decided which process reads it
+    return list(wds.WebDataset(url, shardshuffle=False, empty_check=False, nodesplitter=_all, workersplitter=_all))
+
+
+def _all(urls):
+    return urls
 
 
 def list_shards(root: str | Path, split: str) -> list[str]:
