@@ -53,6 +53,12 @@ def _run(args: argparse.Namespace) -> None:
     sys.exit(run(args.video, args.audio, Path(args.out), parse_sets(args.set or []), get_settings()))
 
 
+def _eval(args: argparse.Namespace) -> None:
+    from evaluation.cli import run
+
+    sys.exit(run(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lipsync", description=__doc__.splitlines()[0])
     common = argparse.ArgumentParser(add_help=False)
@@ -81,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="any input field, e.g. --set num_frames=50 --set seed=7 (repeatable)")
     run.set_defaults(func=_run)
 
+    from evaluation.cli import add_arguments as add_eval_arguments  # argparse only: no torch at import
+
+    evaluate = sub.add_parser("eval", parents=[common], help="score outputs (LSE-C/LSE-D, CSIM, PSNR/SSIM), or a live server")
+    add_eval_arguments(evaluate)
+    evaluate.set_defaults(func=_eval)
+
     worker = sub.add_parser("worker", parents=[common], help="run one worker (loads the pipeline once, then serves jobs)")
     worker.add_argument("--name", help="unique, stable worker name, e.g. $(hostname)-gpu0")
     worker.add_argument("--queue", action="append", help="queue to serve (repeatable); default: every app's")
@@ -90,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     from training.cli import add_training_commands  # `lipsync data prepare`, `lipsync train`
 
     add_training_commands(sub, common)
+
+    from lipsync.weights_cli import add_arguments as add_weights_commands  # `lipsync weights fetch|check`
+
+    add_weights_commands(sub, common)
     return parser
 
 
