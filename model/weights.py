@@ -11,6 +11,7 @@ No folder, or an empty one (a fresh Docker volume), means pipio with random weig
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
@@ -145,27 +146,44 @@ def load_engine(root: Path | None, options, engine: str | None = None):
     return module.load_engine(None if is_empty(root) else root, check.layout, options)
 
 
-def fetch(engine: str, root: Path, *, variant: str | None = None) -> WeightsCheck:
-    """Download an engine's published files into ``root`` in its layout (needs internet and huggingface_hub)."""
+def fetch(engine: str, root: Path, *, variant: str | None = None,
+          on_file: Callable[[WeightFile], None] | None = None) -> WeightsCheck:
+    """Download an engine's published files into ``root`` in its layout (needs internet and huggingface_hub).
+
+    Files are downloaded straight into the folder (no second copy in the hub cache); files already there are
+    kept. Files with no hub repository (optional extras published elsewhere) are left to the user and listed
+    by the returned check. ``on_file`` is called before each download (progress for the CLI).
+    """
     import shutil
 
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
     candidates = [l for l in layouts(engine) if variant is None or l.variant == variant]
     if not candidates:
         raise WeightsFolderError(f"no layout {variant!r} for {engine}")
     layout = candidates[0]
+    if not any(f.repo for f in layout.files):
+        raise WeightsFolderError(f"{layout.variant} has no published weights to download. {layout.notes}")
     root.mkdir(parents=True, exist_ok=True)
     for f in layout.files:
         if not f.repo or f.found(root) is not None:
             continue
-        try:
-            cached = hf_hub_download(f.repo, f.filename)
-        except Exception as exc:  # no network, gated repo, renamed file: say which file and why
-            if f.required:
-                raise WeightsFolderError(f"could not download {f.source()} for {f.path}: {exc}") from exc
-            continue
+        if on_file is not None:
+            on_file(f)
         target = root / f.path
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(cached, target)
+        try:
+            if f.path.endswith(f.filename):  # the repo's own sub-path: download in place
+                hf_hub_download(f.repo, f.filename, local_dir=root / f.path[: len(f.path) - len(f.filename)])
+            else:
+                shutil.copyfile(hf_hub_download(f.repo, f.filename), target)
+        except LocalEntryNotFoundError as exc:  # offline, or the hub is unreachable
+            raise WeightsFolderError(
+                f"could not reach the Hugging Face Hub to download {f.source()} for {f.path} (no internet on this "
+                f"machine, or HF_HUB_OFFLINE set): run `lipsync weights fetch {engine} DIR` where there is "
+                f"internet and copy DIR here ({type(exc).__name__})") from exc
+        except Exception as exc:  # gated repo, renamed file: say which file and why
+            if f.required:
+                raise WeightsFolderError(f"could not download {f.source()} for {f.path}: {exc}") from exc
     return check_layout(root, layout)
