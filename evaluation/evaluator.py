@@ -57,8 +57,8 @@ class CaseResult:
     errors: dict[str, str] = field(default_factory=dict)
 
 
-def _spec(path: Path, fps: Fraction | None = None, size: tuple[int, int] | None = None) -> OutputSpec:
-    info = probe_video(path)
+def _spec(path: Path, field: str, fps: Fraction | None = None, size: tuple[int, int] | None = None) -> OutputSpec:
+    info = probe_video(path, field=field)
     width, height = size or (info.width, info.height)
     return OutputSpec(fps=Fraction(fps) if fps else info.fps, width=width, height=height, num_frames=MAX_FRAMES)
 
@@ -82,8 +82,6 @@ class Evaluator:
         else:
             self.skipped.append("StableSyncNet score skipped: no weights (--stable-syncnet stable_syncnet.pt, see docs/evaluation.md)")
         self.embedder = identity_embedder(options.insightface_root)
-        for line in self.skipped:
-            log.warning(line)
 
     @property
     def description(self) -> dict:
@@ -127,7 +125,7 @@ class Evaluator:
 
     def _sync_scores(self, case: Case, result: CaseResult) -> None:
         try:
-            spec = _spec(case.output, fps=Fraction(25))
+            spec = _spec(case.output, "output", fps=Fraction(25))
             track = track_faces(iter_video_chunks(case.output, spec, field="output"), self.analyzer)
             audio, audio_from = self._audio16k(case)
         except Exception as exc:
@@ -169,7 +167,7 @@ class Evaluator:
     def _identity(self, case: Case) -> dict:
         vecs = []
         for path, field_ in ((case.source, "source"), (case.output, "output")):
-            spec = _spec(path)
+            spec = _spec(path, field_)
             track = track_faces(iter_video_chunks(path, spec, field=field_), self.analyzer).require_face(field_)
             vec = track_identity(iter_video_chunks(path, spec, field=field_), track, self.embedder)
             if vec is None:
@@ -179,8 +177,8 @@ class Evaluator:
 
     def _unchanged(self, case: Case) -> dict:
         out_info = probe_video(case.output, field="output")
-        spec = _spec(case.source, fps=out_info.fps, size=(out_info.width, out_info.height))
-        out_spec = _spec(case.output)
+        spec = _spec(case.source, "source", fps=out_info.fps, size=(out_info.width, out_info.height))
+        out_spec = _spec(case.output, "output")
         track = track_faces(iter_video_chunks(case.source, spec, field="source"), self.analyzer)
         r = unchanged_region(iter_video_chunks(case.source, spec, field="source"),
                              iter_video_chunks(case.output, out_spec, field="output"), track)

@@ -12,7 +12,7 @@ from evaluation.cases import safe_name
 from evaluation.evaluator import CaseResult
 
 COLUMNS = [
-    # header, section, key, format, better
+    # header, section of CaseResult, key, format
     ("LSE-C ↑", "sync", "lse_c", "{:.3f}"),
     ("LSE-D ↓", "sync", "lse_d", "{:.3f}"),
     ("offset (frames)", "sync", "offset", "{:d}"),
@@ -48,7 +48,8 @@ def markdown(results: list[CaseResult], description: dict, skipped: list[str]) -
             cells.append(fmt.format(v) if v is not None else ("n/a" if section in r.errors else "–"))
         lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
     mean = means(results)
-    cells = [("{:.3f}".format(v) if (v := mean[f"{s}.{k}"]) is not None else "–") for _, s, k, _ in COLUMNS]
+    cells = [((fmt if fmt != "{:d}" else "{:.2f}").format(v) if (v := mean[f"{s}.{k}"]) is not None else "–")
+             for _, s, k, fmt in COLUMNS]
     lines.append("| **mean** | " + " | ".join(cells) + " |")
     errors = [f"- {r.name}: {k}: {msg}" for r in results for k, msg in r.errors.items()]
     if errors:
