@@ -158,7 +158,7 @@ ORIGIN = "https://app.example.com"
 def idle_stack(tmp_path_factory):
     """A stack whose worker starts only when a test asks (``start_worker``), with CORS on."""
     stack = make_stack(
-        tmp_path_factory.mktemp("idle"), cors_origins=f"{ORIGIN},https://other.example.com", queued_ttl_s="3"
+        tmp_path_factory.mktemp("idle"), cors_origins=f"{ORIGIN},https://other.example.com"
     )
     try:
         stack.start_api()
@@ -202,14 +202,20 @@ def test_cors_is_off_by_default(stack):
     assert "access-control-allow-origin" not in preflight.headers
 
 
-def test_queue_timeout_types_user_and_server(idle_stack):
+def test_queue_timeout_types_user_and_server(tmp_path):
     # No worker: the caller's X-Fal-Request-Timeout runs out (user), or the server's queued_ttl_s (server).
-    user = _submit(idle_stack, {"video": V, "audio": A}, headers={"X-Fal-Request-Timeout": "1.5"}).json()
-    server = _submit(idle_stack, {"video": V, "audio": A}).json()
-    for sub, kind in ((user, "user"), (server, "server")):
-        _completed(sub, timeout=20)
-        result = httpx.get(sub["response_url"], headers=AUTH)
-        assert result.status_code == 504 and result.headers["x-fal-request-timeout-type"] == kind
+    stack = make_stack(tmp_path / "timeouts", queued_ttl_s="3")
+    try:
+        stack.start_api()
+        user = _submit(stack, {"video": V, "audio": A}, headers={"X-Fal-Request-Timeout": "1.5"}).json()
+        server = _submit(stack, {"video": V, "audio": A}).json()
+        for sub, kind in ((user, "user"), (server, "server")):
+            _completed(sub, timeout=20)
+            result = httpx.get(sub["response_url"], headers=AUTH)
+            assert result.status_code == 504 and result.headers["x-fal-request-timeout-type"] == kind
+        assert stack.redis.llen("rq:queue:lipsync") == 0  # timed-out requests leave the RQ queue too
+    finally:
+        stack.stop()
 
 
 def test_low_priority_waits_behind_normal_and_positions_say_so(idle_stack, media):
@@ -264,7 +270,11 @@ def test_redis_down_is_503_with_retry_after(tmp_path_factory, media):
         stack.redis_proc, _ = start_redis(stack.workdir / "redis", port=port)
         sub = wait_until(lambda: (r := _submit(stack, data_uri_body(media["video"], media["audio"], num_frames=2)))
                          .status_code == 200 and r.json(), 30, "the API back")
-        assert "error" not in _completed(sub)
+        try:
+            final = _completed(sub, timeout=30)
+        except TimeoutError:
+            raise AssertionError(stack.logs()) from None
+        assert "error" not in final
     finally:
         with pytest.raises(StopIteration):
             next(gen)

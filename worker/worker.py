@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from typing import Any
 
 import redis
@@ -60,7 +61,42 @@ class LipsyncWorker(SimpleWorker):
             if self._stop_maintenance.wait(self.settings.heartbeat_interval_s):
                 return
 
+    # RQ's work loop retries a lost Redis only around dequeue; anywhere else a ConnectionError ends the worker.
+    # These wait for Redis instead: the request's record is the truth, and the reaper retries what was lost.
+
+    def _ride_out(self, what: str, call: Any, *args: Any) -> Any:
+        try:
+            return call(*args)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("redis unavailable during %s (%s); waiting for it", what, exc)
+            self._wait_for_redis()
+            return None
+
+    def _wait_for_redis(self) -> None:
+        delay = 0.5
+        while not self._stop_requested:
+            try:
+                if self.connection.ping():
+                    log.info("redis is back")
+                    return
+            except (redis.ConnectionError, redis.TimeoutError):
+                pass
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def check_for_suspension(self, burst: bool) -> None:
+        self._ride_out("the suspension check", super().check_for_suspension, burst)
+
+    def run_maintenance_tasks(self) -> None:
+        self._ride_out("maintenance", super().run_maintenance_tasks)
+
+    def heartbeat(self, *args: Any, **kwargs: Any) -> None:
+        self._ride_out("the worker heartbeat", lambda: super(LipsyncWorker, self).heartbeat(*args, **kwargs))
+
     def execute_job(self, job: Job, queue: Queue) -> None:
+        self._ride_out(f"job {job.id}", self._execute_job, job, queue)
+
+    def _execute_job(self, job: Job, queue: Queue) -> None:
         execution = self.prepare_execution(job)
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(job, execution, stop), name="heartbeat", daemon=True)
