@@ -28,6 +28,20 @@ from media.faces import FaceAnalyzer, FaceTrack, default_face_analyzer, track_fa
 log = logging.getLogger(__name__)
 
 
+def video_windows(crops: torch.Tensor, bgr: bool = True) -> torch.Tensor:
+    """(T, S, S, 3) RGB 0-255 crops (any float or uint8 tensor, gradients kept) -> (T - 4, 3, 5, S, S)
+    SyncNet windows (window i = frames i..i+4), BGR as the published network expects."""
+    x = crops.float().permute(3, 0, 1, 2)  # (3, T, S, S)
+    if bgr:
+        x = x.flip(0)
+    return x.unfold(1, 5, 1).permute(1, 0, 4, 2, 3)  # (T-4, 3, 5, S, S)
+
+
+def mfcc_windows(audio16k: np.ndarray, count: int) -> torch.Tensor:
+    """(count, 1, 13, 20) MFCC windows of 16 kHz audio (window i = MFCC frames 4i..4i+19)."""
+    return torch.from_numpy(sf.audio_windows(sf.mfcc(audio16k), count))
+
+
 class NotEnoughFrames(ValueError):
     """The clip has too few frames with a face (or too little audio) to score."""
 
@@ -97,13 +111,11 @@ class SyncScorer:
             raise NotEnoughFrames(f"{len(crops)} frames and {len(audio16k) / sf.SAMPLE_RATE:.2f} s of audio make no 5-frame window")
         if abs(len(audio16k) / sf.SAMPLE_RATE - len(crops) / sf.FPS) > 0.05:
             log.warning("audio (%.3f s) and video (%.3f s) lengths differ", len(audio16k) / sf.SAMPLE_RATE, len(crops) / sf.FPS)
-        video = torch.from_numpy(np.ascontiguousarray(crops[..., ::-1] if self.bgr else crops))
-        video = video.permute(3, 0, 1, 2).float()  # (3, T, S, S)
-        mfcc = torch.from_numpy(sf.audio_windows(sf.mfcc(audio16k), count))
+        video = video_windows(torch.from_numpy(np.ascontiguousarray(crops)), self.bgr)  # a view: no copy
+        mfcc = mfcc_windows(audio16k, count)
         v_feats, a_feats = [], []
         for b in range(0, count, self.batch_size):
             n = min(count, b + self.batch_size) - b
-            windows = torch.stack([video[:, i : i + 5] for i in range(b, b + n)]).to(self.device)
-            v_feats.append(self.net.forward_lip(windows).float().cpu())
+            v_feats.append(self.net.forward_lip(video[b : b + n].contiguous().to(self.device)).float().cpu())
             a_feats.append(self.net.forward_aud(mfcc[b : b + n].to(self.device)).float().cpu())
         return sync_result(torch.cat(v_feats), torch.cat(a_feats), self.vshift)

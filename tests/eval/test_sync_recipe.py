@@ -14,7 +14,7 @@ from scipy import signal
 from evaluation import sync_features as sf
 from evaluation.sync_crop import crop_frame, crop_params, landmark_boxes, longest_face_run
 from evaluation.sync_metrics import sync_result
-from evaluation.syncnet import NotEnoughFrames, SyncScorer
+from evaluation.syncnet import NotEnoughFrames, SyncScorer, mfcc_windows, video_windows
 from media.faces import FaceTrack
 from tests.eval.weights_files import write_syncnet_v2
 
@@ -104,3 +104,15 @@ def test_full_network_on_a_real_face_clip(v2_scorer, media_clip):
     assert np.isfinite(a.lse_d) and a.lse_c >= 0
     with pytest.raises(NotEnoughFrames, match="at least 10"):
         v2_scorer.score(frames[:8], audio, 25)
+
+
+def test_window_helpers_are_the_reference_slices_and_keep_gradients():
+    crops = torch.rand(9, 16, 16, 3, requires_grad=True)
+    windows = video_windows(crops * 255)
+    im = (crops * 255).detach()[..., [2, 1, 0]].permute(3, 0, 1, 2)[None]  # the reference's (1, 3, T, H, W) of BGR
+    assert windows.shape == (5, 3, 5, 16, 16)
+    for v in range(5):
+        torch.testing.assert_close(windows[v].detach(), im[0, :, v : v + 5])
+    windows.sum().backward()
+    assert crops.grad is not None and crops.grad.abs().sum() > 0
+    assert mfcc_windows(np.zeros(16000, np.float32), 3).shape == (3, 1, 13, 20)
