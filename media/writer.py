@@ -1,12 +1,10 @@
 """MP4 out: H.264 (yuv420p, CRF quality) + AAC, ``+faststart``, written frame by frame.
 
-Throughput: RGB -> BT.709 limited-range yuv420p is one ``cv2.transform`` plus an area-average of the chroma
-(about 10x faster than swscale's packed-RGB path, within 1 code value of it), and x264 runs with its own
-thread pool at ``veryfast`` with the CRF lowered from 18 to 16 to hold the quality of ``medium``/CRF 18: on
-the 1080x1920 bench clip 2.5-3x faster, PSNR 43.6 vs 43.9 dB, a 10 % smaller file; on the 256x192 test clip
-the face PSNR bound that ``medium``/18 meets holds too, which ``veryfast``/18 misses (docs/performance.md). With a GPU present and an
-FFmpeg build that has ``h264_nvenc``, that encoder is used instead (``encoder_name``); any failure to open it
-falls back to libx264 silently (logged at INFO).
+Throughput: x264 runs with its own thread pool at ``veryfast``, the CRF lowered from 18 to 16 to hold the
+quality of ``medium``/CRF 18: on the 1080x1920 bench clip 2.5-3x faster, PSNR 43.6 vs 43.9 dB, a 10 % smaller
+file; on the 256x192 test clip it meets the face PSNR bound that ``medium``/18 meets and ``veryfast``/18
+misses (docs/performance.md). With a GPU present and an FFmpeg build that has ``h264_nvenc``, that encoder
+is used instead (``encoder_name``); any failure to open it falls back to libx264 silently (logged at INFO).
 
 The writer takes frames incrementally, so memory stays flat, and lays the audio on the video timeline as it
 goes: after frame j the audio is written up to time (j + 1)/fps, padded with silence past the track's end;
@@ -23,7 +21,6 @@ from fractions import Fraction
 from types import TracebackType
 
 import av
-import cv2
 import numpy as np
 import soxr
 
@@ -97,7 +94,7 @@ class Mp4Writer:
                 self._container = av.open(self.path, mode="w", format="mp4", options={"movflags": "+faststart"})
         if self.encoder_name == "libx264":
             self._video = self._add_video("libx264", width, height, {"crf": str(crf), "preset": preset, "threads": "0"})
-        # Tagged and converted as BT.709 limited range (``_add_video``, ``rgb_to_yuv420p``): what players assume
+        # Tagged and converted as BT.709 limited range (``_add_video``, ``write``): what players assume
         # for HD, and what the decoders here read back exactly (untagged video is read as BT.601 by FFmpeg but as
         # BT.709 by browsers).
         self._frames = 0
@@ -164,8 +161,8 @@ class Mp4Writer:
         if batch.shape[1:] != (self.height, self.width, 3):
             raise ValueError(f"frames are {batch.shape[1:]}, the writer expects {(self.height, self.width, 3)}")
         for rgb in batch:
-            frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(rgb), format="yuv420p")
-            frame.colorspace, frame.color_range = BT709, MPEG_RANGE
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb, dtype=np.uint8), format="rgb24")
+            frame = frame.reformat(format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG")
             frame.pts = self._frames
             frame.time_base = self._video.codec_context.time_base
             self._container.mux(self._video.encode(frame))
@@ -222,30 +219,6 @@ class Mp4Writer:
                 pass
             if os.path.exists(self.path):
                 os.remove(self.path)
-
-
-_BT709_TO_YUV = np.array([[0.2126, 0.7152, 0.0722],
-                          [-0.2126 / 1.8556, -0.7152 / 1.8556, 0.5],
-                          [0.5, -0.7152 / 1.5748, -0.0722 / 1.5748]])
-_RGB_TO_YUV709 = np.concatenate([_BT709_TO_YUV * np.array([[219 / 255], [224 / 255], [224 / 255]]),
-                                 np.array([[16.0], [128.0], [128.0]])], axis=1).astype(np.float32)
-"""(3, 4) full-range RGB -> BT.709 limited-range Y'CbCr (Y 16-235, Cb/Cr 16-240)."""
-
-
-def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) RGB uint8 -> (H * 3 / 2, W) uint8 planar yuv420p (PyAV's layout), BT.709 limited range.
-
-    One saturating ``cv2.transform`` and a 2x2 area average of Cb and Cr (centre-sited chroma): within one code
-    value of swscale's conversion, about 10x faster.
-    """
-    h, w = rgb.shape[:2]
-    yuv = cv2.transform(np.ascontiguousarray(rgb, dtype=np.uint8), _RGB_TO_YUV709)
-    out = np.empty((h * 3 // 2, w), np.uint8)
-    out[:h] = yuv[..., 0]
-    chroma = cv2.resize(yuv[..., 1:], (w // 2, h // 2), interpolation=cv2.INTER_AREA)
-    out[h : h + h // 4] = chroma[..., 0].reshape(h // 4, w)
-    out[h + h // 4 :] = chroma[..., 1].reshape(h // 4, w)
-    return out
 
 
 def use_nvenc() -> bool:

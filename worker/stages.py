@@ -14,8 +14,10 @@ iterators (so their files and codecs are closed) before it returns.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
@@ -30,16 +32,24 @@ class StagesStopped(RuntimeError):
 
 
 class Stages:
-    def __init__(self, *, queue_size: int = 2):
+    def __init__(self, *, queue_size: int = 2, threaded: bool | None = None):
         self.queue_size = queue_size
+        self.threaded = os.environ.get("LIPSYNC_STAGE_THREADS", "1") != "0" if threaded is None else threaded
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self.cpu_s: dict[str, float] = {}
+        """CPU seconds each stage's thread used (its own work; native threads of codecs not included)."""
 
     def run(self, items: Iterable[T], *, name: str, queue_size: int | None = None) -> Iterator[T]:
-        """Start pulling ``items`` in a thread now; returns the iterator over what it produces."""
+        """Start pulling ``items`` in a thread now; returns the iterator over what it produces. With
+        ``threaded=False`` (``LIPSYNC_STAGE_THREADS=0``: profiling, debugging) it is ``items`` itself."""
+        if not self.threaded:
+            return iter(items)
         q: queue.Queue = queue.Queue(queue_size or self.queue_size)
 
         def produce() -> None:
+            started = time.thread_time()
             try:
                 for item in items:
                     if not self._put(q, (_ITEM, item)):
@@ -51,6 +61,8 @@ class Stages:
                 close = getattr(items, "close", None)
                 if close is not None:
                     close()
+                with self._lock:
+                    self.cpu_s[name] = self.cpu_s.get(name, 0.0) + time.thread_time() - started
 
         thread = threading.Thread(target=produce, name=f"lipsync-{name}", daemon=True)
         self._threads.append(thread)
