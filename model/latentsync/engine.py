@@ -162,10 +162,14 @@ def load_engine(root: Path | None, layout: WeightsLayout, options: EngineOptions
     if whisper.config.d_model != config.unet.cross_attention_dim:
         raise WeightsFolderError(f"{root / WHISPER_FILE}: whisper width {whisper.config.d_model} but the UNet's "
                                  f"cross_attention_dim is {config.unet.cross_attention_dim}")
+    steps = options.num_inference_steps or config.inference_steps
+    train_steps = scheduler_config()["num_train_timesteps"]
+    if not 1 <= steps <= train_steps:  # DDIM picks distinct training timesteps
+        raise ValueError(f"LIPSYNC_NUM_INFERENCE_STEPS={steps}: LatentSync's DDIM takes 1 to {train_steps} steps")
     info = EngineInfo(name=config.variant, crop_size=config.resolution, weights=root.name)
     log.info("LatentSync %s from %s (UNet step %s, config %s)", config.variant, root, unet.global_step,
              config.source)
     return LatentSyncEngine(config, unet, vae, whisper, info, device=options.device, dtype=dtype,
-                            steps=options.num_inference_steps or config.inference_steps,
+                            steps=steps,
                             guidance_scale=(options.guidance_scale if options.guidance_scale is not None
                                             else config.guidance_scale))
