@@ -148,6 +148,22 @@ def _segments(batches: Iterable[CropBatch], seg_len: int) -> Iterator[Segment]:
         yield Segment(start, np.concatenate(crops), np.concatenate(present))
 
 
+def _check_steps(steps: int) -> None:
+    """DDIM ("leading" spacing, offset 1) must land on training timesteps: at most 999 of the 1000."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config(scheduler_config())
+    ok = steps >= 1
+    if ok:
+        try:
+            scheduler.set_timesteps(steps)
+            ok = int(scheduler.timesteps.max()) < scheduler.config.num_train_timesteps
+        except ValueError:
+            ok = False
+    if not ok:
+        raise ValueError(f"LIPSYNC_NUM_INFERENCE_STEPS={steps}: LatentSync's DDIM schedule takes 1 to 999 steps")
+
+
 def load_engine(root: Path | None, layout: WeightsLayout, options: EngineOptions) -> LatentSyncEngine:
     from model.latentsync.audio import load_whisper_encoder
     from model.latentsync.loading import UNET_FILE, VAE_DIR, WHISPER_FILE, load_unet, load_vae
@@ -163,9 +179,7 @@ def load_engine(root: Path | None, layout: WeightsLayout, options: EngineOptions
         raise WeightsFolderError(f"{root / WHISPER_FILE}: whisper width {whisper.config.d_model} but the UNet's "
                                  f"cross_attention_dim is {config.unet.cross_attention_dim}")
     steps = options.num_inference_steps or config.inference_steps
-    train_steps = scheduler_config()["num_train_timesteps"]
-    if not 1 <= steps <= train_steps:  # DDIM picks distinct training timesteps
-        raise ValueError(f"LIPSYNC_NUM_INFERENCE_STEPS={steps}: LatentSync's DDIM takes 1 to {train_steps} steps")
+    _check_steps(steps)
     info = EngineInfo(name=config.variant, crop_size=config.resolution, weights=root.name)
     log.info("LatentSync %s from %s (UNet step %s, config %s)", config.variant, root, unet.global_step,
              config.source)

@@ -108,3 +108,36 @@ def write_random_weights(root: Path, config: dict | None = None, *, seed: int = 
     vae.save_pretrained(root / "sd-vae", safe_serialization=True)
     (root / "unet_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return root
+
+
+SD_VAE_FT_MSE = {"in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": (128, 256, 512, 512),
+                 "down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4,
+                 "layers_per_block": 2, "norm_num_groups": 32, "sample_size": 256, "scaling_factor": 0.18215}
+"""stabilityai/sd-vae-ft-mse's config.json (the fields that shape the network)."""
+
+
+def write_published_weights(root: Path, variant: str = "latentsync-1.6", *, seed: int = 0) -> Path:
+    """Random weights at the published network sizes (the full UNet, whisper tiny, sd-vae-ft-mse) in the
+    published layout, for benchmarks; about 5 GB on disk (fp32, as the published checkpoint)."""
+    from diffusers import AutoencoderKL
+
+    from model.latentsync.config import variant_config
+    from model.latentsync.unet import LatentSyncUNet
+
+    cfg = variant_config(variant)
+    root.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    unet = LatentSyncUNet(cfg.unet)
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if name.startswith(("conv_in.", "conv_out.")) or "temporal_transformer.proj_out" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    torch.save({"global_step": 0, "state_dict": unet.state_dict()}, root / "latentsync_unet.pt")
+    del unet
+    (root / "whisper").mkdir(exist_ok=True)
+    torch.save({"dims": TINY_WHISPER, "model_state_dict": openai_whisper_state(TINY_WHISPER, g)},
+               root / "whisper" / "tiny.pt")
+    AutoencoderKL(**SD_VAE_FT_MSE).save_pretrained(root / "sd-vae", safe_serialization=True)
+    (root / "unet_config.yaml").write_text((CONFIG_DIR / f"{variant}.yaml").read_text())
+    return root
