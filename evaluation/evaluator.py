@@ -22,12 +22,13 @@ from evaluation.unchanged import unchanged_region
 from media.audio import load_audio, to_model_audio
 from media.crop import crop_faces
 from media.faces import FaceAnalyzer, default_face_analyzer, track_faces
-from media.probe import OutputSpec, probe_video
+from media.probe import OutputSpec, expected_frame_count, probe_video
 from media.video import iter_video_chunks
 
 log = logging.getLogger(__name__)
 
 MAX_FRAMES = 10**6  # a decode cap only; clips are read streaming
+STABLE_MAX_FRAMES = 1500  # 60 s at 25 fps
 
 
 @dataclass(frozen=True)
@@ -57,10 +58,14 @@ class CaseResult:
     errors: dict[str, str] = field(default_factory=dict)
 
 
-def _spec(path: Path, field: str, fps: Fraction | None = None, size: tuple[int, int] | None = None) -> OutputSpec:
+def _spec(
+    path: Path, field: str, fps: Fraction | None = None, size: tuple[int, int] | None = None, frames: int | None = None
+) -> OutputSpec:
+    """Decode geometry; a still image yields ``frames`` copies (1 by default), a video up to ``frames``."""
     info = probe_video(path, field=field)
     width, height = size or (info.width, info.height)
-    return OutputSpec(fps=Fraction(fps) if fps else info.fps, width=width, height=height, num_frames=MAX_FRAMES)
+    count = frames or (1 if info.kind == "image" else MAX_FRAMES)
+    return OutputSpec(fps=Fraction(fps) if fps else info.fps, width=width, height=height, num_frames=count)
 
 
 class Evaluator:
@@ -148,6 +153,9 @@ class Evaluator:
 
     def _stable(self, chunks, track, audio) -> dict:
         start, end = longest_face_run(track)
+        if end - start > STABLE_MAX_FRAMES:  # its crops are held in memory (about 200 kB a frame)
+            log.info("StableSyncNet scores the first %d of %d face frames", STABLE_MAX_FRAMES, end - start)
+            end = start + STABLE_MAX_FRAMES
         if end - start < self.stable.cfg.num_frames:
             raise ValueError(f"the longest run of frames with a face is {end - start}; {self.stable.cfg.num_frames} needed")
         crops = []
@@ -162,7 +170,7 @@ class Evaluator:
                 break
         begin = start * 640
         r = self.stable.score_crops(np.concatenate(crops), audio[begin : begin + (end - start) * 640])
-        return {**r.summary(), "offsets": r.offsets.tolist(), "mean_sim": [float(x) if np.isfinite(x) else None for x in r.mean_sim]}
+        return {**r.summary(), "frames": [start, end], "offsets": r.offsets.tolist(), "mean_sim": [float(x) if np.isfinite(x) else None for x in r.mean_sim]}
 
     def _identity(self, case: Case) -> dict:
         vecs = []
@@ -177,8 +185,9 @@ class Evaluator:
 
     def _unchanged(self, case: Case) -> dict:
         out_info = probe_video(case.output, field="output")
-        spec = _spec(case.source, "source", fps=out_info.fps, size=(out_info.width, out_info.height))
         out_spec = _spec(case.output, "output")
+        frames = expected_frame_count(out_info, out_spec) + 1  # bounds a still source's repeats
+        spec = _spec(case.source, "source", fps=out_info.fps, size=(out_info.width, out_info.height), frames=frames)
         track = track_faces(iter_video_chunks(case.source, spec, field="source"), self.analyzer)
         r = unchanged_region(iter_video_chunks(case.source, spec, field="source"),
                              iter_video_chunks(case.output, out_spec, field="output"), track)

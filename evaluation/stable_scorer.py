@@ -88,12 +88,7 @@ class StableSyncScorer:
         starts = list(range(0, len(crops) - n + 1, self.stride))
         if not starts:
             raise ValueError(f"{len(crops)} frames make no {n}-frame window")
-        x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        if x.shape[-1] != self.cfg.resolution:
-            x = torch.nn.functional.interpolate(x, size=(self.cfg.resolution,) * 2, mode="bicubic")
-        if self.cfg.lower_half:
-            x = x[:, :, x.shape[2] // 2 :, :]
-        visual = self._embed_visual([x[i : i + n].reshape(-1, *x.shape[2:]) for i in starts])
+        visual = self._embed_visual([crops[i : i + n] for i in starts])
         mel = wav2lip_mel(audio16k)
         frames = sorted({i + k - v for i in starts for k in range(2 * v + 1)})
         windows = {f: w for f in frames if (w := self._mel_window(mel, f, length)) is not None}
@@ -114,10 +109,20 @@ class StableSyncScorer:
             mean_sim=mean, num_windows=len(starts),
         )
 
-    def _embed_visual(self, windows: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _visual_input(self, crops: np.ndarray) -> torch.Tensor:
+        """(F, S, S, 3) uint8 crops -> (3F, H, W) in [-1, 1], the lower half when the config says so."""
+        x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        if x.shape[-1] != self.cfg.resolution:
+            x = torch.nn.functional.interpolate(x, size=(self.cfg.resolution,) * 2, mode="bicubic")
+        if self.cfg.lower_half:
+            x = x[:, :, x.shape[2] // 2 :, :]
+        return x.reshape(-1, *x.shape[2:])
+
+    def _embed_visual(self, windows: list[np.ndarray]) -> list[torch.Tensor]:
+        """Windows are converted to float a batch at a time: memory is the uint8 crops plus one batch."""
         out = []
         for b in range(0, len(windows), self.batch_size):
-            batch = torch.stack(windows[b : b + self.batch_size]).to(self.device)
+            batch = torch.stack([self._visual_input(w) for w in windows[b : b + self.batch_size]]).to(self.device)
             out.extend(torch.nn.functional.normalize(self.net.visual_encoder(batch).flatten(1), dim=1).float().cpu())
         return out
 

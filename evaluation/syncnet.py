@@ -11,7 +11,7 @@ exactly as the published evaluation prepares them; ``evaluation.sync_metrics`` t
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -99,23 +99,41 @@ class SyncScorer:
             raise NotEnoughFrames(
                 f"the longest run of frames with a face is {end - start} frames; at least {max(self.min_frames, 6)} are needed"
             )
-        crops = np.stack(list(syncnet_crops(chunks(), track, start, end, self.crop_size)))
+        crops = syncnet_crops(chunks(), track, start, end, self.crop_size)  # streamed: memory is one batch
         begin = start * sf.SAMPLES_PER_FRAME  # the reference cuts the audio to the track as well
-        return self.score_crops(crops, np.asarray(audio16k)[begin : begin + (end - start) * sf.SAMPLES_PER_FRAME])
+        audio = np.asarray(audio16k)[begin : begin + (end - start) * sf.SAMPLES_PER_FRAME]
+        return self.score_crops(crops, audio, num_frames=end - start)
 
     @torch.no_grad()
-    def score_crops(self, crops: np.ndarray, audio16k: np.ndarray) -> SyncResult:
-        """Crops (T, S, S, 3) RGB uint8 at 25 fps and their 16 kHz audio -> SyncResult."""
-        count = sf.num_windows(len(crops), len(audio16k))
+    def score_crops(
+        self, crops: np.ndarray | Iterable[np.ndarray], audio16k: np.ndarray, num_frames: int | None = None
+    ) -> SyncResult:
+        """Crops (T, S, S, 3) RGB uint8 at 25 fps (an array, or an iterable of T crops with ``num_frames``
+        = T) and their 16 kHz audio -> SyncResult."""
+        num_frames = len(crops) if num_frames is None else num_frames
+        count = sf.num_windows(num_frames, len(audio16k))
         if count < 1:
-            raise NotEnoughFrames(f"{len(crops)} frames and {len(audio16k) / sf.SAMPLE_RATE:.2f} s of audio make no 5-frame window")
-        if abs(len(audio16k) / sf.SAMPLE_RATE - len(crops) / sf.FPS) > 0.05:
-            log.warning("audio (%.3f s) and video (%.3f s) lengths differ", len(audio16k) / sf.SAMPLE_RATE, len(crops) / sf.FPS)
-        video = video_windows(torch.from_numpy(np.ascontiguousarray(crops)), self.bgr)  # a view: no copy
+            raise NotEnoughFrames(f"{num_frames} frames and {len(audio16k) / sf.SAMPLE_RATE:.2f} s of audio make no 5-frame window")
+        if abs(len(audio16k) / sf.SAMPLE_RATE - num_frames / sf.FPS) > 0.05:
+            log.warning("audio (%.3f s) and video (%.3f s) lengths differ", len(audio16k) / sf.SAMPLE_RATE, num_frames / sf.FPS)
         mfcc = mfcc_windows(audio16k, count)
-        v_feats, a_feats = [], []
-        for b in range(0, count, self.batch_size):
-            n = min(count, b + self.batch_size) - b
-            v_feats.append(self.net.forward_lip(video[b : b + n].contiguous().to(self.device)).float().cpu())
-            a_feats.append(self.net.forward_aud(mfcc[b : b + n].to(self.device)).float().cpu())
-        return sync_result(torch.cat(v_feats), torch.cat(a_feats), self.vshift)
+        a_feats = [self.net.forward_aud(mfcc[b : b + self.batch_size].to(self.device)).float().cpu()
+                   for b in range(0, count, self.batch_size)]
+        return sync_result(self._embed_video(iter(crops), count), torch.cat(a_feats), self.vshift)
+
+    def _embed_video(self, crops: Iterator[np.ndarray], count: int) -> torch.Tensor:
+        """Embeddings of the first ``count`` 5-frame windows, holding one batch of crops at a time."""
+        feats, buffer, done = [], [], 0
+        for crop in crops:
+            buffer.append(crop)
+            ready = len(buffer) - 4
+            if ready >= self.batch_size or done + ready >= count:
+                n = min(ready, count - done)
+                windows = video_windows(torch.from_numpy(np.stack(buffer)), self.bgr)[:n]
+                feats.append(self.net.forward_lip(windows.contiguous().to(self.device)).float().cpu())
+                done, buffer = done + n, buffer[n:]
+                if done >= count:
+                    break
+        if done < count:
+            raise NotEnoughFrames(f"the crops ran out after {done} of {count} windows")
+        return torch.cat(feats)

@@ -53,3 +53,11 @@ def test_scores_are_deterministic(scorer):
     b = scorer.score_crops(*clip(7, 60))
     assert a.summary() == b.summary()
     np.testing.assert_array_equal(a.mean_dist, b.mean_dist)
+
+
+def test_streamed_crops_in_small_batches_give_the_same_figures(scorer):
+    crops, audio = clip(9, 40, video_delay=2)
+    whole = scorer.score_crops(crops, audio)
+    streamed = SyncScorer(scorer.net, batch_size=7).score_crops(iter(list(crops)), audio, num_frames=len(crops))
+    assert streamed.offset == whole.offset
+    np.testing.assert_allclose(streamed.mean_dist, whole.mean_dist, rtol=1e-5)

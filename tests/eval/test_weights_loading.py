@@ -103,7 +103,7 @@ def test_stable_syncnet_loads_the_trainer_checkpoint(tmp_path):
     saved = torch.load(path, weights_only=True)["state_dict"]
     assert set(model.state_dict()) == set(saved)
     with torch.no_grad():
-        v, a = model(torch.randn(2, 12, 32, 64), torch.randn(2, 1, 80, 52))
+        v, a = model(torch.randn(2, 12, 32, 64), torch.randn(2, 1, 80, 13))
     torch.testing.assert_close(v.norm(dim=1), torch.ones(2))
     assert v.shape == a.shape == (2, 64)
 

@@ -12,7 +12,7 @@ from evaluation.syncnet_v2 import SyncNetV2
 # A StableSyncNet small enough for CPU tests, written as a LatentSync YAML (same keys as the published one).
 TINY_STABLE_YAML = """\
 model:
-  audio_encoder: # input (1, 80, 52)
+  audio_encoder: # input (1, 80, 13): ceil(4 frames / 5 * 16) mel frames
     in_channels: 1
     block_out_channels: [32, 32, 64]
     downsample_factors: [[2, 1], [4, 4], [10, 13]]
