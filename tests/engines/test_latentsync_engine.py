@@ -199,3 +199,29 @@ def test_unused_knobs_are_said(engine):
     logs = request.log.__self__  # the list the request logs into
     assert any("face_id_cond_strength=3" in m and "custom_prompt" in m and "not used" in m for m in logs), logs
     assert any("fixed by training" in m for m in logs)
+
+
+def test_step_count_outside_the_schedule_is_a_load_error(weights):
+    with pytest.raises(ValueError, match="LIPSYNC_NUM_INFERENCE_STEPS=1000"):
+        load_engine(weights, EngineOptions(num_inference_steps=1000), "latentsync")
+
+
+def test_alignment_of_a_real_face_matches_the_template():
+    """The astronaut's dlib landmarks through the 512 rule: the eyebrows and the nose land on the template (in
+    crop pixels), the mouth and the chin inside the repainted region, the eyes outside it."""
+    import skimage.data
+
+    from media.faces import DlibFaceAnalyzer
+    from model.latentsync import faces
+
+    frame = np.ascontiguousarray(skimage.data.astronaut())
+    lm = DlibFaceAnalyzer().detect(frame)[0].landmarks
+    affine = faces.align_track(lm[None], np.array([True]), 512)[0]
+    pts = lm @ affine[:, :2].T + affine[:, 2]
+    template = faces.TEMPLATE * faces.template_ratio(512)
+    in_crop = template @ faces.resize_affine(512)[:2, :2].T + faces.resize_affine(512)[:2, 2]
+    np.testing.assert_allclose(faces.three_points(pts), in_crop, atol=25)
+    repaint = faces.mouth_mask(512) < 0.5
+    def at(i):
+        return repaint[int(pts[i, 1]), int(pts[i, 0])]
+    assert all(at(i) for i in (48, 54, 57, 62, 8)) and not any(at(i) for i in (36, 45, 27))
