@@ -17,6 +17,7 @@ from evaluation.cases import Case
 from evaluation.identity import csim, identity_embedder, track_identity
 from evaluation.stable_scorer import StableSyncScorer
 from evaluation.sync_crop import longest_face_run
+from evaluation.sync_features import SAMPLES_PER_FRAME
 from evaluation.syncnet import SyncScorer
 from evaluation.unchanged import unchanged_region
 from media.audio import load_audio, to_model_audio
@@ -168,8 +169,8 @@ class Evaluator:
             base += len(chunk)
             if base >= end:
                 break
-        begin = start * 640
-        r = self.stable.score_crops(np.concatenate(crops), audio[begin : begin + (end - start) * 640])
+        begin = start * SAMPLES_PER_FRAME
+        r = self.stable.score_crops(np.concatenate(crops), audio[begin : begin + (end - start) * SAMPLES_PER_FRAME])
         return {**r.summary(), "frames": [start, end], "offsets": r.offsets.tolist(), "mean_sim": [float(x) if np.isfinite(x) else None for x in r.mean_sim]}
 
     def _identity(self, case: Case) -> dict:

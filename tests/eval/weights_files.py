@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from evaluation.stable_syncnet import EncoderConfig, StableSyncNet, StableSyncNetConfig
+from evaluation.stable_syncnet import StableSyncNet, StableSyncNetConfig
 from evaluation.syncnet_v2 import SyncNetV2
 
 # A StableSyncNet small enough for CPU tests, written as a LatentSync YAML (same keys as the published one).
