@@ -135,6 +135,13 @@ class Settings(BaseSettings):
     face_crop_size: int = Field(
         default=0, ge=0, description="Face-crop working size (multiple of 32); 0: 64 for random tiny weights, else 512."
     )
+    compile: bool = Field(
+        default=False, description="torch.compile the model's repeated blocks at worker start, warmed up before the "
+        "first job (GPU workers; minutes of start-up, then faster steps).")
+    text_encoder: str = Field(
+        default="device", pattern="^(device|cpu|drop)$", description="Where the prompt encoder (T5) lives: device "
+        "(with the model), cpu (host memory; encodes a new prompt there), drop (the default prompt is encoded at "
+        "start, then T5 is freed; custom prompts are refused). Prompt embeddings are cached in every case.")
 
     def app(self, app_id: str) -> AppConfig | None:
         return self.apps.get(app_id)

@@ -50,6 +50,10 @@ class EngineOptions:
     """pipio only: the config built with random weights when no weights folder is given."""
     face_crop_size: int = 0
     """Working-size override for engines whose size is free (pipio); 0 = the engine's default."""
+    compile: bool = False
+    """``torch.compile`` the repeated blocks at load and warm them up (``LIPSYNC_COMPILE``)."""
+    text_encoder: str = "device"
+    """Text-conditioned engines: ``device`` | ``cpu`` | ``drop`` (``LIPSYNC_TEXT_ENCODER``)."""
 
 
 @dataclass(frozen=True)

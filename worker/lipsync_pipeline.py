@@ -71,7 +71,8 @@ def engine_options(settings: Settings) -> EngineOptions:
     device = resolve_device(settings.device)
     return EngineOptions(device=device, dtype=resolve_dtype(settings.dtype, device),
                          num_inference_steps=settings.num_inference_steps, guidance_scale=settings.guidance_scale,
-                         random_weights_config=settings.random_weights_config, face_crop_size=settings.face_crop_size)
+                         random_weights_config=settings.random_weights_config, face_crop_size=settings.face_crop_size,
+                         compile=settings.compile, text_encoder=settings.text_encoder)
 
 
 class LipSyncWorkerPipeline:

@@ -186,5 +186,37 @@ def load_engine(root: Path | None, layout: WeightsLayout, options: EngineOptions
         raise ValueError(f"face_crop_size {crop} must be a multiple of {multiple}")
     info = EngineInfo(name="pipio", crop_size=crop, weights=weights, random_weights_warning=warning,
                       needs_identity=True)
-    return PipioEngine(model, info, steps=options.num_inference_steps or model.config.num_inference_steps,
-                       guidance_scale=options.guidance_scale)
+    model.place_text_encoder(options.text_encoder)  # the default prompt's embedding is cached from here on
+    engine = PipioEngine(model, info, steps=options.num_inference_steps or model.config.num_inference_steps,
+                         guidance_scale=options.guidance_scale)
+    if options.compile:
+        compile_blocks(model)
+        warm_up(engine)
+    return engine
+
+
+def compile_blocks(model) -> None:
+    """``torch.compile`` each transformer block in place (the repeated part: all of a step's FLOPs but the
+    projections). Dynamic shapes: the token count changes with the request length and the last frame block,
+    so one compiled graph serves every request instead of one recompile per length."""
+    for block in model.transformer.transformer_blocks:
+        block.compile(dynamic=True)
+    log.info("pipio: %d transformer blocks compiled (torch.compile, dynamic shapes)",
+             len(model.transformer.transformer_blocks))
+
+
+def warm_up(engine: PipioEngine, num_frames: int = 25) -> float:
+    """One throw-away generation at the working size (a second of blank frames, one step, with guidance), so
+    compilation happens at worker start and no request pays for it. Returns its seconds."""
+    import time
+
+    size = engine.info.crop_size
+    started = time.perf_counter()
+    frames = np.full((num_frames, size, size, 3), 127, np.uint8)
+    masks = np.zeros((num_frames, size, size), np.float32)
+    masks[:, size // 2 :] = 1.0
+    engine.model(frames, masks, np.zeros(num_frames, bool), np.zeros(16000, np.float32), 25.0,
+                 reference_frames=frames[:1], num_inference_steps=1, guidance_scale=engine.guidance_scale)
+    seconds = time.perf_counter() - started
+    log.info("pipio: warm-up generation (compile) took %.1f s", seconds)
+    return seconds

@@ -3,16 +3,23 @@
 ``load_weights`` compares a checkpoint with a module and raises :class:`WeightsLoadError` listing *every*
 missing, unexpected and wrongly shaped key, unless the missing keys are lip-sync modules the caller allows to
 be newly initialised (starting from a stock LTX-Video checkpoint); those are reported back instead.
+
+Loading in the target dtype on the target device: a module built on ``meta`` is cast there (free), given
+empty storage directly on ``device``, and filled tensor by tensor from a :class:`LazyCheckpoint` (keys and
+shapes from the safetensors headers; the file is mapped for one batch of about 16 MB at a time, so neither an
+fp32 copy nor the whole checkpoint is ever resident next to the model: peak host memory ~ the model in its
+dtype when loading on the CPU, ~ one batch when loading onto a GPU).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
@@ -52,6 +59,83 @@ def find_weights_file(directory: Path) -> Path:
     raise FileNotFoundError(f"no {' or '.join(WEIGHT_NAMES)} (or sharded index) in {directory}")
 
 
+def shard_files(path: Path) -> list[Path]:
+    """The safetensors file(s) of ``path``: one file, or the shards its ``*.index.json`` lists."""
+    path = Path(path)
+    if path.is_dir():
+        path = find_weights_file(path)
+    index = Path(f"{path}.index.json")
+    if not path.is_file() and index.is_file():
+        return [path.parent / shard for shard in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    return [path]
+
+
+class LazyCheckpoint(Mapping):
+    """A safetensors checkpoint (file, folder or sharded index) read lazily: keys and shapes from the headers,
+    tensors on access. ``rename`` maps checkpoint keys to module keys (None = ignore the key)."""
+
+    BATCH_BYTES = 16 << 20
+
+    def __init__(self, path: Path, rename: Callable[[str], str | None] | None = None):
+        self._where: dict[str, tuple[Path, str]] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        self._sizes: dict[str, int] = {}
+        self.ignored: list[str] = []
+        for file in shard_files(path):
+            with safe_open(str(file), framework="pt") as handle:
+                for key in handle.keys():
+                    name = rename(key) if rename is not None else key
+                    if name is None:
+                        self.ignored.append(key)
+                        continue
+                    info = handle.get_slice(key)
+                    shape = tuple(info.get_shape())
+                    self._where[name], self._shapes[name] = (file, key), shape
+                    self._sizes[name] = _numel(shape) * _DTYPE_BYTES.get(info.get_dtype(), 4)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        file, key = self._where[name]
+        with safe_open(str(file), framework="pt") as handle:
+            return handle.get_tensor(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._shapes[name]
+
+    def tensors(self, names: Iterable[str]) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, tensor) for ``names``, each file opened (mapped) for one batch of about BATCH_BYTES only."""
+        by_file: dict[Path, list[str]] = {}
+        for name in names:
+            by_file.setdefault(self._where[name][0], []).append(name)
+        for file, group in by_file.items():
+            start = 0
+            while start < len(group):
+                end, size = start, 0
+                while end < len(group) and (end == start or size + self._sizes[group[end]] <= self.BATCH_BYTES):
+                    size += self._sizes[group[end]]
+                    end += 1
+                with safe_open(str(file), framework="pt") as handle:
+                    for name in group[start:end]:
+                        yield name, handle.get_tensor(self._where[name][1])
+                start = end
+
+
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+                "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A single safetensors file, or a sharded one through its ``*.index.json`` (diffusers/transformers layout)."""
     path = Path(path)
@@ -67,8 +151,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-def load_weights(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], *, component: str, source: str,
-                 allow_new: Iterable[str] = (), rename: Callable[[str], str | None] | None = None) -> LoadReport:
+def load_weights(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], *, component: str, source: str,
+                 allow_new: Iterable[str] = (), rename: Callable[[str], str | None] | None = None,
+                 device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> LoadReport:
     """Copy ``state_dict`` into ``module`` or raise naming every bad key.
 
     ``module`` may live on the ``meta`` device (built without initialising, as :func:`build_and_load` does):
@@ -79,9 +164,14 @@ def load_weights(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], *
         allow_new: name fragments (e.g. ``"attn_audio"``); missing keys containing one are not an error but
             are listed in ``LoadReport.newly_initialized``.
         rename: maps a checkpoint key to the module's key, or to None to ignore it (e.g. a Whisper decoder).
+        device, dtype: for a ``meta`` module, where and in which dtype its storage is made (no fp32 transient,
+            no CPU copy on the way to a GPU); ``state_dict`` may then be a :class:`LazyCheckpoint`.
     """
     report = LoadReport(component)
-    if rename is not None:
+    lazy = isinstance(state_dict, LazyCheckpoint)
+    if lazy:
+        report.ignored = list(state_dict.ignored)
+    elif rename is not None:
         renamed = {}
         for key, value in state_dict.items():
             new = rename(key)
@@ -100,8 +190,9 @@ def load_weights(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], *
     covered = set(state_dict)
     missing = sorted(k for k in own if k not in covered and not any(a in covered for a in aliases.get(k, [k])))
     unexpected = sorted(k for k in state_dict if k not in own)
-    mismatched = sorted(f"{k} (checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)})"
-                        for k, v in state_dict.items() if k in own and v.shape != own[k].shape)
+    shape_of = state_dict.shape if lazy else (lambda k: tuple(state_dict[k].shape))
+    mismatched = sorted(f"{k} (checkpoint {shape_of(k)}, model {tuple(own[k].shape)})"
+                        for k in state_dict if k in own and tuple(shape_of(k)) != tuple(own[k].shape))
     allowed = tuple(allow_new)
     new = [k for k in missing if allowed and any(a in k for a in allowed)]
     missing = [k for k in missing if k not in new]
@@ -116,21 +207,52 @@ def load_weights(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], *
         transient = [k for k, _ in module.named_buffers() if k not in own]
         if transient:  # non-persistent buffers are computed at init: they would stay uninitialised here
             raise ValueError(f"{component}: cannot build on meta, non-persistent buffers {transient}")
-        module.to_empty(device="cpu")
-    module.load_state_dict(state_dict, strict=False)
+        if dtype is not None:
+            module.to(dtype=dtype)  # on meta: no memory is touched
+        module.to_empty(device=device or "cpu")
+        _retie(module, [names for names in groups.values() if len(names) > 1])
+        targets = {**dict(module.named_parameters(remove_duplicate=False)),
+                   **dict(module.named_buffers(remove_duplicate=False))}
+        with torch.no_grad():
+            items = state_dict.tensors(list(state_dict)) if lazy else state_dict.items()
+            for key, value in items:
+                targets[key].copy_(value)  # casts and moves one tensor at a time
+                del value
+    else:
+        if lazy:
+            state_dict = dict(state_dict.tensors(list(state_dict)))
+        module.load_state_dict(state_dict, strict=False)
     report.loaded = sorted(state_dict)
     report.newly_initialized = new
     return report
 
 
-def build_and_load(factory: Callable[[], torch.nn.Module], state_dict: dict[str, torch.Tensor], *, component: str,
-                   source: str, allow_new: Iterable[str] = (),
-                   rename: Callable[[str], str | None] | None = None) -> tuple[torch.nn.Module, LoadReport]:
+def _retie(module: torch.nn.Module, groups: list[list[str]]) -> None:
+    """``to_empty`` gives every module its own new storage, which unties shared parameters (T5's ``shared`` and
+    ``encoder.embed_tokens``): point every name of a group at the first name's parameter again, so the one
+    copy a checkpoint holds fills them all."""
+    for names in groups:
+        owner, _, leaf = names[0].rpartition(".")
+        first = module.get_submodule(owner)._parameters.get(leaf) if leaf else None
+        if first is None:
+            continue
+        for name in names[1:]:
+            owner, _, leaf = name.rpartition(".")
+            sub = module.get_submodule(owner)
+            if leaf in sub._parameters:
+                sub._parameters[leaf] = first
+
+
+def build_and_load(factory: Callable[[], torch.nn.Module], state_dict: Mapping[str, torch.Tensor], *, component: str,
+                   source: str, allow_new: Iterable[str] = (), rename: Callable[[str], str | None] | None = None,
+                   device: str | torch.device | None = None,
+                   dtype: torch.dtype | None = None) -> tuple[torch.nn.Module, LoadReport]:
     """Build ``factory()`` and load ``state_dict`` into it.
 
     Without ``allow_new`` the module is built on the ``meta`` device and the checkpoint is assigned (fast, no
-    random init). With ``allow_new`` it is built normally, so the keys the checkpoint lacks keep a real
-    initialisation (starting a fine-tune from stock LTX-Video).
+    random init), then made directly in ``dtype`` on ``device``. With ``allow_new`` it is built normally, so
+    the keys the checkpoint lacks keep a real initialisation (starting a fine-tune from stock LTX-Video); it is
+    then cast and moved afterwards.
     """
     allow_new = tuple(allow_new)
     if allow_new:
@@ -139,5 +261,7 @@ def build_and_load(factory: Callable[[], torch.nn.Module], state_dict: dict[str,
         with torch.device("meta"):
             module = factory()
     report = load_weights(module, state_dict, component=component, source=source, allow_new=allow_new,
-                          rename=rename)
+                          rename=rename, device=device, dtype=dtype)
+    if allow_new and (device is not None or dtype is not None):
+        module.to(device=device, dtype=dtype)
     return module, report

@@ -37,11 +37,14 @@ from .audio_encoder import build_audio_encoder, encode_audio, latent_frame_windo
 from .autoencoder_lipsync import decode_chunked, denormalize_latents, encode_chunked, normalize_latents, plan_chunks
 from .config import LipSyncConfig, PipelineConfig, load_config, pipeline_config_from_dict
 from .frame_blocks import FrameBlock, block_weights, plan_frame_blocks
-from .loading import LoadReport, WeightsLoadError, build_and_load, read_state_dict
+from .loading import LazyCheckpoint, LoadReport, WeightsLoadError, build_and_load
 from .text_encoder import build_text_encoder, build_tokenizer, check_tokenizer, encode_prompt
 from .transformer_lipsync import LipSyncConditioning, LipSyncTransformer3DModel, reference_logit_bias
 
 logger = logging.getLogger(__name__)
+
+PROMPT_CACHE_SIZE = 8
+"""Prompt embeddings kept (most recently used)."""
 
 ProgressCallback = Callable[[str, int, int, str], None]
 """``callback(stage, step, total, message)``; stages: ``vae_encode``, ``block``, ``denoise``, ``vae_decode``.
@@ -90,6 +93,9 @@ class LipSyncPipeline:
         self.audio_encoder, self.text_encoder = audio_encoder.eval(), text_encoder.eval()
         self.tokenizer, self.scheduler, self.config = tokenizer, scheduler, config
         self.load_reports: list[LoadReport] = []
+        self.text_encoder_placement = "device"
+        self._prompt_cache: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._block_weights: dict[tuple, list[torch.Tensor]] = {}
 
     # ------------------------------------------------------------------------------------------------ build/load
     @classmethod
@@ -101,8 +107,10 @@ class LipSyncPipeline:
         # Built directly on the target device (a GPU initialises the base sizes in seconds, not minutes).
         with torch.random.fork_rng(devices=[]), torch.device(device):
             torch.manual_seed(init_seed)
-            pipe = cls(LipSyncTransformer3DModel(**config.transformer), AutoencoderKLLTXVideo(**config.vae),
-                       build_audio_encoder(config.audio_encoder), build_text_encoder(config.text_encoder),
+            # each component is cast as soon as it is built (only one is ever in fp32; the draws are unchanged)
+            cast = lambda module: module.to(dtype=dtype) if dtype != torch.float32 else module  # noqa: E731
+            pipe = cls(cast(LipSyncTransformer3DModel(**config.transformer)), cast(AutoencoderKLLTXVideo(**config.vae)),
+                       cast(build_audio_encoder(config.audio_encoder)), cast(build_text_encoder(config.text_encoder)),
                        build_tokenizer(None), FlowMatchEulerDiscreteScheduler(**config.scheduler), config.pipeline)
         return pipe.to(device, dtype)
 
@@ -139,11 +147,13 @@ class LipSyncPipeline:
                     f"pipeline_config= to load a folder without one (e.g. stock LTX-Video weights for training)")
             pipeline_config = pipeline_config_from_dict(json.loads((root / "pipeline_config.json").read_text()),
                                                         str(root / "pipeline_config.json"))
+        # Each component is made in its dtype on its device and filled from the file (no fp32 transient).
+        place = dict(device=device, dtype=dtype)
         transformer, t_report = load_transformer(root / "transformer", overrides=transformer_overrides,
-                                                 allow_new_lipsync_modules=allow_new_lipsync_modules)
-        vae, v_report = load_vae(root / "vae")
-        audio_encoder, a_report = load_audio_encoder(root / "audio_encoder")
-        text_encoder, x_report = load_text_encoder(root / "text_encoder")
+                                                 allow_new_lipsync_modules=allow_new_lipsync_modules, **place)
+        vae, v_report = load_vae(root / "vae", **place)
+        audio_encoder, a_report = load_audio_encoder(root / "audio_encoder", **place)
+        text_encoder, x_report = load_text_encoder(root / "text_encoder", **place)
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(
             FlowMatchEulerDiscreteScheduler.load_config(str(root / "scheduler")))
         tokenizer = build_tokenizer(root / "tokenizer")
@@ -184,10 +194,47 @@ class LipSyncPipeline:
 
     def to(self, device: str | torch.device, dtype: torch.dtype = torch.float32) -> "LipSyncPipeline":
         for module in (self.transformer, self.vae, self.audio_encoder, self.text_encoder):
-            module.to(device=device)
+            if module is None:  # the text encoder after place_text_encoder("drop")
+                continue
+            module.to(device="cpu" if module is self.text_encoder and self.text_encoder_placement == "cpu" else device)
             if next(module.parameters()).dtype != dtype:  # (diffusers warns on every dtype .to(), even a no-op)
                 module.to(dtype=dtype)
+        self._prompt_cache.clear()
         return self
+
+    # ------------------------------------------------------------------------------------------------ prompt
+    def place_text_encoder(self, placement: str) -> None:
+        """Where T5 lives: ``device`` (with the model), ``cpu`` (host memory: new prompts are encoded there, the
+        embedding moved to the model's device), ``drop`` (the default prompt is encoded now, then T5 is freed;
+        any other prompt is then refused with a ModelInputError on ``custom_prompt``)."""
+        if placement not in ("device", "cpu", "drop"):
+            raise ValueError(f"text encoder placement must be device, cpu or drop, got {placement!r}")
+        if self.text_encoder is None:
+            if placement != "drop":
+                raise ValueError("the text encoder was dropped; reload the pipeline to place it again")
+            return
+        if placement == "drop":
+            self.prompt_embedding(self.config.default_prompt)
+            self.text_encoder = None
+        else:
+            self.text_encoder.to(self.device if placement == "device" else "cpu")
+        self.text_encoder_placement = placement
+
+    def prompt_embedding(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1, tokens, d) T5 hidden states and (1, tokens) mask of ``prompt`` on the model's device; T5 runs only
+        when the prompt is not among the last few encoded (a request's prompt is usually the constant default)."""
+        key = (prompt, self.config.max_prompt_tokens)
+        hit = self._prompt_cache.pop(key, None)
+        if hit is None:
+            if self.text_encoder is None:
+                raise ModelInputError("this worker dropped its text encoder after start-up (LIPSYNC_TEXT_ENCODER=drop):"
+                                      " only the default prompt can be used", field="custom_prompt")
+            text, mask = encode_prompt(self.tokenizer, self.text_encoder, prompt, self.config.max_prompt_tokens)
+            hit = (text.to(self.device, self.dtype), mask.to(self.device))
+        self._prompt_cache[key] = hit  # most recent last
+        while len(self._prompt_cache) > PROMPT_CACHE_SIZE:
+            self._prompt_cache.pop(next(iter(self._prompt_cache)))
+        return hit
 
     @property
     def device(self) -> torch.device:
@@ -335,7 +382,7 @@ class LipSyncPipeline:
             notes.append(f"no prompt given and no captioning model configured: using the default {prompt!r}")
 
         # 3. Encode prompt and audio (only the audio the timeline can hear: the rest never reaches a window)
-        text, text_mask = encode_prompt(self.tokenizer, self.text_encoder, prompt, cfg.max_prompt_tokens)
+        text, text_mask = self.prompt_embedding(prompt)
         audio_windows = encode_audio_windows(self.audio_encoder, audio, source.padded_frames, source.num_latent, fps,
                                              cfg, self.transformer.config.audio_steps_per_frame,
                                              source.ratio_t)[None].to(device, dtype)  # (1, F, steps, layers, d)
@@ -395,7 +442,7 @@ class LipSyncPipeline:
                           guidance: float, ff_num_splits: int, notify: ProgressCallback, step: str) -> torch.Tensor:
         """The whole timeline's velocity: each frame block predicted on its own, overlaps blended linearly."""
         dtype, batch = self.dtype, conditioning.audio.shape[0]
-        weights = block_weights(blocks, latents.shape[1] // hw)
+        weights = self._block_weights_on(blocks, latents.shape[1] // hw, hw, latents.device)
         velocity = torch.zeros_like(latents)
         for b, (block, weight) in enumerate(zip(blocks, weights)):
             tokens = slice(block.start * hw, block.end * hw)
@@ -409,9 +456,19 @@ class LipSyncPipeline:
                 ff_num_splits=ff_num_splits).float()
             if batch == 2:  # audio classifier-free guidance: [conditional, null audio]
                 pred = pred[1:] + guidance * (pred[:1] - pred[1:])
-            velocity[:, tokens] += weight.to(latents.device).repeat_interleave(hw)[None, :, None] * pred
+            velocity[:, tokens] += weight * pred
             notify("block", b + 1, len(blocks), f"{step}, block {b + 1}/{len(blocks)}")
         return velocity
+
+    def _block_weights_on(self, blocks: list[FrameBlock], num_latent: int, hw: int,
+                          device: torch.device) -> list[torch.Tensor]:
+        """Per block (1, tokens, 1) blend weights, made on ``device`` once per request shape: no host-to-device
+        copy (a host sync) inside the step loop."""
+        key = (tuple((b.start, b.end) for b in blocks), num_latent, hw, str(device))
+        if key not in self._block_weights:
+            self._block_weights = {key: [w.to(device).repeat_interleave(hw)[None, :, None]
+                                         for w in block_weights(blocks, num_latent)]}
+        return self._block_weights[key]
 
     def _decode_and_composite(self, latents: torch.Tensor, source: "_FrameSource", chunk_size: int, overlap: int,
                               notify: ProgressCallback) -> np.ndarray:
@@ -583,21 +640,23 @@ def _read_component_config(directory: Path) -> dict:
 
 
 def load_transformer(directory: Path, *, overrides: dict | None = None, allow_new_lipsync_modules: bool = False,
+                     device: str | torch.device | None = None, dtype: torch.dtype | None = None,
                      ) -> tuple[LipSyncTransformer3DModel, LoadReport]:
     """Our transformer from ``directory`` (ours, or a stock ``LTXVideoTransformer3DModel`` save)."""
     config = {k: v for k, v in _read_component_config(directory).items() if not k.startswith("_")}
     config.update(overrides or {})
     LipSyncConfig.validate_section("transformer", config, str(directory))
     allow = LipSyncTransformer3DModel.new_module_prefixes() if allow_new_lipsync_modules else ()
-    return build_and_load(lambda: LipSyncTransformer3DModel(**config), read_state_dict(directory),
-                          component="transformer", source=str(directory), allow_new=allow)
+    return build_and_load(lambda: LipSyncTransformer3DModel(**config), LazyCheckpoint(directory),
+                          component="transformer", source=str(directory), allow_new=allow, device=device, dtype=dtype)
 
 
-def load_vae(directory: Path) -> tuple[AutoencoderKLLTXVideo, LoadReport]:
+def load_vae(directory: Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+             ) -> tuple[AutoencoderKLLTXVideo, LoadReport]:
     config = {k: v for k, v in _read_component_config(directory).items() if not k.startswith("_")}
     LipSyncConfig.validate_section("vae", config, str(directory))
-    return build_and_load(lambda: AutoencoderKLLTXVideo(**config), read_state_dict(directory), component="vae",
-                          source=str(directory))
+    return build_and_load(lambda: AutoencoderKLLTXVideo(**config), LazyCheckpoint(directory), component="vae",
+                          source=str(directory), device=device, dtype=dtype)
 
 
 def _strip(prefixes: tuple[str, ...], ignore: tuple[str, ...]) -> Callable[[str], str | None]:
@@ -611,21 +670,23 @@ def _strip(prefixes: tuple[str, ...], ignore: tuple[str, ...]) -> Callable[[str]
     return rename
 
 
-def load_audio_encoder(directory: Path) -> tuple[WhisperEncoder, LoadReport]:
+def load_audio_encoder(directory: Path, *, device: str | torch.device | None = None,
+                       dtype: torch.dtype | None = None) -> tuple[WhisperEncoder, LoadReport]:
     """Whisper encoder; a full ``WhisperModel`` / ``WhisperForConditionalGeneration`` checkpoint works too
     (``model.encoder.`` / ``encoder.`` prefixes are stripped and decoder weights are ignored, listed as such)."""
     config = WhisperConfig.from_pretrained(str(directory), local_files_only=True)
     rename = _strip(("model.encoder.", "encoder."), ("model.decoder.", "decoder.", "proj_out."))
-    return build_and_load(lambda: WhisperEncoder(config).eval(), read_state_dict(directory),
-                          component="audio_encoder", source=str(directory), rename=rename)
+    return build_and_load(lambda: WhisperEncoder(config).eval(), LazyCheckpoint(directory, rename),
+                          component="audio_encoder", source=str(directory), device=device, dtype=dtype)
 
 
-def load_text_encoder(directory: Path) -> tuple[T5EncoderModel, LoadReport]:
+def load_text_encoder(directory: Path, *, device: str | torch.device | None = None,
+                      dtype: torch.dtype | None = None) -> tuple[T5EncoderModel, LoadReport]:
     """T5 encoder; decoder and LM-head weights of a full T5 checkpoint are ignored (listed as such)."""
     config = T5Config.from_pretrained(str(directory), local_files_only=True)
     rename = _strip((), ("decoder.", "lm_head."))
-    return build_and_load(lambda: T5EncoderModel(config).eval(), read_state_dict(directory),
-                          component="text_encoder", source=str(directory), rename=rename)
+    return build_and_load(lambda: T5EncoderModel(config).eval(), LazyCheckpoint(directory, rename),
+                          component="text_encoder", source=str(directory), device=device, dtype=dtype)
 
 
 __all__ = ["LipSyncPipeline", "LipSyncPipelineOutput", "ModelInputError", "ProgressCallback", "WeightsLoadError",
