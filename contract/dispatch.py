@@ -17,7 +17,7 @@ from rq import Queue
 from rq.job import Job
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
-from contract.jobs import RUN_REQUEST, RequestRecord
+from contract.jobs import PREFIX, RUN_REQUEST, RequestRecord
 from contract.settings import Settings
 
 PRIORITIES = ("normal", "low")
@@ -71,6 +71,17 @@ class Dispatcher:
         if record.priority == "low":
             ahead = self.queues[self.settings.apps[record.app_id].queue].count
         return ahead + (int(position) if position is not None else 0)
+
+    def queued_ids(self) -> set[str]:
+        """Every request id on any of our RQ queues (one LRANGE per queue)."""
+        pipe = self.r.pipeline()
+        for queue in self.queues.values():
+            pipe.lrange(queue.key, 0, -1)
+        return {raw.decode() if isinstance(raw, bytes) else raw for ids in pipe.execute() for raw in ids}
+
+    def claim_redispatch(self, request_id: str, hold_s: float) -> bool:
+        """One process at a time may put a lost request back (the others see the claim and skip it)."""
+        return bool(self.r.set(f"{PREFIX}:redispatch:{request_id}", 1, nx=True, ex=max(1, int(hold_s))))
 
     def drop(self, request_id: str) -> None:
         """Take a request that will never run (it waited too long) off whichever queue holds it."""

@@ -528,5 +528,9 @@ class JobStore:
     def job_stats(self) -> dict[str, float]:
         return {_s(k): float(v) for k, v in self.r.hgetall(Keys.stats).items()}
 
+    def queued_ids(self) -> set[str]:
+        """Requests waiting to start (IN_QUEUE)."""
+        return {_s(raw) for raw in self.r.zrange(Keys.queued, 0, -1)}
+
     def counts(self) -> dict[str, int]:
         return {"running": self.r.zcard(Keys.running), "queued": self.r.zcard(Keys.queued)}

@@ -39,6 +39,7 @@ AUTH = {"Authorization": f"Key alice:{API_KEYS['alice']}"}
 
 
 RETRYABLE = {502, 503, 504}
+STUCK_AFTER_S = 120.0  # a request not COMPLETED by then counts as stuck (the audit says which)
 
 
 class Load:
@@ -66,11 +67,13 @@ class Load:
         raise httpx.HTTPError(f"{op}: still unavailable after 60 tries")
 
     async def follow_polling(self, http: httpx.AsyncClient, status_url: str) -> None:
-        while True:
+        deadline = time.perf_counter() + STUCK_AFTER_S
+        while time.perf_counter() < deadline:
             r = await self.timed("status", lambda: http.get(status_url, params={"logs": 1}))
             if r.json()["status"] == "COMPLETED":
                 return
             await asyncio.sleep(0.1)
+        self.errors.append(f"not COMPLETED after {STUCK_AFTER_S:.0f} s (stuck)")
 
     async def follow_stream(self, http: httpx.AsyncClient, status_url: str) -> None:
         t0 = time.perf_counter()

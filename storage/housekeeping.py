@@ -18,7 +18,7 @@ import time
 import redis
 
 from contract.dispatch import Dispatcher
-from contract.jobs import JobStore
+from contract.jobs import JobStore, RequestStatus
 from contract.settings import Settings
 from storage.base import Storage
 
@@ -47,6 +47,7 @@ class Housekeeper:
         self.store, self.storage, self.settings = store, storage, settings
         self.dispatcher = dispatcher
         self._next_sweep = 0.0
+        self._orphans: dict[str, float] = {}  # queued request id -> when it was first seen off every RQ queue
 
     def tick(self) -> None:
         """One round; call it every ``reaper_interval_s``. Never raises for Redis or storage trouble."""
@@ -57,8 +58,31 @@ class Housekeeper:
                 log.warning("reaped request %s: %s", rid, outcome)
                 if outcome == "request_timeout" and self.dispatcher:
                     self.dispatcher.drop(rid)  # else it would count in every later queue position
+            if self.dispatcher:
+                self._redispatch_lost()
             if time.monotonic() >= self._next_sweep:
                 self._next_sweep = time.monotonic() + self.settings.retention_interval_s
                 sweep(self.store, self.storage, upload_ttl_s=self.settings.upload_ttl_s)
         except (redis.RedisError, OSError, NotImplementedError) as exc:
             log.warning("housekeeping skipped a round: %s", exc)
+
+    def _redispatch_lost(self) -> None:
+        """Queue again an IN_QUEUE request that is on no RQ queue for ``heartbeat_ttl_s``.
+
+        That happens when a worker took the job off the queue and then died or lost Redis before it could
+        claim the request (a SIGKILL or a Redis crash in that instant): nothing would ever run it.
+        """
+        now, grace = time.monotonic(), self.settings.heartbeat_ttl_s
+        waiting = self.store.queued_ids()
+        on_rq = self.dispatcher.queued_ids()
+        lost = waiting - on_rq
+        self._orphans = {rid: self._orphans.get(rid, now) for rid in lost}
+        for rid, since in self._orphans.items():
+            if now - since < grace or not self.dispatcher.claim_redispatch(rid, grace):
+                continue
+            record = self.store.get(rid)
+            if record is None or record.status is not RequestStatus.IN_QUEUE:
+                continue
+            self.dispatcher.requeue(record, record.wait_s or self.settings.queued_ttl_s)
+            self.store.log(rid, "The request's job was lost (a worker or Redis crashed as it was taken); queued again")
+            log.warning("request %s was on no queue; queued again", rid)

@@ -112,3 +112,19 @@ def test_a_stalled_worker_never_runs_alongside_its_successor(tmp_path, media):
         assert successor.alive() and stalled.alive()
     finally:
         stack.stop()
+
+
+def test_a_job_taken_off_the_queue_by_a_worker_that_then_died_is_queued_again(tmp_path, media):
+    # A worker pops the job and dies (or loses Redis) before it claims the request: the record says IN_QUEUE
+    # and no RQ queue holds it. LPOP is exactly that pop; the housekeeper must put it back.
+    stack = _stack(tmp_path, "lost")
+    try:
+        sub = _submit(stack, data_uri_body(media["video"], media["audio"], num_frames=2))
+        assert stack.redis.lpop("rq:queue:lipsync").decode() == sub["request_id"]
+        stack.start_worker("lost-w1")
+        final = wait_until(lambda: (s := _status(sub))["status"] == "COMPLETED" and s, 30, "completion")
+        assert "error" not in final, final
+        assert any("job was lost" in e["message"] for e in final["logs"])
+        assert _completed_events(stack, sub["request_id"]) == 1
+    finally:
+        stack.stop()
