@@ -249,3 +249,27 @@ def test_mouth_mask_has_the_published_shape():
     assert m512.shape == (512, 512) and m512.dtype == np.float32 and 0 <= m512.min() and m512.max() <= 1
     r = faces.restore_mask(512)
     assert r[256, 256] == pytest.approx(1.0) and r[0, 0] < 1e-3 and r[:, :5].max() < 0.01
+
+
+@pytest.mark.slow
+def test_gradient_checkpointing_gives_the_same_gradients():
+    from model.latentsync.random_weights import small_config
+
+    cfg = parse_config(small_config(), variant=None, source="small").unet
+    torch.manual_seed(0)
+    unet = LatentSyncUNet(cfg)
+    for p in (unet.conv_out.weight, unet.conv_in.weight):
+        torch.nn.init.normal_(p, std=0.02)
+    x, audio = torch.randn(1, 13, 2, 8, 8), torch.randn(2, 30, 32)
+
+    def grads(checkpointing: bool):
+        unet.zero_grad()
+        unet.enable_gradient_checkpointing(checkpointing)
+        unet(x, 500, audio).square().mean().backward()
+        return {n: p.grad.clone() for n, p in unet.named_parameters() if p.grad is not None}
+
+    plain, ckpt = grads(False), grads(True)
+    assert plain.keys() == ckpt.keys() and len(plain) > 100
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], atol=1e-6, rtol=1e-4)
+    assert all(b.gradient_checkpointing for b in unet.down_blocks)
