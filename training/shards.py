@@ -48,14 +48,15 @@ class ClipSample:
         return int(self.crops.shape[0])
 
 
-def encode_crops(crops: np.ndarray, fps: float) -> bytes:
-    """(T, S, S, 3) uint8 -> H.264 MP4 bytes (near-lossless)."""
+def encode_crops(crops: np.ndarray, fps: float, crf: int = CROP_CRF) -> bytes:
+    """(T, S, S, 3) uint8 -> H.264 MP4 bytes (near-lossless; ``crf`` 0 is lossless). A lossy codec spreads a
+    little of the mouth into the pixels around it, which the masked input keeps."""
     import av
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as out:
         stream = out.add_stream("libx264", rate=round(fps * 1000) / 1000 if fps % 1 else int(fps))
         stream.width, stream.height, stream.pix_fmt = crops.shape[2], crops.shape[1], "yuv444p"
-        stream.options = {"crf": str(CROP_CRF), "preset": "veryfast"}
+        stream.options = {"crf": str(crf), "preset": "veryfast"}
         for frame in crops:
             out.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
         out.mux(stream.encode())
@@ -69,13 +70,13 @@ def decode_crops(data: bytes) -> np.ndarray:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
-def to_wds(sample: ClipSample) -> dict:
+def to_wds(sample: ClipSample, crf: int = CROP_CRF) -> dict:
     """A webdataset ``TarWriter`` record."""
     masks = io.BytesIO()
     mouth = sample.mouth if sample.mouth.dtype == np.uint8 else np.rint(sample.mouth * 255).astype(np.uint8)
     np.savez_compressed(masks, mouth=mouth, landmarks=sample.landmarks,
                         present=sample.present)
-    record = {"__key__": sample.key, "crops.mp4": encode_crops(sample.crops, sample.fps),
+    record = {"__key__": sample.key, "crops.mp4": encode_crops(sample.crops, sample.fps, crf),
               "masks.npz": masks.getvalue(), "audio.npy": _npy(sample.audio.astype(np.float32)),
               "json": json.dumps(sample.meta).encode()}
     if sample.faceid is not None:
@@ -99,7 +100,7 @@ def _npy(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_shard(path: Path, samples: list[ClipSample]) -> None:
+def write_shard(path: Path, samples: list[ClipSample], crf: int = CROP_CRF) -> None:
     """Write ``samples`` to ``path`` atomically (a ``.tmp`` file renamed when complete), so a shard on disk is
     always whole: a crash leaves no half shard that a resumed run would take as done."""
     import webdataset as wds
@@ -107,7 +108,7 @@ def write_shard(path: Path, samples: list[ClipSample]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     with wds.TarWriter(str(tmp)) as sink:
         for sample in samples:
-            sink.write(to_wds(sample))
+            sink.write(to_wds(sample, crf))
     tmp.replace(path)
 
 
