@@ -148,7 +148,7 @@ class Stack:
         self.redis_proc.kill(sig)
         self.redis_proc, _ = start_redis(self.workdir / "redis", appendonly=appendonly, port=port)
 
-    def start_worker(self, name: str) -> Proc:
+    def start_worker(self, name: str, timeout: float = 60) -> Proc:
         proc = spawn(name, [sys.executable, "-m", "lipsync", "worker", "--name", name], self.env, self.workdir)
         from rq import Worker
 
@@ -157,7 +157,7 @@ class Stack:
                 raise RuntimeError(f"worker exited:\n{proc.log()}")
             return any(w.name == name for w in Worker.all(connection=self.redis))
 
-        wait_until(ready, 60, f"worker {name}")
+        wait_until(ready, timeout, f"worker {name}")
         self.workers.append(proc)
         return proc
 
