@@ -43,7 +43,14 @@ from worker.stages import Stages
 log = logging.getLogger("lipsync.pipeline")
 
 CHUNK = 16
-"""Frames per decoded chunk in every pass."""
+"""Frames per decoded chunk in every pass, at most (see ``chunk_frames``)."""
+CHUNK_BYTES = 32 << 20
+"""Full-size frames per chunk are capped to about this many bytes: the stage queues hold a few chunks each,
+so this bounds the pipeline's frame memory (1080p: 5 frames a chunk; 720p and below: 16)."""
+
+
+def chunk_frames(width: int, height: int) -> int:
+    return max(2, min(CHUNK, CHUNK_BYTES // (width * height * 3)))
 FACE_ID_FRAMES = 4
 """Evenly spaced frames whose face embeddings are averaged into the identity (dlib's ResNet takes about
 0.1-0.25 s a frame on one CPU core; four frames of one face average to within noise of eight)."""
@@ -126,13 +133,14 @@ class LipSyncWorkerPipeline:
         # 2. Pass 1: decode + face track (the exact T0 is what the decode yields)
         expected = expected_frame_count(info, spec)
         job.log(f"Decoding {info.kind} and tracking faces: about {expected} frames", LogLevel.INFO)
+        chunk = chunk_frames(spec.width, spec.height)
         sampler = None
         if self.embedder is not None:
             from media.embedding import FrameSampler
 
             sampler = FrameSampler(expected, count=1 if is_image else FACE_ID_FRAMES)
         with clock("face_track_time"), Stages() as stages:
-            chunks = stages.run(iter_video_chunks(video_path, spec, chunk_size=CHUNK), name="decode")
+            chunks = stages.run(iter_video_chunks(video_path, spec, chunk_size=chunk), name="decode")
             if sampler is not None:
                 chunks = sampler.tap(chunks)
             track = track_faces(_progress_chunks(job, chunks, "decoding + face tracking, frame", expected),
@@ -175,7 +183,7 @@ class LipSyncWorkerPipeline:
         def frames() -> Iterator[np.ndarray]:  # a fresh streaming decode of the output timeline's frames
             from media.video import iter_reindexed
 
-            return iter_reindexed(iter_video_chunks(video_path, spec, chunk_size=CHUNK), background, chunk_size=CHUNK)
+            return iter_reindexed(iter_video_chunks(video_path, spec, chunk_size=chunk), background, chunk_size=chunk)
 
         out_path = job.workdir / "output.mp4"
         if not out_track.present.any():
@@ -193,7 +201,7 @@ class LipSyncWorkerPipeline:
             with clock("face_id_time"):
                 identity = sampler.embedding(track, self.embedder)
                 if identity is None:  # none of the kept frames shows the face: decode the ones that do
-                    identity = track_embedding(iter_video_chunks(video_path, spec, chunk_size=CHUNK), track,
+                    identity = track_embedding(iter_video_chunks(video_path, spec, chunk_size=chunk), track,
                                                self.embedder, count=1 if is_image else FACE_ID_FRAMES)
 
         # 6. The engine's crop rule
@@ -213,7 +221,7 @@ class LipSyncWorkerPipeline:
                                                     still=is_image), name="crop")
             waited = _timed(batches, clock, "model_wait_time")  # the engine waiting for crops is not model time
             generated = stages.run(rebatch(_timed(self.engine.generate(request, waited), clock, "model_time"),
-                                           CHUNK), name="model")
+                                           chunk), name="model")
             pasted = stages.run(self._pasted(job, stages.run(frames(), name="decode_paste"), generated, request, affines,
                                              present, crop_landmarks, clock), name="paste")
             _encode(job, pasted, audio, spec, num_out, clock)
