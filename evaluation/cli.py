@@ -41,8 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from evaluation.server_cases import FailedCase, run_on_server
     from evaluation.weights import WeightsError
 
-    if args.server and not args.cases:
-        print("lipsync eval: --server needs --cases FILE", file=sys.stderr)
+    if bool(args.server) != bool(args.cases):
+        print("lipsync eval: --server and --cases go together", file=sys.stderr)
         return 2
     try:
         options = EvalOptions(syncnet=args.syncnet, stable_syncnet=args.stable_syncnet,
