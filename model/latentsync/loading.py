@@ -23,8 +23,9 @@ def read_unet_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], int | Non
     ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     if isinstance(ckpt, dict) and "state_dict" in ckpt:
         return ckpt["state_dict"], ckpt.get("global_step")
+    keys = f" with keys {sorted(ckpt)[:5]}" if isinstance(ckpt, dict) else ""
     raise CheckpointError(f"{path}: expected a dict with 'state_dict' (and 'global_step'), got "
-                          f"{type(ckpt).__name__}{' with keys ' + str(sorted(ckpt)[:5]) if isinstance(ckpt, dict) else ''}")
+                          f"{type(ckpt).__name__}{keys}")
 
 
 def check_keys(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

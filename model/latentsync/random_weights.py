@@ -42,7 +42,8 @@ def openai_whisper_state(dims: dict, generator: torch.Generator, *, decoder: boo
         if cross:
             out.update({**attn(f"{prefix}.cross_attn", d), **ln(f"{prefix}.cross_attn_ln", d)})
         out.update({f"{prefix}.mlp.0.weight": rnd(4 * d, d), f"{prefix}.mlp.0.bias": rnd(4 * d),
-                    f"{prefix}.mlp.2.weight": rnd(d, 4 * d), f"{prefix}.mlp.2.bias": rnd(d), **ln(f"{prefix}.mlp_ln", d)})
+                    f"{prefix}.mlp.2.weight": rnd(d, 4 * d), f"{prefix}.mlp.2.bias": rnd(d),
+                    **ln(f"{prefix}.mlp_ln", d)})
         return out
 
     d = dims["n_audio_state"]

@@ -86,7 +86,8 @@ class ResnetBlock3D(nn.Module):
         self.norm2 = segment_group_norm(out_channels, groups, eps, per_frame_norm)
         self.dropout = nn.Dropout(0.0)
         self.conv2 = FrameConv(out_channels, out_channels, kernel_size=3, padding=1)
-        self.conv_shortcut = FrameConv(in_channels, out_channels, kernel_size=1) if in_channels != out_channels else None
+        self.conv_shortcut = (FrameConv(in_channels, out_channels, kernel_size=1) if in_channels != out_channels
+                              else None)
         self.output_scale_factor = output_scale_factor
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:

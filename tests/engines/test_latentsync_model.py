@@ -44,7 +44,8 @@ def test_full_size_checkpoint_loads_with_no_missing_or_unexpected_key(variant):
     assert state["conv_in.weight"].shape == (320, 13, 3, 3)
     assert state["down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"].shape == (320, 384)
     assert not any(k.startswith("mid_block.motion_modules") for k in state)
-    assert {k.split(".")[1] for k in state if ".motion_modules." in k and k.startswith("up_blocks")} == {"0", "1", "2", "3"}
+    up_motion = {k.split(".")[1] for k in state if ".motion_modules." in k and k.startswith("up_blocks")}
+    assert up_motion == {"0", "1", "2", "3"}
     pe = "down_blocks.0.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.0.pos_encoder.pe"
     assert state[pe].shape == (1, 24, 320)
 
@@ -125,7 +126,8 @@ def _openai_encoder_forward(state: dict, dims: dict, mel: torch.Tensor) -> list[
             return F.linear(v, state[p + name + ".weight"], state.get(p + name + ".bias"))
 
         y = F.layer_norm(x, (d,), state[p + "attn_ln.weight"], state[p + "attn_ln.bias"])
-        q, k, v = (lin(n, y).view(1, -1, h, d // h).permute(0, 2, 1, 3) for n in ("attn.query", "attn.key", "attn.value"))
+        q, k, v = (lin(n, y).view(1, -1, h, d // h).permute(0, 2, 1, 3)
+                   for n in ("attn.query", "attn.key", "attn.value"))
         scale = (d // h) ** -0.25
         w = torch.softmax((q * scale) @ (k * scale).transpose(-1, -2), dim=-1)
         x = x + lin("attn.out", (w @ v).permute(0, 2, 1, 3).flatten(2))
