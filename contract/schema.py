@@ -123,6 +123,15 @@ FileInput = Annotated[
 ]
 
 
+def _bounds(minimum: int, maximum: int | None = None) -> dict[str, Any]:
+    """The static bounds of a field, published in the JSON schema (forms such as the playground show them).
+    Only published, not enforced: the validators below are the rules, with messages and special values."""
+    extra: dict[str, Any] = {"minimum": minimum}
+    if maximum is not None:
+        extra["maximum"] = maximum
+    return {"json_schema_extra": extra}
+
+
 def _limit(info: ValidationInfo, name: str, default: int) -> int:
     context = info.context or {}
     return int(context.get(name, default))
@@ -137,16 +146,22 @@ class LipsyncInput(BaseModel):
     audio: FileInput = Field(description="Audio track to lip-sync to; a video file's audio track is accepted.")
     use_custom_prompt: bool = Field(False, description="Use custom_prompt instead of the automatic prompt.")
     custom_prompt: str = Field("A high quality video.", description="Text describing the edited video.")
-    frame_rate: int = Field(-1, description="Output fps; -1 keeps the native fps.")
-    height: int = Field(-1, description="Output height; -1 native, -k native/k, or a positive size.")
-    width: int = Field(-1, description="Output width; -1 native, -k native/k, or a positive size.")
-    num_frames: int = Field(100, description="Frames to process from the start of the input.")
-    vae_chunk_size: int = Field(65, description="Frames per VAE encode/decode chunk; must be 8n+1.")
-    vae_overlap_window_width: int = Field(16, description="Overlap between VAE chunks; 0 = none.")
-    frame_block_width: int = Field(136, description="Frames the transformer sees at a time.")
-    feed_forward_num_splits: int = Field(2, description="Chunks for the feed-forward layers.")
-    face_id_cond_strength: int = Field(-1, description="Identity conditioning; -1 automatic, else 0..16.")
-    appearance_cond_strength: int = Field(1, description="Alignment of synthetic frames with the input; 1..16.")
+    frame_rate: int = Field(-1, description="Output fps; -1 keeps the native fps.", **_bounds(-1, 120))
+    height: int = Field(-1, description="Output height; -1 native, -k native/k, or a positive size.",
+                        **_bounds(-MAX_DOWNSCALE, MAX_SIDE))
+    width: int = Field(-1, description="Output width; -1 native, -k native/k, or a positive size.",
+                       **_bounds(-MAX_DOWNSCALE, MAX_SIDE))
+    num_frames: int = Field(100, description="Frames to process from the start of the input.", **_bounds(1))
+    vae_chunk_size: int = Field(65, description="Frames per VAE encode/decode chunk; must be 8n+1.",
+                                **_bounds(9, MAX_VAE_CHUNK_SIZE))
+    vae_overlap_window_width: int = Field(16, description="Overlap between VAE chunks; 0 = none.", **_bounds(0))
+    frame_block_width: int = Field(136, description="Frames the transformer sees at a time.", **_bounds(1))
+    feed_forward_num_splits: int = Field(2, description="Chunks for the feed-forward layers.",
+                                         **_bounds(1, MAX_FEED_FORWARD_SPLITS))
+    face_id_cond_strength: int = Field(-1, description="Identity conditioning; -1 automatic, else 0..16.",
+                                       **_bounds(-1, 16))
+    appearance_cond_strength: int = Field(1, description="Alignment of synthetic frames with the input; 1..16.",
+                                          **_bounds(1, 16))
     edit_addition_start_frames: list[int] = Field(default_factory=list, description="Where new frames go.")
     edit_addition_durations: list[int] = Field(default_factory=list, description="Frames added at each start.")
     edit_removal_ranges: list[int] = Field(default_factory=list, description="Flat [start, end, …] pairs, inclusive.")
