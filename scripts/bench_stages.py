@@ -92,13 +92,22 @@ def run_child(tree: Path, video: Path, audio: Path, out: Path, frames: int) -> d
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def read_frames(path: Path):
+def iter_frames(path: Path):
     import av
-    import numpy as np
+
+    with av.open(str(path)) as c:
+        for frame in c.decode(c.streams.video[0]):
+            yield frame.to_ndarray(format="rgb24")
+
+
+def video_info(path: Path) -> tuple[int, int, int, float]:
+    """(frames, width, height, fps) by decoding (not trusting the header)."""
+    import av
 
     with av.open(str(path)) as c:
         s = c.streams.video[0]
-        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(s)]), float(s.average_rate)
+        n = sum(1 for _ in c.decode(s))
+        return n, s.width, s.height, float(s.average_rate)
 
 
 def read_audio(path: Path):
@@ -111,33 +120,40 @@ def read_audio(path: Path):
         return np.concatenate([f.to_ndarray() for f in c.decode(c.streams.audio[0])], axis=-1)
 
 
-def psnr(a, b) -> float:
+def _psnr(sq_err: float, count: int) -> float:
     import numpy as np
 
-    mse = float(np.mean((a.astype(np.float32) - b.astype(np.float32)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+    return float("inf") if sq_err == 0 else float(10 * np.log10(255.0**2 / (sq_err / count)))
 
 
 def compare(video: Path, outputs: dict[str, Path], frames: int) -> dict[str, str]:
-    """Frame count, fps, size, audio of each output; PSNR against the input and between the outputs."""
+    """Frame count, fps, size, audio of each output; PSNR against the input and between the outputs (streamed:
+    one frame of each at a time)."""
     import numpy as np
 
-    source, _ = read_frames(video)
-    source = source[:frames]
-    read = {name: read_frames(p) for name, p in outputs.items()}
-    lines = {}
-    for name, (frames_, fps) in read.items():
-        lines[name] = (f"{len(frames_)} frames {frames_.shape[2]}x{frames_.shape[1]} @ {fps:g} fps, "
-                       f"PSNR vs input {psnr(frames_, source[:len(frames_)]):.2f} dB")
-    if len(read) == 2:
-        (_, (a, _)), (_, (b, _)) = read.items()
-        audio = [read_audio(p) for p in outputs.values()]
+    names = list(outputs)
+    streams = [iter_frames(video)] + [iter_frames(outputs[n]) for n in names]
+    err = {n: 0.0 for n in names}
+    both, count = 0.0, 0
+    for _, source, *outs in zip(range(frames), *streams):
+        src = source.astype(np.float32)
+        for n, out in zip(names, outs):
+            err[n] += float(((out.astype(np.float32) - src) ** 2).sum())
+        if len(outs) == 2:
+            both += float(((outs[0].astype(np.float32) - outs[1]) ** 2).sum())
+        count += source.size
+    lines, infos = {}, {n: video_info(outputs[n]) for n in names}
+    for n in names:
+        f, w, h, fps = infos[n]
+        lines[n] = f"{f} frames {w}x{h} @ {fps:g} fps, PSNR vs input {_psnr(err[n], count):.2f} dB"
+    if len(names) == 2:
+        audio = [read_audio(outputs[n]) for n in names]
         same_audio = (audio[0] is None and audio[1] is None) or (
             audio[0] is not None and audio[1] is not None and audio[0].shape == audio[1].shape
             and float(np.abs(audio[0] - audio[1]).max()) < 1e-4)
-        lines["new vs old"] = (f"shape {'same' if a.shape == b.shape else f'{a.shape} vs {b.shape}'}, audio "
-                               f"{'same' if same_audio else 'DIFFERS'}, PSNR(new, old) "
-                               f"{psnr(a, b) if a.shape == b.shape else float('nan'):.2f} dB")
+        same = infos[names[0]] == infos[names[1]]
+        lines["new vs old"] = (f"frames/size/fps {'same' if same else 'DIFFER'}, audio "
+                               f"{'same' if same_audio else 'DIFFERS'}, PSNR(new, old) {_psnr(both, count):.2f} dB")
     return lines
 
 
