@@ -158,6 +158,7 @@ class Trainer:
             self.text, self.text_mask = encode_prompt(self.pipe.tokenizer, self.pipe.text_encoder,
                                                       self.pipe.config.default_prompt, self.pipe.config.max_prompt_tokens)
         self.text = self.text.float()
+        self.pipe.text_encoder.to("cpu")  # T5-XXL (9.5 GB in bf16) is not needed on the device again
         self.cache = EncodeCache(config.cache_items)
         self.stream = ClipStream(list_shards(config.data, "train"), rank=acc.process_index,
                                  world=acc.num_processes, seed=config.seed)
