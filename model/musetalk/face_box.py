@@ -38,7 +38,7 @@ class BoxRule:
 def landmark_boxes(landmarks: np.ndarray, frame_size: tuple[int, int], rule: BoxRule) -> np.ndarray:
     """(T, 68, 2) frame landmarks (NaN rows where absent) → (T, 4) float64 [x1, y1, x2, y2], NaN where absent,
     before smoothing and rounding."""
-    width, height = frame_size
+    height = frame_size[1]
     boxes = np.full((len(landmarks), 4), np.nan)
     ok = np.isfinite(landmarks).all(axis=(1, 2))
     lm = np.trunc(landmarks[ok]).astype(np.float64)  # the reference's astype(np.int32)

@@ -15,7 +15,6 @@ import httpx
 import numpy as np
 import pytest
 
-from lipsync.fal_compat import point_fal_client
 from tests.conftest import ALICE
 from tests.support import make_stack, probe
 from tests.test_lipsync_pipeline import (FPS, JS_CASES, JS_DIR, H, N, W, _decode, _psnr, assert_audio_matches,
