@@ -185,7 +185,7 @@ def draw_references(sample: ClipSample, lo: int, hi: int, count: int, gap: int, 
     for rule, pool in (("gap", faces[distance >= gap]), ("outside", faces[distance > 0])):
         if len(pool):
             return np.sort(rng.choice(pool, size=min(count, len(pool)), replace=False)), rule
-    far = faces[np.argsort(-np.abs(faces - (lo + hi) / 2), kind="stable")[:count]]
+    far = faces[np.argsort(-np.abs(faces - (lo + hi - 1) / 2), kind="stable")[:count]]
     return np.sort(far), "inside"
 
 
