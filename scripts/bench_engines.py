@@ -18,6 +18,8 @@ and the speed is the trained model's.
 
     .venv/bin/python scripts/bench_engines.py                                  # CPU, MuseTalk, 4 frames
     .venv/bin/python scripts/bench_engines.py --device cuda --dtype fp16       # whole 10 s clips, batch 16
+    .venv/bin/python scripts/bench_engines.py --engines musetalk --weights DIR --frames 250 --measure e2e
+        # a whole 10 s clip on small random weights (tests/engines/musetalk_weights.py): the CPU stages' rate
 """
 
 from __future__ import annotations
@@ -151,6 +153,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--sizes", nargs="+", default=["720x1280", "1080x1920"], help="WxH of the input clips")
     parser.add_argument("--measure", nargs="+", default=["alone", "e2e"], choices=["alone", "e2e"])
+    parser.add_argument("--weights", help="use this weights folder instead of random published-size weights (one "
+                                          "engine; e.g. tests' small random weights, to time the CPU stages)")
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "lipsync-bench-engines"))
     args = parser.parse_args()
     from scripts.bench_stages import make_clip
@@ -166,10 +170,14 @@ def main() -> None:
     if not speech.exists():
         make_speech(speech, "This is a benchmark of the lip sync engines, ten seconds of speech or so, read aloud "
                             "slowly by a synthetic voice, so that every frame has something to say.")
+    if args.weights and len(args.engines) != 1:
+        parser.error("--weights needs exactly one --engines")
+    what = f"weights {args.weights}" if args.weights else "random weights at the published sizes"
     print(f"device {args.device} ({torch.get_num_threads()} CPU threads), {dtype}, batch {args.batch}, "
-          f"{frames} frames timed per case; random weights at the published sizes", flush=True)
+          f"{frames} frames timed per case; {what}", flush=True)
     for engine in args.engines:
-        pipeline, load_s = load_pipeline(weights_folder(engine, cache), args.device, dtype)
+        folder = Path(args.weights) if args.weights else weights_folder(engine, cache)
+        pipeline, load_s = load_pipeline(folder, args.device, dtype)
         name = pipeline.info.name
         print(f"{name}: loaded in {load_s:.1f} s", flush=True)
         if "alone" in args.measure:
