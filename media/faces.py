@@ -321,7 +321,8 @@ def _follow(analyzer: FaceAnalyzer, rgb: np.ndarray, face: FaceDetection,
     if _iou(before, after) < FOLLOW_MIN_IOU:
         return None
     zoom = float(np.sqrt(max(_area(after), 1.0) / max(_area(before), 1.0)))
-    c_box, c_before, c_after = (face.box[:2] + face.box[2:]) / 2, (before[:2] + before[2:]) / 2, (after[:2] + after[2:]) / 2
+    c_box = (face.box[:2] + face.box[2:]) / 2
+    c_before, c_after = (before[:2] + before[2:]) / 2, (after[:2] + after[2:]) / 2
     centre = c_after + (c_box - c_before) * zoom
     half = (face.box[2:] - face.box[:2]) / 2 * zoom
     return FaceDetection(np.concatenate([centre - half, centre + half]).astype(np.float32), face.score, pts)

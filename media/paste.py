@@ -1,8 +1,8 @@
 """Paste-back: put a (generated) face crop into its frame with a feathered mask and colour matching.
 
 The crop is warped back with the inverse of its crop affine into the mask's bounding region only (the
-mouth, not the whole frame), the mask likewise, and blended in uint8: out = frame·(1 - m) + crop·m. Before that the crop's colour is shifted so its
-mean along the seam (where the mask is between 0 and 1) equals the original frame's, so a slightly
+mouth, not the whole frame), the mask likewise, and blended in uint8: out = frame·(1 - m) + crop·m. Before
+that the crop's colour is shifted so its mean along the seam (where the mask is between 0 and 1) equals the original frame's, so a slightly
 different skin tone or exposure from the model never shows as an edge.
 """
 

@@ -117,7 +117,8 @@ def run_ours(args, dtype) -> tuple[float, float]:
 
 
 def run_stock(args, dtype) -> tuple[float, float]:
-    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+    from diffusers import (AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline,
+                           LTXVideoTransformer3DModel)
 
     cfg = load_config(args.config)
     with torch.device(args.device):
@@ -165,13 +166,15 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--predict", action="store_true", help="print FLOP counts and predictions only (no GPU)")
     parser.add_argument("--assume-mfu", type=float, default=0.35, help="MFU assumed for --predict")
-    parser.add_argument("--assume-tflops", type=float, default=989.0, help="peak bf16 TFLOP/s for --predict (H100/H200)")
+    parser.add_argument("--assume-tflops", type=float, default=989.0,
+                        help="peak bf16 TFLOP/s for --predict (H100/H200)")
     args = parser.parse_args()
     flops = count_flops(args.config, args.frames, args.size, args.steps, args.guidance > 1.0)
     seconds_out = args.frames / 25.0
     print(f"{args.config}: {args.frames} frames of {args.size}² ({flops['tokens']} latent tokens; ours "
           f"{flops['ours_tokens']} with the reference), {args.steps} steps, guidance {args.guidance}")
-    print(f"  transformer parameters: ours {flops['ours_params'] / 1e9:.2f} B, stock LTX {flops['stock_params'] / 1e9:.2f} B")
+    print(f"  transformer parameters: ours {flops['ours_params'] / 1e9:.2f} B, "
+          f"stock LTX {flops['stock_params'] / 1e9:.2f} B")
     print(f"  transformer FLOPs per call: ours {flops['ours'] / 1e15:.1f} PFLOP, stock {flops['stock'] / 1e15:.1f} "
           f"PFLOP (ours / stock = {flops['ours'] / flops['stock']:.2f})")
     if args.predict:

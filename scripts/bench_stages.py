@@ -165,7 +165,8 @@ def report(name: str, r: dict, frames: int) -> str:
     cpu = r["wall_s"] - m.get("model_time", 0.0)
     stages = "  ".join(f"{k.removesuffix('_time')} {frames / m[k]:6.0f}/s" if m.get(k) else
                        f"{k.removesuffix('_time')}      -  " for k in STAGES)
-    return (f"  {name:4s} wall {r['wall_s']:7.2f} s ({frames / r['wall_s']:5.1f} frames/s), CPU time {r['cpu_s']:6.1f} s "
+    return (f"  {name:4s} wall {r['wall_s']:7.2f} s ({frames / r['wall_s']:5.1f} frames/s), "
+            f"CPU time {r['cpu_s']:6.1f} s "
             f"| CPU stages "
             f"{cpu:7.2f} s ({frames / cpu:5.1f} frames/s) | {stages} | peak RSS {r['peak_rss_mb']:6.0f} MB "
             f"(after load {r['rss_loaded_mb']:.0f})")

@@ -222,7 +222,8 @@ class LipSyncWorkerPipeline:
             waited = _timed(batches, clock, "model_wait_time")  # the engine waiting for crops is not model time
             generated = stages.run(rebatch(_timed(self.engine.generate(request, waited), clock, "model_time"),
                                            chunk), name="model")
-            pasted = stages.run(self._pasted(job, stages.run(frames(), name="decode_paste"), generated, request, affines,
+            background_frames = stages.run(frames(), name="decode_paste")
+            pasted = stages.run(self._pasted(job, background_frames, generated, request, affines,
                                              present, crop_landmarks, clock), name="paste")
             _encode(job, pasted, audio, spec, num_out, clock)
         timings.update({f"cpu_{name}_time": cpu for name, cpu in stages.cpu_s.items()})

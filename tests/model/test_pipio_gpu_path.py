@@ -46,8 +46,8 @@ def test_bf16_load_on_cpu_never_holds_an_fp32_copy(tmp_path):
     folder = tmp_path / "weights"
     LipSyncPipeline.from_config(config, init_seed=0, dtype=torch.bfloat16).save_pretrained(folder)
     LipSyncPipeline.from_config("tiny", init_seed=0, dtype=torch.bfloat16).save_pretrained(tmp_path / "tiny")
-    out = subprocess.run([sys.executable, "-c", MEASURE_LOAD, str(folder), str(tmp_path / "tiny")], cwd=ROOT, check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run([sys.executable, "-c", MEASURE_LOAD, str(folder), str(tmp_path / "tiny")], cwd=ROOT,
+                         check=True, capture_output=True, text=True).stdout
     got = json.loads(out.strip().splitlines()[-1])
     assert got["dtypes"] == ["torch.bfloat16"]
     assert got["bytes"] > 80e6
