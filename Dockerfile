@@ -54,6 +54,7 @@ COPY worker ./worker
 COPY model ./model
 COPY media ./media
 COPY lipsync ./lipsync
+COPY training ./training
 COPY configs ./configs
 # The project with the model extra; boto3 for LIPSYNC_STORAGE_BACKEND=s3. The constraint keeps the torch
 # installed above (2.13.0+cuXXX satisfies ==2.13.0) instead of a PyPI build.
