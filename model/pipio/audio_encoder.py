@@ -44,9 +44,10 @@ def encode_audio(encoder: WhisperEncoder, waveform: np.ndarray, sample_rate: int
     num_windows = max(1, -(-len(waveform) // window))
     padded = np.zeros(num_windows * window, dtype=np.float32)
     padded[: len(waveform)] = waveform
-    mels = extractor(list(padded.reshape(num_windows, window)), sampling_rate=sample_rate, return_tensors="pt",
-                     padding="max_length").input_features
     param = next(encoder.parameters())
+    with torch.autocast(param.device.type, enabled=False):  # the mel (torch.stft) stays fp32 under autocast
+        mels = extractor(list(padded.reshape(num_windows, window)), sampling_rate=sample_rate, return_tensors="pt",
+                         padding="max_length").input_features
     out = encoder(mels.to(param.device, param.dtype), output_hidden_states=True)
     stacked = torch.stack(out.hidden_states, dim=2)  # (windows, positions, layers + 1, d)
     steps = max(1, -(-len(waveform) // (2 * 160)))

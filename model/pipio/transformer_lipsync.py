@@ -21,6 +21,7 @@ reference key ``strength / n`` times in the softmax.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -289,8 +290,8 @@ class LipSyncTransformer3DModel(ModelMixin, ConfigMixin):
                           id_tokens=id_tokens, id_scale=conditioning.id_scale,
                           self_attention_bias=self_attention_bias, ff_num_splits=ff_num_splits)
             if torch.is_grad_enabled() and self.gradient_checkpointing:  # recompute the block in backward
-                x = self._gradient_checkpointing_func(block, x, text, temb, image_rotary_emb, text_bias.unsqueeze(1),
-                                                      **kwargs)
+                x = self._gradient_checkpointing_func(functools.partial(block, **kwargs), x, text, temb,
+                                                      image_rotary_emb, text_bias.unsqueeze(1))
             else:
                 x = block(x, text, temb, image_rotary_emb, text_bias.unsqueeze(1), **kwargs)
 

@@ -126,3 +126,22 @@ def test_a_mid_video_block_uses_global_time_and_the_loss_falls_with_training(pip
         optimizer.step()
         losses.append(float(loss))
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(pipe):
+    sample = clip(17, seed=2)
+    text, mask = encode_prompt(pipe.tokenizer, pipe.text_encoder, pipe.config.default_prompt,
+                               pipe.config.max_prompt_tokens)
+    cfg = ObjectiveConfig(frame_block_width=16, vae_chunk_size=17, vae_overlap_window_width=8)
+    example = build_example(pipe, sample, cfg, text, mask, np.random.default_rng(0), torch.device("cpu"))
+    results = []
+    for checkpointing in (False, True):
+        model = LipSyncPipeline.from_config("tiny", init_seed=3).transformer.train()
+        if checkpointing:
+            model.enable_gradient_checkpointing()
+        loss = flow_matching_loss(model, pipe, example, cfg, torch.Generator().manual_seed(0))
+        loss.backward()
+        results.append((float(loss), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    assert results[0][0] == pytest.approx(results[1][0], abs=1e-6)
+    assert len(results[0][1]) == len(results[1][1])
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(results[0][1], results[1][1]))
