@@ -127,8 +127,8 @@ class Trainer:
         acc = self.accelerator
         if config.sync_loss.weight > 0:
             raise NotImplementedError(
-                "sync_loss.weight > 0 needs the SyncNet of the evaluation package (evaluation.syncnet), which has "
-                "not landed in this repository yet; the hook is Trainer.sync_loss (docs/training.md)")
+                "sync_loss.weight > 0 is not wired yet: the hook is Trainer.sync_loss, the SyncNet pieces are in "
+                "evaluation.syncnet / evaluation.syncnet_v2 (docs/training.md)")
         self.pipe = load_pipeline(config)
         self.weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision, torch.float32)
         for module in (self.pipe.vae, self.pipe.audio_encoder, self.pipe.text_encoder):
@@ -222,7 +222,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ steps
     def sync_loss(self, example, prediction) -> torch.Tensor:
-        """Hook for a SyncNet loss on the decoded mouth (evaluation package); not available yet."""
+        """Hook for a SyncNet loss on the decoded mouth (evaluation.syncnet's windows); not wired yet."""
         raise NotImplementedError
 
     def train_step(self) -> float:
