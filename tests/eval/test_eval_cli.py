@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 
-import httpx
 import pytest
 
 from evaluation.cases import Case, CaseError, ServerCase, cases_from_csv, cases_from_folder, server_cases
@@ -19,7 +17,8 @@ from media.probe import probe_video, resolve_output_spec
 from media.video import read_video
 from media.writer import write_mp4
 from tests.eval.weights_files import write_stable_syncnet, write_syncnet_v2
-from tests.support import ROOT, free_port, make_wav, wait_until
+from tests.serve_support import Serve
+from tests.support import ROOT, make_wav
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -74,14 +73,9 @@ def test_case_lists(tmp_path):
 
 @pytest.mark.slow
 def test_server_mode_against_lipsync_serve(tmp_path, eval_media):
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIPSYNC_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lipsync", "serve", "--port", str(port), "--data-dir", str(tmp_path / "data")],
-        cwd=ROOT, env={**env, "LIPSYNC_PIPELINE": "tests.pipelines:reencode"},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    serve = Serve(tmp_path / "data")  # the test pipeline: this test is about scoring, not the model
+    base = serve.base
     tone = make_wav(tmp_path / "tone.wav", seconds=1.5)
     cases = [
         {"name": "speech", "video": str(eval_media["face"]), "audio": str(eval_media["speech"])},
@@ -92,13 +86,12 @@ def test_server_mode_against_lipsync_serve(tmp_path, eval_media):
     syncnet = write_syncnet_v2(tmp_path / "syncnet_v2.model")
     stable, stable_cfg = write_stable_syncnet(tmp_path / "stable_syncnet.pt", tmp_path / "syncnet.yaml")
     try:
-        wait_until(lambda: _ready(base, proc), 120, "lipsync serve")
+        serve.ready()
         done = _eval("--server", base, "--cases", str(tmp_path / "cases.json"), "--out", str(tmp_path / "report"),
                      "--syncnet", str(syncnet), "--stable-syncnet", str(stable), "--stable-syncnet-config", str(stable_cfg),
                      env={**env, "FAL_KEY": "local"})
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=60)
+        serve.stop()
     assert done.returncode == 0, done.stderr
     assert "requests: 100%" in done.stderr and "scoring: 100%" in done.stderr  # the progress bars
     out = tmp_path / "report"
@@ -130,10 +123,3 @@ def test_server_mode_against_lipsync_serve(tmp_path, eval_media):
     assert any("missing: request:" in line for line in table)
 
 
-def _ready(base: str, proc: subprocess.Popen) -> bool:
-    if proc.poll() is not None:
-        raise RuntimeError(proc.stdout.read())
-    try:
-        return httpx.get(f"{base}/readyz", timeout=1).json().get("workers") == 1
-    except httpx.HTTPError:
-        return False
