@@ -124,7 +124,7 @@ def test_a_mid_video_block_uses_global_time_and_the_loss_falls_with_training(pip
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < 0.5 * losses[0]
 
 
@@ -141,7 +141,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(pipe):
             model.enable_gradient_checkpointing()
         loss = flow_matching_loss(model, pipe, example, cfg, torch.Generator().manual_seed(0))
         loss.backward()
-        results.append((float(loss), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+        results.append((float(loss.detach()), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
     assert results[0][0] == pytest.approx(results[1][0], abs=1e-6)
     assert len(results[0][1]) == len(results[1][1])
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(results[0][1], results[1][1]))
