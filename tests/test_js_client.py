@@ -25,11 +25,15 @@ requires_js = pytest.mark.skipif(
 pytestmark = requires_js
 
 
-def run_js(stack, media, scenario: str) -> dict:
+def run_js(stack, media, scenario: str, *, request: dict | None = None, timeout: float = 120) -> dict:
+    """One scenario of client_e2e.mjs against ``stack`` with ``media["video"]``/``media["audio"]``; ``request``
+    adds input fields (the ``request`` scenario). Returns the script's last JSON line."""
     env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "BASE": stack.base_url, "FAL_KEY": ALICE,
            "VIDEO": str(media["video"]), "AUDIO": str(media["audio"])}
+    if request is not None:
+        env["REQUEST"] = json.dumps(request)
     out = subprocess.run(["node", "client_e2e.mjs", scenario], cwd=JS_DIR, env=env, capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=timeout)
     assert out.returncode == 0, f"{out.stderr}\n{stack.logs()}"
     return json.loads(out.stdout.strip().splitlines()[-1])
 

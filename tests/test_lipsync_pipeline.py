@@ -26,7 +26,7 @@ import skimage.data
 from lipsync.fal_compat import point_fal_client
 from tests.conftest import ALICE
 from tests.support import make_stack, probe, wait_until
-from tests.test_js_client import JS_DIR, requires_js
+from tests.test_js_client import requires_js, run_js
 
 W, H, FPS, N = 160, 128, 25, 20
 AUTH = {"Authorization": f"Key {ALICE}"}
@@ -291,16 +291,9 @@ JS_CASES = {
 @pytest.mark.parametrize("case", [*JS_CASES, "no-face"])
 def test_official_js_client(lstack, clips, tmp_path, case):
     """The same matrix through @fal-ai/client: Blob inputs uploaded by the client, subscribe with logs."""
-    import json
-
     video = clips["noface"] if case == "no-face" else clips[JS_CASES[case][0]]
     extra = {} if case == "no-face" else JS_CASES[case][1]
-    env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "BASE": lstack.base_url, "FAL_KEY": ALICE,
-           "VIDEO": str(video), "AUDIO": str(clips["speech"]), "REQUEST": json.dumps(extra)}
-    out = subprocess.run(["node", "client_e2e.mjs", "request"], cwd=JS_DIR, env=env, capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr + lstack.logs()
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_js(lstack, {"video": video, "audio": clips["speech"]}, "request", request=extra)
     if case == "no-face":
         assert result["error"]["status"] == 422
         assert result["error"]["body"]["detail"][0]["type"] == "no_face_detected"

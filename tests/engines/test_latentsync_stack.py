@@ -4,9 +4,7 @@ the official JS client, a cancel while denoising. The media and helpers are test
 
 from __future__ import annotations
 
-import json
 import signal
-import subprocess
 from fractions import Fraction
 
 import fal_client
@@ -16,7 +14,7 @@ import pytest
 
 from tests.conftest import ALICE
 from tests.support import make_stack, probe, wait_until
-from tests.test_js_client import JS_DIR, requires_js
+from tests.test_js_client import requires_js, run_js
 from tests.test_lipsync_pipeline import clips  # noqa: F401  (the module's media fixture)
 from tests.test_lipsync_pipeline import AUTH, FPS, H, N, W, _decode, assert_audio_matches, finished, messages, submit
 
@@ -76,12 +74,8 @@ def test_image_input_through_the_python_client(ls_stack, clips, tmp_path):
 def test_edit_through_the_js_client(ls_stack, clips, tmp_path):
     edits = {"edit_addition_start_frames": [5], "edit_addition_durations": [3],
              "edit_removal_ranges": [10, 12, 15, 16], "edit_removal_bridge_durations": [4, 0]}
-    env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "BASE": ls_stack.base_url, "FAL_KEY": ALICE,
-           "VIDEO": str(clips["face"]), "AUDIO": str(clips["speech"]), "REQUEST": json.dumps(edits)}
-    out = subprocess.run(["node", "client_e2e.mjs", "request"], cwd=JS_DIR, env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr + ls_stack.logs()
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_js(ls_stack, {"video": clips["face"], "audio": clips["speech"]}, "request", request=edits,
+                    timeout=300)
     path = tmp_path / "js.mp4"
     path.write_bytes(httpx.get(result["data"]["video"]["url"]).content)
     info = probe(path)

@@ -5,8 +5,6 @@ frame-rate change, an edit. Media, clients and matrix are the lip-sync pipeline 
 
 from __future__ import annotations
 
-import json
-import subprocess
 from fractions import Fraction
 
 import cv2
@@ -17,7 +15,8 @@ import pytest
 
 from tests.conftest import ALICE
 from tests.support import make_stack, probe
-from tests.test_lipsync_pipeline import (FPS, JS_CASES, JS_DIR, H, N, W, _decode, _psnr, assert_audio_matches,
+from tests.test_js_client import run_js
+from tests.test_lipsync_pipeline import (FPS, JS_CASES, H, N, W, _decode, _psnr, assert_audio_matches,
                                          clips, finished, messages, requires_js, submit)
 
 __all__ = ["clips"]  # the media fixture, shared with the lip-sync pipeline tests
@@ -125,12 +124,7 @@ def test_half_size_frame_rate_and_edits(mstack, clips, tmp_path):
 @pytest.mark.parametrize("case", list(JS_CASES))
 def test_official_js_client(mstack, clips, tmp_path, case):
     clip, extra, frames, fps, size = JS_CASES[case]
-    env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "BASE": mstack.base_url, "FAL_KEY": ALICE,
-           "VIDEO": str(clips[clip]), "AUDIO": str(clips["speech"]), "REQUEST": json.dumps(extra)}
-    out = subprocess.run(["node", "client_e2e.mjs", "request"], cwd=JS_DIR, env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr + mstack.logs()
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_js(mstack, {"video": clips[clip], "audio": clips["speech"]}, "request", request=extra, timeout=300)
     path = tmp_path / "js.mp4"
     path.write_bytes(httpx.get(result["data"]["video"]["url"]).content)
     info = probe(path)
