@@ -16,6 +16,7 @@ import numpy as np
 from media.crop import crop_face, landmarks_in_crop
 from media.faces import FaceTrack
 from media.masks import face_blend_mask
+from media.yuv import Colour, blend_box, box_to_i420, even_box, frame_height, i420_to_rgb
 
 
 COLOUR_STATS_SIZE = 64
@@ -65,6 +66,39 @@ def paste_face(
     if region is None:
         return out
     shift = _seam_shift(frame, crop, affine, mask) if colour_match else np.zeros(3, np.float32)
+    warped, alpha = _warp_into(region, crop, affine, mask, shift)
+    x0, y0, x1, y1 = region
+    roi = np.ascontiguousarray(frame[y0:y1, x0:x1])
+    out[y0:y1, x0:x1] = cv2.blendLinear(warped, roi, alpha, 1.0 - alpha)
+    return out
+
+
+def paste_face_i420(i420: np.ndarray, crop: np.ndarray, affine: np.ndarray, mask: np.ndarray, colour: Colour,
+                    *, colour_match: bool = True) -> None:
+    """``paste_face`` on a decoded I420 frame (H * 3 / 2, W), in place (``media.yuv``): the seam colours are
+    read from the face's box converted to RGB, the warped crop is converted to Y'CbCr over the mask's box
+    only and blended there; every other pixel stays exactly as decoded."""
+    h, w = frame_height(i420), i420.shape[1]
+    region = _mask_region(affine, mask, w, h)
+    region = region and even_box(*region, w, h)
+    if region is None:
+        return
+    shift = np.zeros(3, np.float32)
+    if colour_match:
+        face = _crop_box(affine, crop.shape[0], w, h)
+        if face is not None:
+            fx0, fy0 = face[:2]
+            moved = affine.copy()
+            moved[:, 2] += moved[:, :2] @ np.array([fx0, fy0], np.float64)
+            shift = _seam_shift(i420_to_rgb(box_to_i420(i420, face), colour), crop, moved, mask)
+    warped, alpha = _warp_into(region, crop, affine, mask, shift)
+    blend_box(i420, region, warped, alpha, colour)
+
+
+def _warp_into(region: tuple[int, int, int, int], crop: np.ndarray, affine: np.ndarray, mask: np.ndarray,
+               shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The colour-shifted crop and its mask warped back onto the frame box ``region``: (h, w, 3) uint8 and
+    (h, w) float32."""
     x0, y0, x1, y1 = region
     m = affine.copy()
     m[:, 2] += m[:, :2] @ np.array([x0, y0], np.float64)
@@ -78,9 +112,17 @@ def paste_face(
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     warped = cv2.warpAffine(src, m, (x1 - x0, y1 - y0), flags=flags, borderMode=cv2.BORDER_REPLICATE)
     alpha = cv2.warpAffine(mask.astype(np.float32, copy=False), m, (x1 - x0, y1 - y0), flags=flags, borderValue=0.0)
-    roi = np.ascontiguousarray(frame[y0:y1, x0:x1])
-    out[y0:y1, x0:x1] = cv2.blendLinear(warped, roi, alpha, 1.0 - alpha)
-    return out
+    return warped, alpha
+
+
+def _crop_box(affine: np.ndarray, size: int, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """Even-aligned frame box holding the whole ``size`` crop square (plus the bicubic taps), clipped."""
+    inv = cv2.invertAffineTransform(affine)
+    corners = np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float64)
+    pts = corners @ inv[:, :2].T + inv[:, 2]
+    x0, y0 = np.floor(pts.min(0)).astype(int) - 3
+    x1, y1 = np.ceil(pts.max(0)).astype(int) + 4
+    return even_box(int(x0), int(y0), int(x1), int(y1), width, height)
 
 
 def _mask_region(affine: np.ndarray, mask: np.ndarray, width: int, height: int) -> tuple[int, int, int, int] | None:

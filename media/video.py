@@ -1,7 +1,8 @@
 """Streaming video decode: constant fps, output size, rotation applied, at most ``num_frames`` frames.
 
 Frames come out as RGB uint8 arrays in chunks of shape (n, H, W, 3), so memory stays flat however long the
-input is. Variable frame rate is resampled to the output's constant rate by nearest timestamp: output frame
+input is; ``iter_video_i420_chunks`` gives the same frames as decoded 4:2:0 planes (``media.yuv``), for the
+paste-and-encode side, which then never converts a whole frame. Variable frame rate is resampled to the output's constant rate by nearest timestamp: output frame
 j (time j/fps from the first frame) shows the source frame whose timestamp is closest (the earlier one on a
 tie); the last source frame lasts as long as the interval before it.
 """
@@ -19,6 +20,7 @@ import numpy as np
 
 from media.errors import TruncatedMedia
 from media.probe import OutputSpec, check_decodable, is_image_file, open_container, read_image, rotation_of
+from media.yuv import ENCODE_COLOUR, Colour, frame_colour, planes, rgb_to_i420
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,37 @@ def iter_video_chunks(
     yield from _batched(frames, chunk_size, (spec.height, spec.width, 3))
 
 
+def i420_colour(path: str | os.PathLike[str], spec: OutputSpec, *, field: str = "video") -> Colour:
+    """The colour ``iter_video_i420_chunks`` gives its frames in: the source's own when its decoded planes
+    can be passed on as they are (8-bit 4:2:0, BT.601/709, already at the output size once rotated),
+    otherwise ``ENCODE_COLOUR`` (each frame is then converted through RGB, as ``iter_video_chunks`` does)."""
+    path = os.fspath(path)
+    if is_image_file(path):
+        return ENCODE_COLOUR
+    with open_container(path, field) as container:
+        stream = container.streams.video[0]
+        first = next(container.decode(stream), None)
+    if first is None:
+        return ENCODE_COLOUR
+    colour = frame_colour(first)
+    size = (first.height, first.width) if rotation_of(first) % 180 else (first.width, first.height)
+    return colour if colour is not None and size == (spec.width, spec.height) else ENCODE_COLOUR
+
+
+def iter_video_i420_chunks(
+    path: str | os.PathLike[str], spec: OutputSpec, colour: Colour, *, chunk_size: int = DEFAULT_CHUNK,
+    field: str = "video",
+) -> Iterator[np.ndarray]:
+    """The frames of ``iter_video_chunks`` as I420 chunks (n, H * 3 / 2, W) in ``colour`` (from
+    ``i420_colour``): the decoder's planes themselves where they match, else converted through RGB."""
+    path = os.fspath(path)
+    if is_image_file(path):
+        frames = _iter_image(path, spec, field, convert=lambda rgb: rgb_to_i420(rgb, colour))
+    else:
+        frames = _iter_video(path, spec, field, _I420Converter(spec, colour))
+    yield from _batched(frames, chunk_size, (spec.height * 3 // 2, spec.width))
+
+
 def _batched(frames: Iterator[np.ndarray], chunk_size: int, shape: tuple[int, ...]) -> Iterator[np.ndarray]:
     """Copy frames straight into a fresh (chunk_size, *shape) buffer per chunk (no list + stack copy)."""
     buf = np.empty((chunk_size, *shape), np.uint8)
@@ -80,8 +113,10 @@ def read_video(path: str | os.PathLike[str], spec: OutputSpec, *, field: str = "
     return np.concatenate(chunks) if chunks else np.zeros((0, spec.height, spec.width, 3), np.uint8)
 
 
-def _iter_image(path: str, spec: OutputSpec, field: str) -> Iterator[np.ndarray]:
+def _iter_image(path: str, spec: OutputSpec, field: str, convert=None) -> Iterator[np.ndarray]:
     still = resize_frame(read_image(path, field), spec.width, spec.height)
+    if convert is not None:
+        still = convert(still)
     still.setflags(write=False)
     for _ in range(spec.num_frames):
         yield still
@@ -109,8 +144,43 @@ class _Converter:
         return rgb
 
 
-def _iter_video(path: str, spec: OutputSpec, field: str) -> Iterator[np.ndarray]:
-    convert = _Converter(spec)
+class _I420Converter:
+    """A decoded frame as an output-sized I420 array in ``colour``: its own planes (rotated) when the frame
+    is already 8-bit 4:2:0 in that colour and size, else through ``_Converter``'s RGB and ``rgb_to_i420``."""
+
+    def __init__(self, spec: OutputSpec, colour: Colour):
+        self.spec, self.colour = spec, colour
+        self._rgb = _Converter(spec)
+        self._last_key: object = None
+        self._last: np.ndarray | None = None
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        if frame is self._last_key and self._last is not None:
+            return self._last
+        k = rotation_of(frame) // 90
+        size = (frame.height, frame.width) if k % 2 else (frame.width, frame.height)
+        if frame_colour(frame) == self.colour and size == (self.spec.width, self.spec.height):
+            out = frame.to_ndarray()
+            if k:
+                out = _rotate_i420(out, k)
+        else:
+            out = rgb_to_i420(self._rgb(frame), self.colour)
+        out.setflags(write=False)
+        self._last_key, self._last = frame, out
+        return out
+
+
+def _rotate_i420(i420: np.ndarray, k: int) -> np.ndarray:
+    """An I420 frame turned ``k`` quarter turns counter-clockwise, plane by plane."""
+    y, u, v = (np.rot90(p, k) for p in planes(i420))
+    out = np.empty((y.shape[0] * 3 // 2, y.shape[1]), np.uint8)
+    for dst, src in zip(planes(out), (y, u, v)):
+        dst[...] = src
+    return out
+
+
+def _iter_video(path: str, spec: OutputSpec, field: str, convert=None) -> Iterator[np.ndarray]:
+    convert = convert or _Converter(spec)
     step = 1.0 / float(spec.fps)
     emitted = 0
     decoded = 0

@@ -25,6 +25,7 @@ import numpy as np
 import soxr
 
 from media.audio import AudioTrack, timeline_samples
+from media.yuv import ENCODE_COLOUR, SPC_BT709, Colour, frame_height
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,6 @@ DEFAULT_PRESET = "veryfast"
 """x264 preset chosen for throughput at equal quality (see the module docstring)."""
 NVENC_PRESET = "p4"
 """NVENC preset (p1 fastest .. p7 best); with ``cq`` = the CRF, constant-quality rate control."""
-BT709 = 1
-"""AVCOL_SPC / AVCOL_PRI / AVCOL_TRC value of ITU-R BT.709."""
-MPEG_RANGE = 1
-"""AVCOL_RANGE_MPEG: limited (16-235) range."""
 AUDIO_BITRATE_PER_CHANNEL = 160_000
 """AAC bits per second per channel (320 kb/s stereo), capped by what the sample rate allows."""
 
@@ -59,9 +56,12 @@ class WrittenVideo:
 
 
 class Mp4Writer:
-    """Streaming MP4 writer. Use as a context manager; ``write`` takes (H, W, 3) or (n, H, W, 3) RGB uint8.
+    """Streaming MP4 writer. Use as a context manager; ``write`` takes (H, W, 3) or (n, H, W, 3) RGB uint8,
+    ``write_i420`` decoded planes (``media.yuv``) as they are.
 
     ``audio``: the track to mux (any length; it is padded or cut to the frames written). None: no audio.
+    ``colour``: the stream's matrix and range, tagged in the file: RGB frames are converted into it, I420
+    frames must already be in it (BT.709 limited by default; the source's own when its planes pass through).
     """
 
     def __init__(
@@ -74,9 +74,11 @@ class Mp4Writer:
         audio: AudioTrack | None = None,
         crf: int = DEFAULT_CRF,
         preset: str = DEFAULT_PRESET,
+        colour: Colour = ENCODE_COLOUR,
     ):
         if width % 2 or height % 2:
             raise ValueError(f"H.264 yuv420p needs even sizes, got {width}x{height}")
+        self.colour = colour
         self.path = os.fspath(path)
         self.fps = Fraction(fps).limit_denominator(1001)
         self.width, self.height = width, height
@@ -94,9 +96,7 @@ class Mp4Writer:
                 self._container = av.open(self.path, mode="w", format="mp4", options={"movflags": "+faststart"})
         if self.encoder_name == "libx264":
             self._video = self._add_video("libx264", width, height, {"crf": str(crf), "preset": preset, "threads": "0"})
-        # Tagged and converted as BT.709 limited range (``_add_video``, ``write``): what players assume
-        # for HD, and what the decoders here read back exactly (untagged video is read as BT.601 by FFmpeg but as
-        # BT.709 by browsers).
+        # Always tagged (``_add_video``): untagged video is read as BT.601 by FFmpeg but as BT.709 by browsers.
         self._frames = 0
         self._audio_in = audio
         self._audio_stream = None
@@ -118,8 +118,10 @@ class Mp4Writer:
         stream.codec_context.time_base = 1 / self.fps
         stream.options = options
         ctx = stream.codec_context
-        ctx.colorspace = ctx.color_primaries = ctx.color_trc = BT709
-        ctx.color_range = MPEG_RANGE
+        ctx.colorspace = self.colour.colorspace_tag
+        if self.colour.colorspace_tag == SPC_BT709:  # a passed-through BT.601 source keeps its own (unknown)
+            ctx.color_primaries = ctx.color_trc = SPC_BT709  # primaries and transfer, as FFmpeg read it
+        ctx.color_range = self.colour.range_tag
         return stream
 
     def _open_audio(self, audio: AudioTrack) -> None:
@@ -162,12 +164,27 @@ class Mp4Writer:
             raise ValueError(f"frames are {batch.shape[1:]}, the writer expects {(self.height, self.width, 3)}")
         for rgb in batch:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb, dtype=np.uint8), format="rgb24")
-            frame = frame.reformat(format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG")
-            frame.pts = self._frames
-            frame.time_base = self._video.codec_context.time_base
-            self._container.mux(self._video.encode(frame))
-            self._frames += 1
-            self._write_audio_until(self._frames)
+            self._encode(frame.reformat(format="yuv420p", dst_colorspace=self.colour.matrix,
+                                        dst_color_range=self.colour.range_name))
+
+    def write_i420(self, frames: np.ndarray) -> None:
+        """Append one I420 frame (H * 3 / 2, W) or a chunk (n, H * 3 / 2, W), already in ``colour``: no
+        conversion (the encoder takes the planes)."""
+        if self._closed:
+            raise RuntimeError("the writer is closed")
+        batch = frames[None] if frames.ndim == 2 else frames
+        if batch.shape[1:] != (self.height * 3 // 2, self.width) or frame_height(batch[0]) != self.height:
+            raise ValueError(f"I420 frames are {batch.shape[1:]}, the writer expects "
+                             f"{(self.height * 3 // 2, self.width)}")
+        for i420 in batch:
+            self._encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(i420), format="yuv420p"))
+
+    def _encode(self, frame: av.VideoFrame) -> None:
+        frame.pts = self._frames
+        frame.time_base = self._video.codec_context.time_base
+        self._container.mux(self._video.encode(frame))
+        self._frames += 1
+        self._write_audio_until(self._frames)
 
     def _write_audio_until(self, num_frames: int) -> None:
         if self._audio_stream is None or self._audio_in is None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -114,6 +115,9 @@ class EngineRequest:
     """Face-ID embedding of the source face, when ``info.needs_identity``."""
     metrics: dict[str, Any] = field(default_factory=dict)
     """Filled by the engine: what it actually used (steps, batch sizes, resolved knobs)."""
+    workdir: Path | None = None
+    """The request's work folder, for what an engine spills to disk (``model.frame_store``); None: the system's
+    temporary folder."""
 
 
 @dataclass

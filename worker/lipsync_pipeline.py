@@ -13,8 +13,10 @@ passes so that full-size frames are never all in memory at once:
 5. the face-ID embedding from those frames, for engines that use one;
 6. the engine's crop rule on the output track (frame → crop affines);
 7. pass 2: two streaming decodes of the output timeline's background frames run side by side — the first
-   feeds crops to the engine as it asks for them, the second takes the engine's generated crops as they come,
-   pastes them back through the engine's blend masks and encodes the MP4 with the aligned audio.
+   (RGB) feeds crops to the engine as it asks for them, the second takes the engine's generated crops as they
+   come, pastes them back through the engine's blend masks and encodes the MP4 with the aligned audio. The
+   second keeps the decoder's 4:2:0 planes (``media.yuv``): only the mouth's box is converted, and the
+   encoder takes the planes as they are.
 
 Every pass is a bounded pipeline of threads (``worker.stages``): decode runs ahead of tracking; in pass 2
 decode+crop, the engine, the second decode, paste-back and encode each run in their own thread with a queue
@@ -109,7 +111,7 @@ class LipSyncWorkerPipeline:
         from media.faces import track_faces, track_on_timeline
         from media.probe import expected_frame_count, probe_video, resolve_output_spec
         from media.timeline import plan_from_request
-        from media.video import iter_video_chunks
+        from media.video import i420_colour, iter_video_chunks, iter_video_i420_chunks
 
         req = job.params
         video_path, audio_path = job.inputs["video"].path, job.inputs["audio"].path
@@ -179,18 +181,21 @@ class LipSyncWorkerPipeline:
             "random_weights": self.info.random_weights_warning is not None, "crop_size": self.info.crop_size,
         }
         background = timeline.background_indices()
+        colour = i420_colour(video_path, spec)
 
-        def frames() -> Iterator[np.ndarray]:  # a fresh streaming decode of the output timeline's frames
+        def frames(i420: bool = False) -> Iterator[np.ndarray]:  # a fresh streaming decode of the output timeline
             from media.video import iter_reindexed
 
-            return iter_reindexed(iter_video_chunks(video_path, spec, chunk_size=chunk), background, chunk_size=chunk)
+            decoded = (iter_video_i420_chunks(video_path, spec, colour, chunk_size=chunk) if i420
+                       else iter_video_chunks(video_path, spec, chunk_size=chunk))
+            return iter_reindexed(decoded, background, chunk_size=chunk)
 
         out_path = job.workdir / "output.mp4"
         if not out_track.present.any():
             job.log("No output frame shows a face (every face frame was removed): the video is re-encoded with the "
                     "new audio, unchanged", LogLevel.WARN)
             with clock("paste_encode_time"), Stages() as stages:
-                _encode(job, stages.run(frames(), name="decode"), audio, spec, num_out)
+                _encode(job, stages.run(frames(i420=True), name="decode"), audio, spec, colour, num_out)
             return _output(out_path, metrics, timings)
 
         # 5. Face-ID embedding, for engines that condition on one
@@ -214,7 +219,7 @@ class LipSyncWorkerPipeline:
         request = EngineRequest(
             audio=wav16k, fps=float(spec.fps), num_frames=num_out, generate=generate, is_image=is_image,
             knobs=Knobs.from_request(req), log=lambda m: job.log(m, LogLevel.INFO), progress=job.progress,
-            identity=identity)
+            identity=identity, workdir=job.workdir)
         with clock("pass2_time"), Stages() as stages:
             decoded = stages.run(frames(), name="decode_crop")
             batches = stages.run(self._crop_batches(job, decoded, affines, present, crop_landmarks, num_out, clock,
@@ -222,10 +227,10 @@ class LipSyncWorkerPipeline:
             waited = _timed(batches, clock, "model_wait_time")  # the engine waiting for crops is not model time
             generated = stages.run(rebatch(_timed(self.engine.generate(request, waited), clock, "model_time"),
                                            chunk), name="model")
-            background_frames = stages.run(frames(), name="decode_paste")
+            background_frames = stages.run(frames(i420=True), name="decode_paste")
             pasted = stages.run(self._pasted(job, background_frames, generated, request, affines,
-                                             present, crop_landmarks, clock), name="paste")
-            _encode(job, pasted, audio, spec, num_out, clock)
+                                             present, crop_landmarks, colour, clock), name="paste")
+            _encode(job, pasted, audio, spec, colour, num_out, clock)
         timings.update({f"cpu_{name}_time": cpu for name, cpu in stages.cpu_s.items()})
         metrics.update(request.metrics)
         timings["model_time"] = max(0.0, timings.get("model_time", 0.0) - timings.pop("model_wait_time", 0.0))
@@ -254,8 +259,9 @@ class LipSyncWorkerPipeline:
             job.progress("cropping faces, frame", j, num_out)
             yield batch
 
-    def _pasted(self, job: PipelineJob, chunks, generated, request, affines, present, landmarks, clock):
-        from media.paste import paste_face
+    def _pasted(self, job: PipelineJob, chunks, generated, request, affines, present, landmarks, colour, clock):
+        """Each I420 chunk with the engine's crops pasted in (in place when the decode buffer is writable)."""
+        from media.paste import paste_face_i420
 
         j = 0
         for frames in chunks:
@@ -269,28 +275,29 @@ class LipSyncWorkerPipeline:
                 masks = self.engine.blend_masks(request, j, landmarks[sl])
                 out = frames if frames.flags.writeable else np.array(frames, copy=True)  # a fresh decode buffer
                 for k in np.flatnonzero(present[sl]):
-                    paste_face(out[k], crops[k], affines[j + k], masks[k], out=out[k])
+                    paste_face_i420(out[k], crops[k], affines[j + k], masks[k], colour)
             j += n
             yield out
         if next(generated, None) is not None:
             raise RuntimeError(f"engine {self.info.name} returned more crops than the {j} output frames")
 
 
-def _encode(job: PipelineJob, chunks, audio, spec, num_out: int, clock: "_Clock | None" = None) -> None:
-    """Write the frames (pasted, or the background frames unchanged) to MP4 with the aligned audio."""
+def _encode(job: PipelineJob, chunks, audio, spec, colour, num_out: int, clock: "_Clock | None" = None) -> None:
+    """Write the I420 frames (pasted, or the background frames unchanged) to MP4 with the aligned audio."""
     from media.writer import Mp4Writer
 
     out_path = job.workdir / "output.mp4"
     j = 0
-    with Mp4Writer(out_path, fps=spec.fps, width=spec.width, height=spec.height, audio=audio) as writer:
+    with Mp4Writer(out_path, fps=spec.fps, width=spec.width, height=spec.height, audio=audio,
+                   colour=colour) as writer:
         for frames in chunks:
             if j == 0:
                 job.log(f"Encoding {num_out} frames with {writer.encoder_name}", LogLevel.INFO)
             if clock is None:
-                writer.write(frames)
+                writer.write_i420(frames)
             else:
                 with clock("encode_time"):
-                    writer.write(frames)
+                    writer.write_i420(frames)
             j += len(frames)
             job.progress("encoding frame", j, num_out)
     written = writer.result

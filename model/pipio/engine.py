@@ -5,7 +5,9 @@ Face preparation: the head square of ``media.faces`` (the track's smoothed align
 real frames and the whole frame where the timeline has no source frame (additions, bridges) or the input is
 a still; paste-back goes through the mouth mask, or the feathered whole-face mask for synthesised frames.
 The model needs the whole timeline at once (its VAE and transformer blocks span frames), so ``generate``
-gathers the crops first; they are at the working size, never full frames.
+gathers the crops first, at the working size, in a ``FrameStore`` on disk (the request's work folder), and
+makes the model's masks from the landmarks a frame range at a time; the output is decoded and handed on a
+VAE chunk at a time. Host memory is flat in the video length (768 KiB a frame on disk at 512²).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from media.embedding import EMBEDDING_DIM, FaceEmbedder
 from media.faces import FaceTrack, affine_for
 from media.masks import face_blend_mask, mouth_mask
 from model.engine import CropBatch, EngineInfo, EngineOptions, EngineRequest
+from model.frame_store import FrameStore
 from model.weights import WeightsLayout
 
 log = logging.getLogger(__name__)
@@ -30,7 +33,6 @@ RANDOM_WEIGHTS_WARNING = (
 )
 REFERENCE_POOL = 8
 """Candidate appearance-reference crops handed to the model (it picks min(strength, max_reference_frames))."""
-OUTPUT_CHUNK = 16
 
 
 def _torch_dtype(name: str):
@@ -81,23 +83,26 @@ class PipioEngine:
 
     # ---------------------------------------------------------------------------------------- forward
     def generate(self, request: EngineRequest, batches: Iterable[CropBatch]) -> Iterator[np.ndarray]:
-        batches = list(batches)
-        crops = np.concatenate([b.crops for b in batches])
-        present = np.concatenate([b.present for b in batches])
-        landmarks = np.concatenate([b.landmarks for b in batches])
-        generate = self._synthesised(request)
-        request.metrics["generated_frames"] = int(generate.sum())
-        # synthesised frames take mask 1 everywhere inside the model (their pixels are ignored)
-        masks = np.zeros(crops.shape[:3], np.float32) if request.is_image else self.model_masks(landmarks)
-        references = self._references(crops, present, generate, request.is_image)
-        result = self._run(request, crops, masks, generate, references)
-        for note in result.notes:
-            request.log(f"Model: {note}")
-        request.metrics.update(face_id_cond_strength=result.face_id_cond_strength,
-                               num_frame_blocks=result.num_frame_blocks,
-                               vae_overlap_window_width=result.vae_overlap_window_width)
-        for start in range(0, len(result.frames), OUTPUT_CHUNK):
-            yield result.frames[start : start + OUTPUT_CHUNK]
+        size = self.info.crop_size
+        with FrameStore((size, size, 3), np.uint8, directory=request.workdir) as crops:
+            present, landmarks = [], []
+            for batch in batches:
+                crops.append(batch.crops)
+                present.append(batch.present)
+                landmarks.append(batch.landmarks)
+            present, landmarks = np.concatenate(present), np.concatenate(landmarks)
+            generate = self._synthesised(request)
+            request.metrics["generated_frames"] = int(generate.sum())
+            # synthesised frames take mask 1 everywhere inside the model (their pixels are ignored)
+            masks = _LandmarkMasks(self, landmarks, still=request.is_image)
+            references = self._references(crops, present, generate, request.is_image)
+            result = self._run(request, crops, masks, generate, references)
+            for note in result.notes:
+                request.log(f"Model: {note}")
+            request.metrics.update(face_id_cond_strength=result.face_id_cond_strength,
+                                   num_frame_blocks=result.num_frame_blocks,
+                                   vae_overlap_window_width=result.vae_overlap_window_width)
+            yield from result.chunks
 
     @staticmethod
     def _synthesised(request: EngineRequest) -> np.ndarray:
@@ -115,7 +120,7 @@ class PipioEngine:
         """Appearance references: evenly spaced crops of real (not generated) face frames; the still for an
         image; crops of the held frames behind generated ones if nothing else shows the face."""
         if is_image:
-            return np.ascontiguousarray(crops[:1])
+            return crops[:1]
         pool = np.flatnonzero(present & ~generate)
         if pool.size == 0:
             pool = np.flatnonzero(present)
@@ -139,7 +144,7 @@ class PipioEngine:
         k = request.knobs
         request.log(f"Lip-sync model: {len(generate)} frames ({int(generate.sum())} generated), {steps} denoising "
                     f"steps, seed {k.seed}")
-        return self.model(
+        return self.model.stream(
             crops, masks, generate, request.audio, request.fps, prompt=k.prompt,
             face_id_embedding=self._identity(request.identity), reference_frames=references,
             vae_chunk_size=k.vae_chunk_size, vae_overlap_window_width=k.vae_overlap_window_width,
@@ -147,6 +152,22 @@ class PipioEngine:
             face_id_cond_strength=k.face_id_cond_strength, appearance_cond_strength=k.appearance_cond_strength,
             seed=k.seed, num_inference_steps=steps, guidance_scale=self.guidance_scale, callback=callback,
         )
+
+
+class _LandmarkMasks:
+    """The model's mouth masks of a timeline, made from its landmarks for the frames asked (``masks[idx]``),
+    so no (T, S, S) float array is ever held; all zero for a still (every frame is synthesised)."""
+
+    def __init__(self, engine: PipioEngine, landmarks: np.ndarray, *, still: bool):
+        self.engine, self.landmarks, self.still = engine, landmarks, still
+        size = engine.info.crop_size
+        self.shape = (len(landmarks), size, size)
+
+    def __getitem__(self, index) -> np.ndarray:
+        picked = self.landmarks[index]
+        if self.still:
+            return np.zeros((len(picked), *self.shape[1:]), np.float32)
+        return self.engine.model_masks(picked)
 
 
 class FaceIdEmbedderMismatch(ValueError):

@@ -20,13 +20,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from contract.errors import InvalidInput
+from model.frame_store import FrameStore
 from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift
 from safetensors.torch import save_model
@@ -68,6 +69,19 @@ class LipSyncPipelineOutput:
     """
 
     frames: np.ndarray
+    notes: list[str] = field(default_factory=list)
+    face_id_cond_strength: int = 0
+    vae_overlap_window_width: int = 0
+    num_frame_blocks: int = 1
+
+
+@dataclass
+class LipSyncStream:
+    """Result of :meth:`LipSyncPipeline.stream`: denoising is done; ``chunks`` decodes and composites the
+    frames lazily, a VAE chunk at a time ((n, H, W, 3) uint8, in order, T frames in all), so the caller can
+    encode each before the next is decoded. The other fields are :class:`LipSyncPipelineOutput`'s."""
+
+    chunks: Iterator[np.ndarray]
     notes: list[str] = field(default_factory=list)
     face_id_cond_strength: int = 0
     vae_overlap_window_width: int = 0
@@ -251,7 +265,8 @@ class LipSyncPipeline:
                      feed_forward_num_splits: int, face_id_cond_strength: int, appearance_cond_strength: int,
                      num_inference_steps: int, guidance_scale: float) -> None:
         multiple = self.config.vae_spatial_multiple
-        if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        if (not isinstance(frames, (np.ndarray, FrameStore)) or frames.dtype != np.uint8 or frames.ndim != 4
+                or frames.shape[-1] != 3):
             raise ModelInputError(f"frames must be a (T, H, W, 3) uint8 array, got "
                                   f"{getattr(frames, 'dtype', type(frames))} {getattr(frames, 'shape', '')}",
                                   field="video")
@@ -262,7 +277,7 @@ class LipSyncPipeline:
         if mouth_mask.shape != (num_frames, height, width):
             raise ModelInputError(f"mouth_mask must have shape {(num_frames, height, width)}, got {mouth_mask.shape}",
                                   field="video")
-        if not (mouth_mask.min() >= 0 and mouth_mask.max() <= 1):  # (NaN fails both comparisons)
+        if isinstance(mouth_mask, np.ndarray) and not (mouth_mask.min() >= 0 and mouth_mask.max() <= 1):  # NaN fails
             raise ModelInputError("mouth_mask values must lie in [0, 1]", field="video")
         if generate.shape != (num_frames,) or generate.dtype != np.bool_:
             raise ModelInputError(f"generate must be a ({num_frames},) bool array, got {generate.dtype} "
@@ -320,19 +335,37 @@ class LipSyncPipeline:
         return strength, ""
 
     # ------------------------------------------------------------------------------------------------ call
-    @torch.no_grad()
     def __call__(self, frames: np.ndarray, mouth_mask: np.ndarray, generate: np.ndarray, audio: np.ndarray,
-                 fps: float, *, prompt: str | None = None, face_id_embedding: np.ndarray | None = None,
-                 reference_frames: np.ndarray | None = None, vae_chunk_size: int = 65,
-                 vae_overlap_window_width: int = 16, frame_block_width: int = 136, feed_forward_num_splits: int = 2,
-                 face_id_cond_strength: int = -1, appearance_cond_strength: int = 1, seed: int = 42,
-                 num_inference_steps: int | None = None, guidance_scale: float | None = None,
-                 callback: ProgressCallback | None = None) -> LipSyncPipelineOutput:
-        """Generate lip-synced face-crop frames.
+                 fps: float, **kwargs) -> LipSyncPipelineOutput:
+        """Generate lip-synced face-crop frames: :meth:`stream`'s arguments, all frames returned at once
+        (:class:`LipSyncPipelineOutput` with ``frames`` (T, H, W, 3) uint8)."""
+        result = self.stream(frames, mouth_mask, generate, audio, fps, **kwargs)
+        output = np.empty(frames.shape, np.uint8)
+        position = 0
+        for chunk in result.chunks:
+            output[position : position + len(chunk)] = chunk
+            position += len(chunk)
+        return LipSyncPipelineOutput(frames=output, notes=result.notes,
+                                     face_id_cond_strength=result.face_id_cond_strength,
+                                     vae_overlap_window_width=result.vae_overlap_window_width,
+                                     num_frame_blocks=result.num_frame_blocks)
+
+    @torch.no_grad()
+    def stream(self, frames: np.ndarray, mouth_mask: np.ndarray, generate: np.ndarray, audio: np.ndarray,
+               fps: float, *, prompt: str | None = None, face_id_embedding: np.ndarray | None = None,
+               reference_frames: np.ndarray | None = None, vae_chunk_size: int = 65,
+               vae_overlap_window_width: int = 16, frame_block_width: int = 136, feed_forward_num_splits: int = 2,
+               face_id_cond_strength: int = -1, appearance_cond_strength: int = 1, seed: int = 42,
+               num_inference_steps: int | None = None, guidance_scale: float | None = None,
+               callback: ProgressCallback | None = None) -> LipSyncStream:
+        """Denoise, then hand back the decode as a lazy stream of composited chunks (:class:`LipSyncStream`).
 
         Args:
-            frames: (T, H, W, 3) uint8 face crops at the working size (H, W multiples of 32).
-            mouth_mask: (T, H, W) float32 in [0, 1]; 1 = regenerate (soft edges allowed).
+            frames: (T, H, W, 3) uint8 face crops at the working size (H, W multiples of 32): an ndarray or a
+                ``model.frame_store.FrameStore`` (read a frame range at a time, never all at once).
+            mouth_mask: (T, H, W) float32 in [0, 1]; 1 = regenerate (soft edges allowed). An ndarray, or any
+                object with ``shape`` whose ``mask[index_array]`` gives those frames' masks (made on demand; its
+                values are then its maker's responsibility).
             generate: (T,) bool; True = synthesise the whole frame (timeline additions, removal bridges, image
                 input); those frames' pixels are ignored.
             audio: (N,) float32 mono waveform at ``config.audio_sample_rate`` (16 kHz) on the *output* timeline:
@@ -349,12 +382,13 @@ class LipSyncPipeline:
                 to cancel (propagated, nothing swallowed).
 
         Returns:
-            :class:`LipSyncPipelineOutput` with ``frames`` (T, H, W, 3) uint8.
+            :class:`LipSyncStream`; its ``chunks`` run the VAE decode as they are read.
         """
         cfg = self.config
         steps = cfg.num_inference_steps if num_inference_steps is None else num_inference_steps
         guidance = cfg.guidance_scale if guidance_scale is None else guidance_scale
-        mouth_mask = np.asarray(mouth_mask, dtype=np.float32)
+        if isinstance(mouth_mask, (np.ndarray, list, tuple)):
+            mouth_mask = np.asarray(mouth_mask, dtype=np.float32)
         generate = np.asarray(generate)
         audio = np.asarray(audio, dtype=np.float32)
 
@@ -432,10 +466,10 @@ class LipSyncPipeline:
 
         # 8. Decode (chunked, streamed) and composite in pixel space
         latents = unpack_latents(latents, source.num_latent, source.latent_height, source.latent_width)
-        output = self._decode_and_composite(denormalize_latents(self.vae, latents).to(dtype), source, vae_chunk_size,
+        chunks = self._decode_and_composite(denormalize_latents(self.vae, latents).to(dtype), source, vae_chunk_size,
                                             plan.overlap, notify)
-        return LipSyncPipelineOutput(frames=output, notes=notes, face_id_cond_strength=id_strength,
-                                     vae_overlap_window_width=plan.overlap, num_frame_blocks=len(blocks))
+        return LipSyncStream(chunks=chunks, notes=notes, face_id_cond_strength=id_strength,
+                             vae_overlap_window_width=plan.overlap, num_frame_blocks=len(blocks))
 
     def _predict_velocity(self, latents: torch.Tensor, cond: torch.Tensor, video_coords: torch.Tensor,
                           t: torch.Tensor, blocks: list[FrameBlock], hw: int, conditioning: LipSyncConditioning,
@@ -470,23 +504,22 @@ class LipSyncPipeline:
                                          for w in block_weights(blocks, num_latent)]}
         return self._block_weights[key]
 
+    @torch.no_grad()  # a generator: torch re-enters no-grad each time it is resumed
     def _decode_and_composite(self, latents: torch.Tensor, source: "_FrameSource", chunk_size: int, overlap: int,
-                              notify: ProgressCallback) -> np.ndarray:
-        """Chunked decode; each finished frame range is pasted over the input frames and dropped."""
+                              notify: ProgressCallback) -> Iterator[np.ndarray]:
+        """Chunked decode; each finished frame range is composited over the input frames and yielded."""
         temb = None
         if self.vae.config.timestep_conditioning:  # LTX 0.9.1+: the decoder does the last denoising step
             temb = torch.full((1,), self.config.decode_timestep, device=latents.device, dtype=latents.dtype)
-        output = np.empty_like(source.frames)
         position, num_frames = 0, len(source.frames)
         for segment in decode_chunked(self.vae, latents, chunk_size, overlap, temb,
                                       progress=lambda i, n: notify("vae_decode", i, n, f"VAE decode chunk {i}/{n}")):
             end = min(position + segment.shape[2], num_frames)  # frames past T are the 8n+1 padding
             if end > position:
                 decoded = ((segment[0, :, : end - position].float().clamp(-1, 1) + 1) * 127.5).permute(1, 2, 3, 0)
-                output[position:end] = composite(source.frames[position:end], decoded.cpu().numpy(),
-                                                 source.pixel_mask(np.arange(position, end)))
+                yield composite(source.frames[position:end], decoded.cpu().numpy(),
+                                source.pixel_mask(np.arange(position, end)))
             position += segment.shape[2]
-        return output
 
     def _encode_references(self, frames: np.ndarray, generate: np.ndarray, reference_frames: np.ndarray | None,
                            strength: int):
@@ -506,8 +539,8 @@ class LipSyncPipeline:
 class _FrameSource:
     """The input frames seen per frame range, padded to 8n+1 by repeating the last frame.
 
-    Only views and per-range copies: nothing of size T x H x W is allocated besides the output, so the
-    pipeline's memory stays flat in the video length.
+    Only views and per-range reads: nothing of size T x H x W is allocated, so with a ``FrameStore`` for the
+    frames and masks made on demand the pipeline's host memory stays flat in the video length.
     """
 
     def __init__(self, frames: np.ndarray, mouth_mask: np.ndarray, generate: np.ndarray, ratio_t: int, ratio_s: int):
@@ -689,5 +722,5 @@ def load_text_encoder(directory: Path, *, device: str | torch.device | None = No
                           component="text_encoder", source=str(directory), device=device, dtype=dtype)
 
 
-__all__ = ["LipSyncPipeline", "LipSyncPipelineOutput", "ModelInputError", "ProgressCallback", "WeightsLoadError",
+__all__ = ["LipSyncPipeline", "LipSyncPipelineOutput", "LipSyncStream", "ModelInputError", "ProgressCallback", "WeightsLoadError",
            "load_transformer", "load_vae", "load_audio_encoder", "load_text_encoder"]
