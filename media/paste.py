@@ -16,7 +16,7 @@ import numpy as np
 from media.crop import crop_face, landmarks_in_crop
 from media.faces import FaceTrack
 from media.masks import face_blend_mask
-from media.yuv import Colour, blend_box, box_to_i420, even_box, frame_height, i420_to_rgb
+from media.yuv import Colour, even_box, frame_height, planes, rgb_to_yuv_matrix, yuv_to_rgb_matrix
 
 
 COLOUR_STATS_SIZE = 64
@@ -75,24 +75,70 @@ def paste_face(
 
 def paste_face_i420(i420: np.ndarray, crop: np.ndarray, affine: np.ndarray, mask: np.ndarray, colour: Colour,
                     *, colour_match: bool = True) -> None:
-    """``paste_face`` on a decoded I420 frame (H * 3 / 2, W), in place (``media.yuv``): the seam colours are
-    read from the face's box converted to RGB, the warped crop is converted to Y'CbCr over the mask's box
-    only and blended there; every other pixel stays exactly as decoded."""
+    """``paste_face`` on a decoded I420 frame (H * 3 / 2, W), in place (``media.yuv``), without converting
+    the frame: the seam colours are read by warping the planes straight to the small comparison size, the
+    (small) crop is converted to Y'CbCr once and warped onto the mask's box plane by plane — luma at full
+    resolution, chroma at half — and blended there. Every pixel the mask does not reach stays exactly as
+    decoded; the rest matches the RGB paste converted to 4:2:0 up to rounding and chroma siting."""
     h, w = frame_height(i420), i420.shape[1]
     region = _mask_region(affine, mask, w, h)
     region = region and even_box(*region, w, h)
     if region is None:
         return
-    shift = np.zeros(3, np.float32)
-    if colour_match:
-        face = _crop_box(affine, crop.shape[0], w, h)
-        if face is not None:
-            fx0, fy0 = face[:2]
-            moved = affine.copy()
-            moved[:, 2] += moved[:, :2] @ np.array([fx0, fy0], np.float64)
-            shift = _seam_shift(i420_to_rgb(box_to_i420(i420, face), colour), crop, moved, mask)
-    warped, alpha = _warp_into(region, crop, affine, mask, shift)
-    blend_box(i420, region, warped, alpha, colour)
+    y, u, v = planes(i420)
+    shift = _seam_shift_planes(y, u, v, crop, affine, mask, colour) if colour_match else np.zeros(3, np.float32)
+    src = _prepared_crop(crop, affine, shift)
+    yuv = cv2.transform(src, rgb_to_yuv_matrix(colour))
+    x0, y0, x1, y1 = region
+    m = affine.copy()
+    m[:, 2] += m[:, :2] @ np.array([x0, y0], np.float64)  # region pixel -> crop pixel
+    mc = m @ np.array([[2.0, 0, 0.5], [0, 2.0, 0.5], [0, 0, 1]])  # chroma sample (centre of 2x2) -> crop
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    mask = mask.astype(np.float32, copy=False)
+    full, half = (x1 - x0, y1 - y0), ((x1 - x0) // 2, (y1 - y0) // 2)
+    luma = cv2.warpAffine(np.ascontiguousarray(yuv[..., 0]), m, full, flags=flags, borderMode=cv2.BORDER_REPLICATE)
+    chroma = cv2.warpAffine(np.ascontiguousarray(yuv[..., 1:]), mc, half, flags=flags,
+                            borderMode=cv2.BORDER_REPLICATE)
+    alpha = cv2.warpAffine(mask, m, full, flags=flags, borderValue=0.0)
+    alpha_c = cv2.warpAffine(mask, mc, half, flags=flags, borderValue=0.0)
+    dst = y[y0:y1, x0:x1]
+    dst[...] = cv2.blendLinear(luma, np.ascontiguousarray(dst), alpha, 1.0 - alpha)
+    for c, plane in enumerate((u, v)):
+        dst = plane[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2]
+        dst[...] = cv2.blendLinear(np.ascontiguousarray(chroma[..., c]), np.ascontiguousarray(dst), alpha_c,
+                                   1.0 - alpha_c)
+
+
+def _seam_shift_planes(y: np.ndarray, u: np.ndarray, v: np.ndarray, crop: np.ndarray, affine: np.ndarray,
+                       mask: np.ndarray, colour: Colour) -> np.ndarray:
+    """``_seam_shift`` read from the planes: each warped straight to the small comparison size (luma with the
+    crop affine, chroma with it composed with the half-resolution grid), then the few pixels made RGB."""
+    size = crop.shape[0]
+    small = min(size, COLOUR_STATS_SIZE)
+    m = affine * (small / size)
+    mc = m @ np.array([[2.0, 0, 0.5], [0, 2.0, 0.5], [0, 0, 1]])  # chroma plane pixel -> small crop pixel
+    warp = dict(flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    ycc = cv2.merge([cv2.warpAffine(y, m, (small, small), **warp),
+                     cv2.warpAffine(u, mc, (small, small), **warp),
+                     cv2.warpAffine(v, mc, (small, small), **warp)])
+    reference = cv2.transform(ycc, yuv_to_rgb_matrix(colour))
+    return colour_shift(
+        cv2.resize(crop, (small, small), interpolation=cv2.INTER_AREA),
+        reference,
+        cv2.resize(mask.astype(np.float32), (small, small), interpolation=cv2.INTER_AREA),
+    )
+
+
+def _prepared_crop(crop: np.ndarray, affine: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """The crop blurred when it will be shrunk a lot (so the warp does not alias) and colour-shifted, both at
+    the crop's (small) size."""
+    scale = float(np.sqrt(abs(np.linalg.det(affine[:, :2]))))  # crop pixels per frame pixel
+    src = crop
+    if scale > 1.25:
+        src = cv2.GaussianBlur(crop, (0, 0), sigmaX=0.45 * np.sqrt(scale * scale - 1.0))
+    if np.any(np.abs(shift) >= 0.5):
+        src = cv2.add(src, tuple(float(v) for v in np.round(shift)) + (0.0,), dtype=cv2.CV_8U)
+    return src
 
 
 def _warp_into(region: tuple[int, int, int, int], crop: np.ndarray, affine: np.ndarray, mask: np.ndarray,
@@ -102,27 +148,11 @@ def _warp_into(region: tuple[int, int, int, int], crop: np.ndarray, affine: np.n
     x0, y0, x1, y1 = region
     m = affine.copy()
     m[:, 2] += m[:, :2] @ np.array([x0, y0], np.float64)
-    # crop pixels per frame pixel; blur first when shrinking a lot so the warp does not alias
-    scale = float(np.sqrt(abs(np.linalg.det(affine[:, :2]))))
-    src = crop
-    if scale > 1.25:
-        src = cv2.GaussianBlur(crop, (0, 0), sigmaX=0.45 * np.sqrt(scale * scale - 1.0))
-    if np.any(np.abs(shift) >= 0.5):  # the colour shift, applied once at the crop's (small) size
-        src = cv2.add(src, tuple(float(v) for v in np.round(shift)) + (0.0,), dtype=cv2.CV_8U)
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    warped = cv2.warpAffine(src, m, (x1 - x0, y1 - y0), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+    warped = cv2.warpAffine(_prepared_crop(crop, affine, shift), m, (x1 - x0, y1 - y0), flags=flags,
+                            borderMode=cv2.BORDER_REPLICATE)
     alpha = cv2.warpAffine(mask.astype(np.float32, copy=False), m, (x1 - x0, y1 - y0), flags=flags, borderValue=0.0)
     return warped, alpha
-
-
-def _crop_box(affine: np.ndarray, size: int, width: int, height: int) -> tuple[int, int, int, int] | None:
-    """Even-aligned frame box holding the whole ``size`` crop square (plus the bicubic taps), clipped."""
-    inv = cv2.invertAffineTransform(affine)
-    corners = np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float64)
-    pts = corners @ inv[:, :2].T + inv[:, 2]
-    x0, y0 = np.floor(pts.min(0)).astype(int) - 3
-    x1, y1 = np.ceil(pts.max(0)).astype(int) + 4
-    return even_box(int(x0), int(y0), int(x1), int(y1), width, height)
 
 
 def _mask_region(affine: np.ndarray, mask: np.ndarray, width: int, height: int) -> tuple[int, int, int, int] | None:

@@ -4,11 +4,12 @@ Converting every 1080x1920 frame to RGB after decoding and back to YUV before H.
 decode itself (about 2 + 10 ms a frame, and x264 fed RGB-converted frames spends another ~9 ms; see
 docs/performance.md). Paste-back only changes the mouth, so pass 2's paste side keeps the decoder's planes:
 an ``I420`` frame is one uint8 array (H * 3 / 2, W) holding Y (H x W), then U and V (H/2 x W/2 each), laid
-out flat as FFmpeg's ``yuv420p`` (``av.VideoFrame.to_ndarray`` / ``from_ndarray``). Only the face's box is
-converted to RGB (for the seam colours) and the warped crop to YUV; the rest of the frame reaches the encoder
-exactly as it was decoded, tagged with the source's own matrix and range (``Colour``), so players show it as
-FFmpeg decoded it. Every conversion goes through swscale with the colour given explicitly, so the region
-conversions and the crop side's full-frame RGB decode agree.
+out flat as FFmpeg's ``yuv420p`` (``av.VideoFrame.to_ndarray`` / ``from_ndarray``). Only the (small) generated
+crop is converted, to Y'CbCr, and warped onto the planes (``media.paste.paste_face_i420``); the rest of the
+frame reaches the encoder exactly as it was decoded, tagged with the source's own matrix and range
+(``Colour``), so players show it as FFmpeg decoded it. The matrices are the ITU formulas FFmpeg's swscale
+uses for the crop side's RGB decode, so both sides agree on colour; swscale itself is not called per region,
+its set-up costs ~4 ms a call.
 """
 
 from __future__ import annotations
@@ -80,19 +81,6 @@ def planes(i420: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return y, u, v
 
 
-def box_to_i420(i420: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    """A copy of the even-aligned ``box`` (x0, y0, x1, y1) of an I420 frame, as its own I420 array."""
-    x0, y0, x1, y1 = box
-    y, u, v = planes(i420)
-    bw, bh = x1 - x0, y1 - y0
-    out = np.empty((bh * 3 // 2, bw), np.uint8)
-    oy, ou, ov = planes(out)
-    oy[...] = y[y0:y1, x0:x1]
-    ou[...] = u[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2]
-    ov[...] = v[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2]
-    return out
-
-
 def rgb_to_yuv_matrix(colour: Colour) -> np.ndarray:
     """3x4 matrix M with [Y, Cb, Cr] = M @ [R, G, B, 1] (8-bit codes; ITU-R BT.601 / BT.709, limited or full
     range: the standards' formulas, which swscale's fixed point follows to within a code value)."""
@@ -113,10 +101,8 @@ def yuv_to_rgb_matrix(colour: Colour) -> np.ndarray:
 
 
 def i420_to_rgb(i420: np.ndarray, colour: Colour) -> np.ndarray:
-    """(H, W, 3) RGB of one (small) I420 array: chroma upsampled bilinearly, then one ``cv2.transform``.
-
-    For regions, where swscale's per-call set-up (~4 ms) would cost more than the conversion; within a code
-    value or two of swscale (chroma siting), which is plenty for the seam colours it is used for."""
+    """(H, W, 3) RGB of one I420 array: chroma upsampled bilinearly, then one ``cv2.transform`` (checks and
+    tools; within a code value or two of swscale, whose chroma filter differs at edges)."""
     y, u, v = planes(i420)
     h, w = y.shape
     yuv = cv2.merge([y, cv2.resize(u, (w, h), interpolation=cv2.INTER_LINEAR),
@@ -142,23 +128,3 @@ def even_box(x0: int, y0: int, x1: int, y1: int, width: int, height: int) -> tup
     x0, y0 = max(0, x0 - x0 % 2), max(0, y0 - y0 % 2)
     x1, y1 = min(width, x1 + x1 % 2), min(height, y1 + y1 % 2)
     return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
-
-
-def blend_box(i420: np.ndarray, box: tuple[int, int, int, int], rgb: np.ndarray, alpha: np.ndarray,
-              colour: Colour) -> None:
-    """In place: ``frame = frame * (1 - alpha) + rgb * alpha`` over the even-aligned ``box``, blended in
-    Y'CbCr (the conversion is affine, so this is the RGB blend up to rounding; where alpha is 0 the decoded
-    pixels stay exactly as they were). Chroma is blended at full resolution and each 2x2 block averaged,
-    which is what converting the RGB blend to 4:2:0 computes."""
-    x0, y0, x1, y1 = box
-    y, u, v = planes(i420)
-    bh, bw = y1 - y0, x1 - x0
-    alpha = alpha.astype(np.float32, copy=False)
-    new = cv2.transform(np.ascontiguousarray(rgb, dtype=np.uint8), rgb_to_yuv_matrix(colour))
-    y[y0:y1, x0:x1] = cv2.blendLinear(np.ascontiguousarray(new[..., 0]), np.ascontiguousarray(y[y0:y1, x0:x1]),
-                                      alpha, 1.0 - alpha)
-    for c, plane in ((1, u), (2, v)):
-        dst = plane[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2]
-        up = cv2.resize(dst, (bw, bh), interpolation=cv2.INTER_NEAREST)  # the old chroma on full-res pixels
-        mixed = cv2.blendLinear(np.ascontiguousarray(new[..., c]), up, alpha, 1.0 - alpha)
-        dst[...] = cv2.resize(mixed, (bw // 2, bh // 2), interpolation=cv2.INTER_AREA)

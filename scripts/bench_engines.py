@@ -68,12 +68,13 @@ def weights_folder(engine: str, cache: Path) -> Path:
     return folder
 
 
-def load_pipeline(folder: Path, device: str, dtype: str):
+def load_pipeline(folder: Path, device: str, dtype: str, steps: int | None = None):
     from contract.settings import Settings
     from worker.lipsync_pipeline import load_lipsync_pipeline
 
     t0 = time.perf_counter()
-    pipeline = load_lipsync_pipeline(Settings(weights_dir=folder, device=device, dtype=dtype))
+    pipeline = load_lipsync_pipeline(Settings(weights_dir=folder, device=device, dtype=dtype,
+                                              num_inference_steps=steps))
     return pipeline, time.perf_counter() - t0
 
 
@@ -150,6 +151,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="frames per UNet and VAE call")
     parser.add_argument("--frames", type=int, default=None,
                         help="output frames timed (default: 4 on CPU, the whole clip on a GPU)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="denoising steps (LIPSYNC_NUM_INFERENCE_STEPS) for the diffusion engines; default: the "
+                             "published count. On a CPU, time LatentSync at 1 and 2 steps: the difference is one "
+                             "step's cost, and 20 steps are predicted from it")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--sizes", nargs="+", default=["720x1280", "1080x1920"], help="WxH of the input clips")
     parser.add_argument("--measure", nargs="+", default=["alone", "e2e"], choices=["alone", "e2e"])
@@ -177,9 +182,10 @@ def main() -> None:
           f"{frames} frames timed per case; {what}", flush=True)
     for engine in args.engines:
         folder = Path(args.weights) if args.weights else weights_folder(engine, cache)
-        pipeline, load_s = load_pipeline(folder, args.device, dtype)
+        pipeline, load_s = load_pipeline(folder, args.device, dtype, args.steps)
         name = pipeline.info.name
-        print(f"{name}: loaded in {load_s:.1f} s", flush=True)
+        steps = getattr(pipeline.engine, "steps", None)
+        print(f"{name}: loaded in {load_s:.1f} s" + (f"; {steps} denoising steps" if steps else ""), flush=True)
         if "alone" in args.measure:
             fps = engine_alone(pipeline.engine, frames, args.batch, args.device)
             print(f"{name}: engine alone {fps:8.3f} frames/s ({frames} frames of {pipeline.info.crop_size}² crops, "

@@ -8,7 +8,8 @@ interface.
   and yields each call's frames: memory is flat in the video's length. Cancel (``request.progress`` raising)
   takes effect between denoising steps.
 - Knobs: ``seed`` seeds the noise; ``frame_block_width`` is frames per UNet call, in whole segments
-  (``max(1, frame_block_width // 16)``); ``vae_chunk_size`` is the VAE's batch; ``feed_forward_num_splits``
+  (``max(1, frame_block_width // 16)``), capped by memory (``max_segments_per_call``: the schema's default 136
+  would ask 8 segments, ~40 GB of activations at 512² in fp16); ``vae_chunk_size`` is the VAE's batch; ``feed_forward_num_splits``
   chunks the feed-forward layers. ``vae_overlap_window_width``, ``face_id_cond_strength``,
   ``appearance_cond_strength`` and a custom prompt have no counterpart in this model: accepted, said in the log.
 """
@@ -31,6 +32,25 @@ from model.weights import WeightsFolderError, WeightsLayout
 log = logging.getLogger(__name__)
 
 UNUSED_KNOBS = ("vae_overlap_window_width", "face_id_cond_strength", "appearance_cond_strength")
+ACTIVATION_BYTES_PER_FRAME = 0.305e9
+"""Peak activation memory of the 1.6 UNet per frame and per batch item at 64² latents in fp32, measured
+(``scripts/bench_latentsync.py``: 0.61 GB for a guided call of one frame); scaled by latent area and dtype."""
+MEMORY_HEADROOM = 0.8
+"""Share of the accelerator's free memory (after loading) that batched segments may take."""
+
+
+def max_segments_per_call(device: str, config: LatentSyncConfig, itemsize: int, guided: bool) -> tuple[int, str]:
+    """How many 16-frame segments one UNet call may batch, and why. A CPU gains no speed from batching
+    segments, only memory: 1. On CUDA: as many as fit in ``MEMORY_HEADROOM`` of the free memory."""
+    if not device.startswith("cuda"):
+        return 1, "on a CPU batching segments gains nothing"
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    per_segment = (ACTIVATION_BYTES_PER_FRAME * (config.latent_size / 64) ** 2 * itemsize / 4
+                   * config.num_frames * (2 if guided else 1))
+    cap = max(1, int(MEMORY_HEADROOM * free // per_segment))
+    return cap, f"~{per_segment / 1e9:.1f} GB of activations a segment, {free / 1e9:.0f} GB free"
 
 
 def _torch_dtype(name: str):
@@ -49,6 +69,8 @@ class LatentSyncEngine:
         self.unet, self.whisper = unet, whisper
         self.steps, self.guidance_scale = steps, guidance_scale
         self.size = config.resolution
+        self.max_segments, self._cap_reason = max_segments_per_call(device, config, dtype.itemsize,
+                                                                     guidance_scale > 1.0)
         self.sampler = LatentSyncSampler(unet, vae, scheduler_config(), faces.mouth_mask(self.size), device=device,
                                          dtype=dtype)
         self._restore = faces.restore_mask(self.size)
@@ -73,7 +95,8 @@ class LatentSyncEngine:
 
         k = request.knobs
         seg_len = self.config.num_frames
-        per_call = max(1, k.frame_block_width // seg_len)
+        asked = max(1, k.frame_block_width // seg_len)
+        per_call = min(asked, self.max_segments)
         self.unet.set_feed_forward_splits(k.feed_forward_num_splits)
         num_segments = -(-request.num_frames // seg_len)
         request.metrics.update(num_inference_steps=self.steps, guidance_scale=self.guidance_scale,
@@ -82,7 +105,8 @@ class LatentSyncEngine:
                                seed=k.seed)
         request.log(f"LatentSync ({self.info.name}): {request.num_frames} frames in {num_segments} segments of "
                     f"{seg_len} (fixed by training), {per_call} segment(s) per UNet call (frame_block_width "
-                    f"{k.frame_block_width}), {self.steps} DDIM steps, audio guidance {self.guidance_scale:g}, seed "
+                    f"{k.frame_block_width}" + (f" asks {asked}; capped: {self._cap_reason}" if per_call < asked
+                                                else "") + f"), {self.steps} DDIM steps, audio guidance {self.guidance_scale:g}, seed "
                     f"{k.seed}")
         unused = [f"{name}={getattr(k, name)}" for name in UNUSED_KNOBS]
         if k.prompt:

@@ -150,8 +150,15 @@ def test_seeded_and_batched_output(engine):
     np.testing.assert_array_equal(one, again)  # same seed: bit-exact; feed-forward chunks change nothing
     other = _generate(engine, _request(n, audio, seed=6, frame_block_width=16), crops)
     assert not np.array_equal(one, other)
-    request = _request(n, audio, seed=5, frame_block_width=40, vae_chunk_size=65)  # 2 segments per UNet call
-    both = _generate(engine, request, crops)
+    request = _request(n, audio, seed=5, frame_block_width=40, vae_chunk_size=65)  # asks 2 segments per call
+    assert np.array_equal(_generate(engine, request, crops), one)
+    assert request.metrics["segments_per_call"] == 1  # capped: a CPU gains nothing from batching segments
+    engine.max_segments = 8  # what a large GPU's free memory allows
+    try:
+        request = _request(n, audio, seed=5, frame_block_width=40, vae_chunk_size=65)
+        both = _generate(engine, request, crops)
+    finally:
+        engine.max_segments = 1
     assert request.metrics["segments_per_call"] == 2
     assert np.abs(both.astype(int) - one).max() <= 1  # the same draws; batched kernels may round differently
 
