@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from evaluation.report import write_report
     from evaluation.server_cases import FailedCase, run_on_server
     from evaluation.weights import WeightsError
+    from model.loading import WeightsLoadError
 
     if bool(args.server) != bool(args.cases):
         print("lipsync eval: --server and --cases go together", file=sys.stderr)
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
                                       app=args.app, timeout=args.timeout, progress=lambda _: bar.update())
         else:
             cases = cases_from_folder(args.inputs) if args.inputs else cases_from_csv(args.csv)
-    except (CaseError, WeightsError) as exc:
+    except (CaseError, WeightsError, WeightsLoadError) as exc:
         print(f"lipsync eval: {exc}", file=sys.stderr)
         return 2
     for line in evaluator.skipped:

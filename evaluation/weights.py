@@ -1,4 +1,5 @@
-"""Strict loading of published checkpoints: every missing, unexpected or mis-shaped key is named."""
+"""Reading the published evaluation checkpoints (tensors only) and loading them strictly, through the same
+loader as the engines (``model.loading``): every missing, unexpected or mis-shaped key is named."""
 
 from __future__ import annotations
 
@@ -24,12 +25,6 @@ def read_checkpoint(path: str | Path) -> object:
         raise WeightsError(f"{path}: not a tensors-only PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
 
 
-def _listing(keys: Collection[str], limit: int = 8) -> str:
-    keys = sorted(keys)
-    more = f" … and {len(keys) - limit} more" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
 def load_strict(
     model: nn.Module,
     state: Mapping[str, object],
@@ -37,29 +32,14 @@ def load_strict(
     *,
     may_be_missing: Collection[str] = (),
 ) -> None:
-    """Load ``state`` into ``model``; raise WeightsError naming every missing, unexpected or mis-shaped key.
+    """Load ``state`` into ``model`` with the engines' strict loader (``model.loading.load_weights``, which
+    raises ``WeightsLoadError`` naming every missing, unexpected or mis-shaped key).
 
-    ``may_be_missing``: key suffixes tolerated when absent (e.g. BatchNorm's ``num_batches_tracked``, which
+    ``may_be_missing``: key fragments tolerated when absent (e.g. BatchNorm's ``num_batches_tracked``, which
     checkpoints older than PyTorch 0.4.1 do not have and evaluation never reads).
     """
+    from model.loading import load_weights
+
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{source}: expected a state dict of tensors, got {type(state).__name__}")
-    own = model.state_dict()
-    missing = [k for k in own if k not in state and not any(k.endswith(s) for s in may_be_missing)]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
-        for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_listing(unexpected)}")
-    if shapes:
-        problems.append(f"mis-shaped keys: {_listing(shapes)}")
-    if problems:
-        raise WeightsError(f"{source}: " + "; ".join(problems))
-    merged = {**own, **{k: v for k, v in state.items()}}
-    model.load_state_dict(merged, strict=True)
+    load_weights(model, state, component=type(model).__name__, source=source, allow_new=may_be_missing)

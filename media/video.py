@@ -123,7 +123,8 @@ def _iter_image(path: str, spec: OutputSpec, field: str, convert=None) -> Iterat
 
 
 class _Converter:
-    """Turns a decoded frame into an output-sized RGB array, rotation applied, caching the last result."""
+    """Turns a decoded frame into an output-sized RGB array, rotation applied. The last result is cached:
+    resampling to a higher fps hands the same decoded frame over several times."""
 
     def __init__(self, spec: OutputSpec):
         self.spec = spec
@@ -131,43 +132,34 @@ class _Converter:
         self._last: np.ndarray | None = None
 
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
-        if frame is self._last_key and self._last is not None:
-            return self._last
+        if frame is not self._last_key or self._last is None:
+            out = self.convert(frame)
+            out.setflags(write=False)
+            self._last_key, self._last = frame, out
+        return self._last
+
+    def convert(self, frame: av.VideoFrame) -> np.ndarray:
         k = rotation_of(frame) // 90
         w, h = (self.spec.height, self.spec.width) if k % 2 else (self.spec.width, self.spec.height)
-        rgb = frame.to_ndarray(format="rgb24")
-        rgb = resize_frame(rgb, w, h)
-        if k:
-            rgb = np.ascontiguousarray(np.rot90(rgb, k))
-        rgb.setflags(write=False)
-        self._last_key, self._last = frame, rgb
-        return rgb
+        rgb = resize_frame(frame.to_ndarray(format="rgb24"), w, h)
+        return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
 
 
-class _I420Converter:
+class _I420Converter(_Converter):
     """A decoded frame as an output-sized I420 array in ``colour``: its own planes (rotated) when the frame
-    is already 8-bit 4:2:0 in that colour and size, else through ``_Converter``'s RGB and ``rgb_to_i420``."""
+    is already 8-bit 4:2:0 in that colour and size, else the RGB conversion and ``rgb_to_i420``."""
 
     def __init__(self, spec: OutputSpec, colour: Colour):
-        self.spec, self.colour = spec, colour
-        self._rgb = _Converter(spec)
-        self._last_key: object = None
-        self._last: np.ndarray | None = None
+        super().__init__(spec)
+        self.colour = colour
 
-    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
-        if frame is self._last_key and self._last is not None:
-            return self._last
+    def convert(self, frame: av.VideoFrame) -> np.ndarray:
         k = rotation_of(frame) // 90
         size = (frame.height, frame.width) if k % 2 else (frame.width, frame.height)
         if frame_colour(frame) == self.colour and size == (self.spec.width, self.spec.height):
             out = frame.to_ndarray()
-            if k:
-                out = _rotate_i420(out, k)
-        else:
-            out = rgb_to_i420(self._rgb(frame), self.colour)
-        out.setflags(write=False)
-        self._last_key, self._last = frame, out
-        return out
+            return _rotate_i420(out, k) if k else out
+        return rgb_to_i420(super().convert(frame), self.colour)
 
 
 def _rotate_i420(i420: np.ndarray, k: int) -> np.ndarray:

@@ -20,6 +20,10 @@ and the speed is the trained model's.
     .venv/bin/python scripts/bench_engines.py --device cuda --dtype fp16       # whole 10 s clips, batch 16
     .venv/bin/python scripts/bench_engines.py --engines musetalk --weights DIR --frames 250 --measure e2e
         # a whole 10 s clip on small random weights (tests/engines/musetalk_weights.py): the CPU stages' rate
+    .venv/bin/python scripts/bench_engines.py --engines latentsync --steps 1 --measure alone
+    .venv/bin/python scripts/bench_engines.py --engines latentsync --steps 2
+        # LatentSync 1.6 at full size on a CPU: one denoising step is the difference of the two runs, and the
+        # published 20 steps are predicted from it (a 20-step CPU run takes ~15 min a frame)
 """
 
 from __future__ import annotations

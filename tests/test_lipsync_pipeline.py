@@ -348,26 +348,32 @@ def test_model_loading_rules(tmp_path):
         load_lipsync_pipeline(Settings(weights_dir=tmp_path / "missing"))
 
 
-def test_cancel_while_denoising(lstack, clips):
-    """Last in the module: the worker is swapped for one with many denoising steps, so there is time to cancel
-    in the middle of the loop; the cancel lands between steps and ends the request as client_cancelled."""
-    for proc in list(lstack.workers):
+def cancel_while_denoising(stack, clips, *, steps: int, worker: str, stage: str, timeout: float) -> None:
+    """Swap the stack's workers for one with ``steps`` denoising steps, so there is time to cancel inside the
+    loop; cancel with the official client once a ``stage`` progress line shows, and check that the request
+    ended client_cancelled between steps, before encoding (shared by every engine's stack)."""
+    for proc in list(stack.workers):
         proc.kill(signal.SIGTERM)
-        lstack.workers.remove(proc)
-    lstack.env["LIPSYNC_NUM_INFERENCE_STEPS"] = "5000"
-    lstack.start_worker("lipsync-slow")
-    submitted = submit(lstack, clips["face"], clips["speech"], num_frames=9)
+        stack.workers.remove(proc)
+    stack.env["LIPSYNC_NUM_INFERENCE_STEPS"] = str(steps)
+    stack.start_worker(worker, timeout=timeout)
+    submitted = submit(stack, clips["face"], clips["speech"], num_frames=9)
 
     def denoising():
         status = httpx.get(submitted["status_url"], params={"logs": 1}, headers=AUTH).json()
-        return any(m.startswith("denoising block") for m in messages(status)) and status
+        return any(m.startswith(stage) for m in messages(status)) and status
 
-    status = wait_until(denoising, 60, "denoising to start", interval=0.1)
+    status = wait_until(denoising, timeout, "denoising to start", interval=0.1)
     assert status["status"] == "IN_PROGRESS", status
     fal_client.SyncClient(key=ALICE).cancel("pipio/lipsync", submitted["request_id"])  # raises unless 2xx
-    status = finished(lstack, submitted, timeout=20)
+    status = finished(stack, submitted, timeout=timeout)
     assert status["error_type"] == "client_cancelled", status
     logs = messages(status)
-    steps = [m for m in logs if m.startswith("denoising block")]
-    assert steps and not steps[-1].endswith("5000/5000"), steps  # stopped inside the loop
+    done = [m for m in logs if m.startswith(stage)]
+    assert done and not done[-1].endswith(f"{steps}/{steps}"), done  # stopped inside the loop
     assert not any(m.startswith("Encoding") for m in logs), logs
+
+
+def test_cancel_while_denoising(lstack, clips):
+    """Last in the module: the cancel lands between denoising steps and ends the request as client_cancelled."""
+    cancel_while_denoising(lstack, clips, steps=5000, worker="lipsync-slow", stage="denoising block", timeout=60)

@@ -1,4 +1,4 @@
-"""Loading LatentSync's published files: ``latentsync_unet.pt`` (strict), ``whisper/tiny.pt`` (OpenAI format, via
+"""Loading LatentSync's published files: ``latentsync_unet.pt`` (strictly, ``model.loading``), ``whisper/tiny.pt`` (OpenAI format, via
 ``model.latentsync.audio``), the sd-vae-ft-mse folder (diffusers ``AutoencoderKL``)."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from model.latentsync.config import UNetConfig
+from model.loading import load_weights
 
 UNET_FILE = "latentsync_unet.pt"
 WHISPER_FILE = "whisper/tiny.pt"
@@ -15,7 +16,8 @@ VAE_DIR = "sd-vae"
 
 
 class CheckpointError(RuntimeError):
-    """A published file does not hold what the configuration expects (named keys, shapes)."""
+    """``latentsync_unet.pt`` is not the published ``{global_step, state_dict}`` pickle (key mismatches raise
+    ``model.loading.WeightsLoadError``)."""
 
 
 def read_unet_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], int | None]:
@@ -28,22 +30,6 @@ def read_unet_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], int | Non
                           f"{type(ckpt).__name__}{keys}")
 
 
-def check_keys(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Raise CheckpointError naming missing / unexpected keys and shape mismatches (before loading anything)."""
-    want = model.state_dict()
-    missing = [k for k in want if k not in state]
-    unexpected = [k for k in state if k not in want]
-    shapes = [f"{k} {tuple(state[k].shape)} != {tuple(want[k].shape)}" for k in want
-              if k in state and tuple(state[k].shape) != tuple(want[k].shape)]
-    if missing or unexpected or shapes:
-        def show(items):
-            return ", ".join(items[:8]) + (f" (+{len(items) - 8} more)" if len(items) > 8 else "")
-        parts = [f"{len(missing)} missing: {show(missing)}" if missing else "",
-                 f"{len(unexpected)} unexpected: {show(unexpected)}" if unexpected else "",
-                 f"{len(shapes)} wrong shape: {show(shapes)}" if shapes else ""]
-        raise CheckpointError(f"{source} does not match the UNet configuration: " + "; ".join(p for p in parts if p))
-
-
 def load_unet(path: Path, config: UNetConfig, *, device: str = "cpu", dtype: torch.dtype = torch.float32):
     """Build the UNet on the meta device and load the checkpoint into it strictly."""
     from model.latentsync.unet import LatentSyncUNet
@@ -51,10 +37,9 @@ def load_unet(path: Path, config: UNetConfig, *, device: str = "cpu", dtype: tor
     state, step = read_unet_checkpoint(path)
     with torch.device("meta"):
         unet = LatentSyncUNet(config)
-    check_keys(unet, state, str(path))
-    unet.load_state_dict(state, strict=True, assign=True)
+    load_weights(unet, state, component="LatentSync UNet", source=str(path), device=device, dtype=dtype)
     unet.global_step = step
-    return unet.to(device=device, dtype=dtype).eval()
+    return unet.eval()
 
 
 def load_vae(folder: Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32):

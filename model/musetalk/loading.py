@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from model.pipio.loading import WeightsLoadError, build_and_load  # the shared strict loader
+from model.loading import WeightsLoadError, build_and_load
 
 __all__ = ["MuseTalkNetworks", "WeightsLoadError", "load_networks", "read_checkpoint"]
 

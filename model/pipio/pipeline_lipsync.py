@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from contract.errors import InvalidInput
 from model.frame_store import FrameStore
+from model.loading import LazyCheckpoint, LoadReport, WeightsLoadError, build_and_load
 from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift
 from safetensors.torch import save_model
@@ -38,7 +39,6 @@ from .audio_encoder import build_audio_encoder, encode_audio, latent_frame_windo
 from .autoencoder_lipsync import decode_chunked, denormalize_latents, encode_chunked, normalize_latents, plan_chunks
 from .config import LipSyncConfig, PipelineConfig, load_config, pipeline_config_from_dict
 from .frame_blocks import FrameBlock, block_weights, plan_frame_blocks
-from .loading import LazyCheckpoint, LoadReport, WeightsLoadError, build_and_load
 from .text_encoder import build_text_encoder, build_tokenizer, check_tokenizer, encode_prompt
 from .transformer_lipsync import LipSyncConditioning, LipSyncTransformer3DModel, reference_logit_bias
 

@@ -15,7 +15,7 @@ import yaml
 from model.latentsync import faces
 from model.latentsync.audio import AudioFeatures, encoder_layers, log_mel, openai_to_transformers, whisper_config
 from model.latentsync.config import UNetConfig, folder_config, parse_config, variant_config
-from model.latentsync.loading import CheckpointError, check_keys
+from model.loading import WeightsLoadError, load_weights
 from model.latentsync.random_weights import SMALL_WHISPER, TINY_WHISPER, openai_whisper_state
 from model.latentsync.unet import LatentSyncUNet
 from model.latentsync.unet_blocks import ResnetBlock3D
@@ -36,8 +36,9 @@ def test_full_size_checkpoint_loads_with_no_missing_or_unexpected_key(variant):
         unet = LatentSyncUNet(config.unet)
         state = {name: torch.empty(shape) for name, shape in published_keys().items()}
     assert len(state) == 1246
-    check_keys(unet, state, "published key list")
-    result = unet.load_state_dict(state, strict=True, assign=True)
+    report = load_weights(unet, state, component="LatentSync UNet", source="published key list", device="meta")
+    assert report.loaded == sorted(state) and report.newly_initialized == []
+    result = unet.load_state_dict(state, strict=True, assign=True)  # and torch's own strict check agrees
     assert result.missing_keys == [] and result.unexpected_keys == []
     # what the published layout holds: 13 input channels, audio-only cross-attention of width 384, motion
     # modules at every down/up level and not in the middle block, 8 heads
@@ -57,8 +58,10 @@ def test_a_wrong_checkpoint_is_refused_with_the_keys_named():
     state.pop("conv_out.bias")
     state["conv_in.weight"] = torch.empty(320, 49, 3, 3, device="meta")  # a stage-1 style input
     state["extra.weight"] = torch.empty(1, device="meta")
-    with pytest.raises(CheckpointError, match=r"1 missing: conv_out.bias; 1 unexpected: extra.weight; 1 wrong shape"):
-        check_keys(unet, state, "bad")
+    with pytest.raises(WeightsLoadError, match=r"1 missing key\(s\): conv_out.bias") as info:
+        load_weights(unet, state, component="LatentSync UNet", source="bad", device="meta")
+    assert info.value.missing == ["conv_out.bias"] and info.value.unexpected == ["extra.weight"]
+    assert info.value.mismatched == ["conv_in.weight (checkpoint (320, 49, 3, 3), model (320, 13, 3, 3))"]
 
 
 def test_resnet_group_norm_spans_the_segments_frames():

@@ -4,7 +4,6 @@ the official JS client, a cancel while denoising. The media and helpers are test
 
 from __future__ import annotations
 
-import signal
 from fractions import Fraction
 
 import fal_client
@@ -13,10 +12,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import ALICE
-from tests.support import make_stack, probe, wait_until
+from tests.support import make_stack, probe
 from tests.test_js_client import requires_js, run_js
 from tests.test_lipsync_pipeline import clips  # noqa: F401  (the module's media fixture)
-from tests.test_lipsync_pipeline import AUTH, FPS, H, N, W, _decode, assert_audio_matches, finished, messages, submit
+from tests.test_lipsync_pipeline import (FPS, H, N, W, _decode, assert_audio_matches, cancel_while_denoising,
+                                         finished, messages, submit)
 
 TIMEOUT = 300
 """A diffusion UNet on a shared CPU: minutes, not seconds."""
@@ -86,22 +86,5 @@ def test_edit_through_the_js_client(ls_stack, clips, tmp_path):
 
 def test_cancel_while_denoising(ls_stack, clips):
     """Last: the worker is swapped for one with many steps; the cancel lands between denoising steps."""
-    for proc in list(ls_stack.workers):
-        proc.kill(signal.SIGTERM)
-        ls_stack.workers.remove(proc)
-    ls_stack.env["LIPSYNC_NUM_INFERENCE_STEPS"] = "500"
-    ls_stack.start_worker("latentsync-slow", timeout=TIMEOUT)
-    submitted = submit(ls_stack, clips["face"], clips["speech"], num_frames=9)
-
-    def denoising():
-        status = httpx.get(submitted["status_url"], params={"logs": 1}, headers=AUTH).json()
-        return any(m.startswith("denoising frames") for m in messages(status)) and status
-
-    status = wait_until(denoising, 180, "denoising to start", interval=0.2)
-    assert status["status"] == "IN_PROGRESS", status
-    fal_client.SyncClient(key=ALICE).cancel("pipio/lipsync", submitted["request_id"])
-    status = finished(ls_stack, submitted, timeout=60)
-    assert status["error_type"] == "client_cancelled", status
-    steps = [m for m in messages(status) if m.startswith("denoising frames")]
-    assert steps and not steps[-1].endswith("500/500"), steps
-    assert not any(m.startswith("Encoding") for m in messages(status))
+    cancel_while_denoising(ls_stack, clips, steps=500, worker="latentsync-slow", stage="denoising frames",
+                           timeout=TIMEOUT)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from contract.settings import Settings
-from model.pipio.loading import WeightsLoadError
+from model.loading import WeightsLoadError
 from model.weights import WeightsFolderError, detect
 from tests.engines.musetalk_weights import write_musetalk_weights
 

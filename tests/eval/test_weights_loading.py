@@ -9,6 +9,7 @@ import torch
 from evaluation.stable_syncnet import SYNCNET_16_PIXEL_ATTN, StableSyncNet, StableSyncNetConfig, load_stable_syncnet
 from evaluation.syncnet_v2 import SyncNetV2, load_syncnet_v2
 from evaluation.weights import WeightsError
+from model.loading import WeightsLoadError
 from tests.eval.weights_files import TINY_STABLE_YAML, randomise, write_stable_syncnet, write_syncnet_v2
 
 # The `model:` section of LatentSync's published configs/syncnet/syncnet_16_pixel_attn.yaml.
@@ -63,12 +64,12 @@ def _save(path, state):
 def test_syncnet_v2_errors_name_the_keys(tmp_path, syncnet_file):
     state = torch.load(syncnet_file, weights_only=True)
     missing = {k: v for k, v in state.items() if k != "netfclip.3.weight"}
-    with pytest.raises(WeightsError, match=r"missing keys: netfclip\.3\.weight"):
+    with pytest.raises(WeightsLoadError, match=r"1 missing key\(s\): netfclip\.3\.weight"):
         load_syncnet_v2(_save(tmp_path / "missing.model", missing))
-    with pytest.raises(WeightsError, match=r"unexpected keys: __S__\.extra"):
+    with pytest.raises(WeightsLoadError, match=r"1 unexpected key\(s\): __S__\.extra"):
         load_syncnet_v2(_save(tmp_path / "extra.model", {**state, "__S__.extra": torch.zeros(1)}))
     wrong = {**state, "netcnnlip.0.weight": torch.zeros(96, 1, 5, 7, 7)}  # a grey-input net is not this one
-    with pytest.raises(WeightsError, match=r"mis-shaped keys: netcnnlip\.0\.weight \(file \(96, 1, 5, 7, 7\), model \(96, 3, 5, 7, 7\)\)"):
+    with pytest.raises(WeightsLoadError, match=r"shape mismatch\(es\): netcnnlip\.0\.weight \(checkpoint \(96, 1, 5, 7, 7\), model \(96, 3, 5, 7, 7\)\)"):
         load_syncnet_v2(_save(tmp_path / "shape.model", wrong))
     (tmp_path / "junk.model").write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="not a tensors-only PyTorch checkpoint"):
@@ -116,10 +117,10 @@ def test_stable_syncnet_errors_name_the_keys(tmp_path):
         load_stable_syncnet(tmp_path / "bare.pt", cfg)
     del state["audio_encoder.norm_out.weight"]
     torch.save({"state_dict": state}, tmp_path / "missing.pt")
-    with pytest.raises(WeightsError, match=r"missing keys: audio_encoder\.norm_out\.weight"):
+    with pytest.raises(WeightsLoadError, match=r"1 missing key\(s\): audio_encoder\.norm_out\.weight"):
         load_stable_syncnet(tmp_path / "missing.pt", cfg)
     (tmp_path / "frames8.yaml").write_text(TINY_STABLE_YAML.replace("in_channels: 12", "in_channels: 24"))
-    with pytest.raises(WeightsError, match=r"mis-shaped keys: visual_encoder\.conv_in\.weight \(file \(32, 12, 3, 3\), model \(32, 24, 3, 3\)\)"):
+    with pytest.raises(WeightsLoadError, match=r"shape mismatch\(es\): visual_encoder\.conv_in\.weight \(checkpoint \(32, 12, 3, 3\), model \(32, 24, 3, 3\)\)"):
         load_stable_syncnet(path, tmp_path / "frames8.yaml")  # 4-frame weights against an 8-frame config
     (tmp_path / "bad.yaml").write_text(TINY_STABLE_YAML.replace("  audio_encoder:", "  audio_encoderr:"))
     with pytest.raises(WeightsError, match=r"unknown model keys \['audio_encoderr'\]"):

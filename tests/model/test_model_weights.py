@@ -16,7 +16,7 @@ from diffusers import AutoencoderKLLTXVideo, LTXVideoTransformer3DModel
 from safetensors.torch import load_file, save_file
 
 from model.pipio.config import load_config
-from model.pipio.loading import WeightsLoadError
+from model.loading import WeightsLoadError
 from model.pipio.pipeline_lipsync import LipSyncPipeline, load_transformer, load_vae
 
 ROOT = Path(__file__).resolve().parents[2]

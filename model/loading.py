@@ -1,8 +1,10 @@
-"""Strict weight loading from safetensors files / diffusers-layout directories, with errors that name keys.
+"""Strict weight loading for every engine and the evaluation networks, with errors that name keys.
 
-``load_weights`` compares a checkpoint with a module and raises :class:`WeightsLoadError` listing *every*
-missing, unexpected and wrongly shaped key, unless the missing keys are lip-sync modules the caller allows to
-be newly initialised (starting from a stock LTX-Video checkpoint); those are reported back instead.
+``load_weights`` compares a checkpoint (safetensors, a ``torch.load`` state dict, a :class:`LazyCheckpoint`)
+with a module and raises :class:`WeightsLoadError` naming the missing, unexpected and wrongly shaped keys
+(all of them on the exception, the first ``SHOWN`` of each in the message), unless the missing keys are ones
+the caller allows (pipio's lip-sync modules when starting from a stock LTX-Video checkpoint, BatchNorm
+counters an old checkpoint lacks); those are reported back instead. Never ``strict=False`` on a mismatch.
 
 Loading in the target dtype on the target device: a module built on ``meta`` is cast there (free), given
 empty storage directly on ``device``, and filled tensor by tensor from a :class:`LazyCheckpoint` (keys and
@@ -25,20 +27,30 @@ from safetensors.torch import load_file
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
 
 
+SHOWN = 20
+"""Keys of each kind named in a WeightsLoadError's message (a wrong file can differ in thousands)."""
+
+
 class WeightsLoadError(ValueError):
-    """A checkpoint does not match the module: lists every offending key."""
+    """A checkpoint does not match the module: ``missing``, ``unexpected`` and ``mismatched`` hold every
+    offending key; the message names the first ``SHOWN`` of each."""
 
     def __init__(self, component: str, source: str, missing: list[str], unexpected: list[str],
                  mismatched: list[str]):
         self.component, self.source = component, source
         self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
+
+        def listing(keys: list[str]) -> str:
+            more = f" … and {len(keys) - SHOWN} more" if len(keys) > SHOWN else ""
+            return ", ".join(keys[:SHOWN]) + more
+
         parts = [f"cannot load {component} weights from {source}:"]
         if missing:
-            parts.append(f"{len(missing)} missing key(s): {', '.join(missing)}")
+            parts.append(f"{len(missing)} missing key(s): {listing(missing)}")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): {', '.join(unexpected)}")
+            parts.append(f"{len(unexpected)} unexpected key(s): {listing(unexpected)}")
         if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatch(es): {', '.join(mismatched)}")
+            parts.append(f"{len(mismatched)} shape mismatch(es): {listing(mismatched)}")
         super().__init__("\n  ".join(parts))
 
 
