@@ -1,9 +1,10 @@
 """MP4 out: H.264 (yuv420p, CRF quality) + AAC, ``+faststart``, written frame by frame.
 
-Throughput: x264 runs with its own thread pool at ``veryfast``, the CRF lowered from 18 to 16 to hold the
-quality of ``medium``/CRF 18: on the 1080x1920 bench clip 2.5-3x faster, PSNR 43.6 vs 43.9 dB, a 10 % smaller
-file; on the 256x192 test clip it meets the face PSNR bound that ``medium``/18 meets and ``veryfast``/18
-misses (docs/performance.md). With a GPU present and an FFmpeg build that has ``h264_nvenc``, that encoder
+Throughput: x264 runs with its own thread pool at ``veryfast`` (``default_crf``): CRF 18 from 1280x720 up,
+within 0.4 dB of the landed ``medium``/18 on smooth and on noisy (camera-like) 1080x1920 footage at 3x its
+speed and no bigger; CRF 16 below, where ``veryfast``/18 loses more (the 256x192 test clip misses the face PSNR
+bound that ``medium``/18 meets) and x264 costs little anyway. CRF 16 at HD sizes would write 2.5x the bytes of
+``medium``/18 on noisy footage (docs/performance.md). With a GPU present and an FFmpeg build that has ``h264_nvenc``, that encoder
 is used instead (``encoder_name``); any failure to open it falls back to libx264 silently (logged at INFO).
 
 The writer takes frames incrementally, so memory stays flat, and lays the audio on the video timeline as it
@@ -30,8 +31,9 @@ from media.yuv import ENCODE_COLOUR, SPC_BT709, Colour, frame_height, rgb_to_i42
 log = logging.getLogger(__name__)
 
 AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
-DEFAULT_CRF = 16
-"""x264 constant-rate factor: 16 at ``veryfast`` matches 18 at ``medium`` (visually lossless for most content)."""
+HD_CRF, SMALL_CRF = 18, 16
+"""x264 constant-rate factors at ``veryfast`` (``default_crf``): visually lossless for most content."""
+HD_PIXELS = 1280 * 720
 DEFAULT_PRESET = "veryfast"
 """x264 preset chosen for throughput at equal quality (see the module docstring)."""
 NVENC_PRESET = "p4"
@@ -72,13 +74,14 @@ class Mp4Writer:
         width: int,
         height: int,
         audio: AudioTrack | None = None,
-        crf: int = DEFAULT_CRF,
+        crf: int | None = None,
         preset: str = DEFAULT_PRESET,
         colour: Colour = ENCODE_COLOUR,
     ):
         if width % 2 or height % 2:
             raise ValueError(f"H.264 yuv420p needs even sizes, got {width}x{height}")
         self.colour = colour
+        crf = default_crf(width, height) if crf is None else crf
         self.path = os.fspath(path)
         self.fps = Fraction(fps).limit_denominator(1001)
         self.width, self.height = width, height
@@ -234,6 +237,11 @@ class Mp4Writer:
                 pass
             if os.path.exists(self.path):
                 os.remove(self.path)
+
+
+def default_crf(width: int, height: int) -> int:
+    """CRF 18 from 1280x720 up, 16 below (see the module docstring)."""
+    return HD_CRF if width * height >= HD_PIXELS else SMALL_CRF
 
 
 def use_nvenc() -> bool:

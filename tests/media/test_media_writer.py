@@ -125,3 +125,13 @@ def test_output_is_tagged_bt709_and_colours_survive(tmp_path):
     assert tags == {"color_space": "bt709", "color_primaries": "bt709", "color_transfer": "bt709", "color_range": "tv"}
     back = read_video(path, resolve_output_spec(probe_video(path)))
     assert np.abs(back.astype(int) - red).max() <= 3
+
+
+def test_crf_follows_the_frame_size(tmp_path):
+    """CRF 18 from 1280x720 up, 16 below (media.writer.default_crf): read from the x264 settings the encoder
+    writes into the stream itself."""
+    for (w, h), crf in (((1280, 720), b"crf=18.0"), ((720, 1280), b"crf=18.0"), ((256, 192), b"crf=16.0")):
+        path = tmp_path / f"{w}x{h}.mp4"
+        write_mp4(path, np.full((2, h, w, 3), 90, np.uint8), 25)
+        data = path.read_bytes()
+        assert b"x264 - core" in data and crf in data, (w, h)
