@@ -19,6 +19,8 @@ from media.masks import face_blend_mask
 from media.yuv import Colour, even_box, frame_height, planes, rgb_to_yuv_matrix, yuv_to_rgb_matrix
 
 
+CHROMA_TO_LUMA = np.array([[2.0, 0, 0.5], [0, 2.0, 0.5], [0, 0, 1]])
+"""A 4:2:0 chroma sample's coordinates -> the luma coordinates of its 2x2 block's centre (affine, 3x3)."""
 COLOUR_STATS_SIZE = 64
 """Side (pixels) at which the seam colours are compared: a mean needs no detail."""
 
@@ -92,7 +94,7 @@ def paste_face_i420(i420: np.ndarray, crop: np.ndarray, affine: np.ndarray, mask
     x0, y0, x1, y1 = region
     m = affine.copy()
     m[:, 2] += m[:, :2] @ np.array([x0, y0], np.float64)  # region pixel -> crop pixel
-    mc = m @ np.array([[2.0, 0, 0.5], [0, 2.0, 0.5], [0, 0, 1]])  # chroma sample (centre of 2x2) -> crop
+    mc = m @ CHROMA_TO_LUMA  # chroma sample (centre of 2x2) -> crop
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     mask = mask.astype(np.float32, copy=False)
     full, half = (x1 - x0, y1 - y0), ((x1 - x0) // 2, (y1 - y0) // 2)
@@ -116,7 +118,7 @@ def _seam_shift_planes(y: np.ndarray, u: np.ndarray, v: np.ndarray, crop: np.nda
     size = crop.shape[0]
     small = min(size, COLOUR_STATS_SIZE)
     m = affine * (small / size)
-    mc = m @ np.array([[2.0, 0, 0.5], [0, 2.0, 0.5], [0, 0, 1]])  # chroma plane pixel -> small crop pixel
+    mc = m @ CHROMA_TO_LUMA  # chroma plane pixel -> small crop pixel
     warp = dict(flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     ycc = cv2.merge([cv2.warpAffine(y, m, (small, small), **warp),
                      cv2.warpAffine(u, mc, (small, small), **warp),
