@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from media.errors import NoFaceDetected
+from media.track_smoothing import Rows, TrackRows
 
 if TYPE_CHECKING:
     from media.timeline import Timeline
@@ -270,25 +271,6 @@ def _pick_dominant(faces: list[FaceDetection], previous: np.ndarray | None) -> F
     return largest
 
 
-def _smooth(values: np.ndarray, window: int) -> np.ndarray:
-    """Centred moving average along axis 0, the window shrinking at both ends (no edge bias)."""
-    if window <= 1 or values.shape[0] < 2:
-        return values
-    half = window // 2
-    csum = np.concatenate([np.zeros((1,) + values.shape[1:]), np.cumsum(values, axis=0, dtype=np.float64)])
-    n = values.shape[0]
-    i = np.arange(n)
-    lo, hi = np.maximum(0, i - half), np.minimum(n, i + half + 1)
-    shape = (-1,) + (1,) * (values.ndim - 1)
-    return ((csum[hi] - csum[lo]) / (hi - lo).reshape(shape)).astype(values.dtype)
-
-
-def _unwrap_angles(alignment: np.ndarray) -> np.ndarray:
-    out = alignment.copy()
-    out[:, 3] = np.unwrap(out[:, 3])
-    return out
-
-
 FOLLOW_MIN_IOU = 0.6
 """A followed face is lost when its landmarks' extent overlaps the previous frame's by less than this."""
 FOLLOW_MAX_CHANGE = 20.0
@@ -342,6 +324,94 @@ def _same_frame(frame: np.ndarray, last: np.ndarray | None) -> bool:
         np.array_equal(frame, last)
 
 
+class FaceTracker:
+    """``track_faces`` a chunk at a time: ``push`` decoded frames, ``finish`` for the whole FaceTrack. After
+    every push (and in ``finish``) the rows that became final go to ``on_rows`` (``media.track_smoothing.Rows``,
+    in order, at most ``lag`` frames behind the newest pushed): the worker crops faces with them during the
+    tracking pass. Parameters: see ``track_faces``."""
+
+    def __init__(self, analyzer: FaceAnalyzer | None = None, *, max_gap: int = 6, smooth_window: int = 7,
+                 cut_iou: float = 0.1, detect_every: int = 10, on_rows: Callable[[Rows], None] | None = None):
+        self.analyzer = analyzer or default_face_analyzer()
+        self.on_rows = on_rows
+        self.cut_iou, self.max_gap, self.detect_every = cut_iou, max_gap, detect_every
+        self._can_follow = detect_every > 1 and callable(getattr(self.analyzer, "landmarks", None))
+        self._rows = TrackRows(alignment_from_landmarks, max_gap=max_gap, smooth_window=smooth_window)
+        self._followed: FaceDetection | None = None  # the face of the previous frame, to follow into this one
+        self._thumb: np.ndarray | None = None
+        self._since_detect = 0
+        self._prev_box: np.ndarray | None = None
+        self._last_seen = -(10**9)
+        self._shot_id = 0
+        self._last_frame: np.ndarray | None = None
+        self._faces: list[FaceDetection] = []
+        self._taken: list[Rows] = []
+        self.num_frames = 0
+        self.frame_size = (0, 0)
+
+    @property
+    def lag(self) -> int:
+        return self._rows.lag
+
+    def push(self, frames: np.ndarray) -> None:
+        """One (H, W, 3) frame or an (n, H, W, 3) chunk, in order."""
+        for frame in (frames if frames.ndim == 4 else frames[None]):
+            self._push_frame(frame)
+        self._take()
+
+    def finish(self) -> FaceTrack:
+        self._rows.finish()
+        self._take()
+        parts = self._taken
+        empty = Rows(0, np.zeros(0, bool), np.zeros(0, bool), np.zeros((0, N_LANDMARKS, 2), np.float32),
+                     np.zeros((0, 4), np.float32))
+        track = FaceTrack(
+            present=np.concatenate([empty.present] + [r.present for r in parts]),
+            detected=np.concatenate([empty.detected] + [r.detected for r in parts]),
+            landmarks=np.concatenate([empty.landmarks] + [r.landmarks for r in parts]),
+            alignment=np.concatenate([empty.alignment] + [r.alignment for r in parts]),
+            frame_size=self.frame_size, analyzer=self.analyzer.name)
+        log.info("face coverage %.1f%% (%d of %d frames; %d detected, %d bridged) with %s",
+                 100 * track.coverage, int(track.present.sum()), track.num_frames, int(track.detected.sum()),
+                 int(track.present.sum() - track.detected.sum()), track.analyzer)
+        return track
+
+    def _take(self) -> None:
+        rows = self._rows.take()
+        if rows is not None:
+            self._taken.append(rows)
+            if self.on_rows is not None:
+                self.on_rows(rows)
+
+    def _push_frame(self, frame: np.ndarray) -> None:
+        self.frame_size = (frame.shape[1], frame.shape[0])
+        i = self.num_frames
+        self.num_frames += 1
+        # A repeated frame (an animated still, frames duplicated by fps resampling) reuses its detection.
+        if not _same_frame(frame, self._last_frame):
+            face = None
+            if self._can_follow and self._followed is not None and self._since_detect < self.detect_every:
+                face = _follow(self.analyzer, frame, self._followed, self._thumb)
+            if face is not None:
+                self._faces, self._since_detect = [face], self._since_detect + 1
+            else:
+                self._faces, self._since_detect = self.analyzer.detect(frame), 1
+        self._last_frame = frame
+        if i - self._last_seen > self.max_gap + 1:
+            self._prev_box = None
+        if not self._faces:
+            self._rows.push(None, -1)
+            self._followed = None
+            return
+        face = _pick_dominant(self._faces, self._prev_box)
+        if self._can_follow and face is not self._followed:
+            self._followed, self._thumb = face, _thumbnail(frame, face.box)
+        if self._prev_box is None or _iou(face.box, self._prev_box) < self.cut_iou:
+            self._shot_id += 1
+        self._rows.push(face.landmarks, self._shot_id)
+        self._prev_box, self._last_seen = face.box, i
+
+
 def track_faces(
     frames: Iterable[np.ndarray],
     analyzer: FaceAnalyzer | None = None,
@@ -362,96 +432,11 @@ def track_faces(
     therefore picked up within ``detect_every`` frames.
     Returns a FaceTrack even with no face at all; call ``require_face()`` to turn that into NoFaceDetected.
     """
-    analyzer = analyzer or default_face_analyzer()
-    can_follow = detect_every > 1 and callable(getattr(analyzer, "landmarks", None))
-    followed: FaceDetection | None = None  # the face of the previous frame, to follow into this one
-    thumb: np.ndarray | None = None
-    since_detect = 0
-    raw: list[np.ndarray | None] = []
-    shot: list[int] = []
-    prev_box: np.ndarray | None = None
-    last_seen = -(10**9)
-    shot_id = 0
-    size = (0, 0)
-    last_frame: np.ndarray | None = None
-    faces: list[FaceDetection] = []
-    for frame in _frames_of(frames):
-        size = (frame.shape[1], frame.shape[0])
-        i = len(raw)
-        # A repeated frame (an animated still, frames duplicated by fps resampling) reuses its detection.
-        if not _same_frame(frame, last_frame):
-            face = None
-            if can_follow and followed is not None and since_detect < detect_every:
-                face = _follow(analyzer, frame, followed, thumb)
-            if face is not None:
-                faces, since_detect = [face], since_detect + 1
-            else:
-                faces, since_detect = analyzer.detect(frame), 1
-        last_frame = frame
-        if i - last_seen > max_gap + 1:
-            prev_box = None
-        if not faces:
-            raw.append(None)
-            shot.append(-1)
-            followed = None
-            continue
-        face = _pick_dominant(faces, prev_box)
-        if can_follow and face is not followed:
-            followed, thumb = face, _thumbnail(frame, face.box)
-        if prev_box is None or _iou(face.box, prev_box) < cut_iou:
-            shot_id += 1
-        raw.append(face.landmarks)
-        shot.append(shot_id)
-        prev_box, last_seen = face.box, i
-    return _build_track(raw, np.array(shot, dtype=np.int64), max_gap, smooth_window, size, analyzer.name)
-
-
-def _frames_of(frames: Iterable[np.ndarray]) -> Iterable[np.ndarray]:
+    tracker = FaceTracker(analyzer, max_gap=max_gap, smooth_window=smooth_window, cut_iou=cut_iou,
+                          detect_every=detect_every)
     for item in frames:
-        if item.ndim == 4:
-            yield from item
-        else:
-            yield item
-
-
-def _build_track(
-    raw: list[np.ndarray | None],
-    shot: np.ndarray,
-    max_gap: int,
-    smooth_window: int,
-    size: tuple[int, int],
-    analyzer: str,
-) -> FaceTrack:
-    n = len(raw)
-    detected = np.array([r is not None for r in raw], dtype=bool)
-    landmarks = np.full((n, N_LANDMARKS, 2), np.nan, np.float32)
-    for i, r in enumerate(raw):
-        if r is not None:
-            landmarks[i] = r
-    # Bridge brief misses between two detections of the same shot.
-    seen = np.flatnonzero(detected)
-    for a, b in zip(seen[:-1], seen[1:]):
-        if 1 < b - a <= max_gap + 1 and shot[a] == shot[b]:
-            w = ((np.arange(a + 1, b) - a) / (b - a)).astype(np.float32)[:, None, None]
-            landmarks[a + 1 : b] = landmarks[a] * (1 - w) + landmarks[b] * w
-            shot[a + 1 : b] = shot[a]
-    present = shot >= 0
-    alignment = np.full((n, 4), np.nan, np.float32)
-    for s in np.unique(shot[present]):
-        idx = np.flatnonzero(shot == s)
-        # a shot is contiguous after bridging; guard anyway by splitting at holes
-        for run in np.split(idx, np.flatnonzero(np.diff(idx) > 1) + 1):
-            al = _unwrap_angles(alignment_from_landmarks(landmarks[run]))
-            alignment[run] = _smooth(al, smooth_window)
-            landmarks[run] = _smooth(landmarks[run], 3)
-    track = FaceTrack(present, detected, landmarks, alignment, size, analyzer)
-    log.info(
-        "face coverage %.1f%% (%d of %d frames; %d detected, %d bridged) with %s",
-        100 * track.coverage, int(present.sum()), n, int(detected.sum()), int(present.sum() - detected.sum()),
-        analyzer,
-    )
-    return track
-
+        tracker.push(item)
+    return tracker.finish()
 
 
 def track_on_timeline(track: FaceTrack, timeline: "Timeline") -> FaceTrack:

@@ -224,12 +224,21 @@ def plan_timeline(
     return Timeline(source_length, tuple(frames), tuple(spans), int(removed.sum()))
 
 
+def _edit_list(request: object, name: str) -> Sequence[int]:
+    value = request.get(name) if isinstance(request, dict) else getattr(request, name, None)
+    return value or ()
+
+
+def requests_edits(request: object) -> bool:
+    """Whether the request asks for any timeline edit (without one the output timeline is the source's)."""
+    return any(_edit_list(request, name) for name in (F_ADD_START, F_ADD_DUR, F_RANGES, F_BRIDGES))
+
+
 def plan_from_request(source_length: int, request: object) -> Timeline:
     """``plan_timeline`` with the four ``edit_*`` lists read off a request object (attributes or a dict)."""
 
     def get(name: str) -> Sequence[int]:
-        value = request.get(name) if isinstance(request, dict) else getattr(request, name, None)
-        return value or ()
+        return _edit_list(request, name)
 
     return plan_timeline(
         source_length,

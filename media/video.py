@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import av
 import cv2
@@ -238,6 +238,35 @@ def _pick(chunks: Iterator[np.ndarray], indices: np.ndarray) -> Iterator[np.ndar
         raise ValueError(f"source frame {int(indices[pos])} was asked for but the source has {base} frames")
 
 
+def rebatch(chunks: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    """Re-cut a stream of (k, ...) arrays into arrays of exactly ``size`` rows (the last may be shorter)."""
+    pending: list[np.ndarray] = []
+    have = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        have += len(chunk)
+        while have >= size:
+            joined = np.concatenate(pending) if len(pending) > 1 else pending[0]
+            yield joined[:size]
+            rest = joined[size:]
+            pending, have = ([rest] if len(rest) else []), len(rest)
+    if have:
+        yield np.concatenate(pending) if len(pending) > 1 else pending[0]
+
+
+def _first_frames(chunks: Iterator[np.ndarray], count: int, chunk_size: int) -> Iterator[np.ndarray]:
+    """The first ``count`` frames of the stream, its own chunks passed on (re-cut only where a chunk is not
+    ``chunk_size`` long)."""
+    left = count
+    for chunk in rebatch(chunks, chunk_size):
+        if left <= 0:
+            return
+        yield chunk[:left]
+        left -= len(chunk)
+    if left > 0:
+        raise ValueError(f"source frame {count - left} was asked for but the source has {count - left} frames")
+
+
 def iter_reindexed(
     chunks: Iterator[np.ndarray], indices: np.ndarray, *, chunk_size: int = DEFAULT_CHUNK
 ) -> Iterator[np.ndarray]:
@@ -246,6 +275,9 @@ def iter_reindexed(
     without holding more than one source chunk in memory."""
     if len(indices) and np.any(np.diff(indices) < 0):
         raise ValueError("indices must not decrease (the source is read forward only)")
+    if np.array_equal(indices, np.arange(len(indices))):  # the timeline is the source: no copy
+        yield from _first_frames(chunks, len(indices), chunk_size)
+        return
     frames = _pick(chunks, indices)
     first = next(frames, None)
     if first is None:

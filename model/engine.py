@@ -71,6 +71,10 @@ class EngineInfo:
     """Set when the engine runs untrained weights: logged at start and as a WARN in every request."""
     needs_identity: bool = False
     """The worker computes a face-ID embedding (``EngineRequest.identity``) only for engines that use one."""
+    affines_per_frame: bool = False
+    """``face_affines(track)[i]`` depends on row ``i`` of the track alone (no smoothing across frames): the
+    worker may then crop each frame during the tracking pass, as soon as its row is final, instead of
+    decoding the video once more for the crops."""
 
 
 @dataclass(frozen=True)
@@ -153,19 +157,3 @@ def landmarks_to_crop(landmarks: np.ndarray, affines: np.ndarray) -> np.ndarray:
     pts = landmarks.astype(np.float64)
     out = np.einsum("nij,nkj->nki", affines[:, :, :2], pts) + affines[:, None, :, 2]
     return out.astype(np.float32)
-
-
-def rebatch(chunks: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
-    """Re-cut a stream of (k, ...) arrays into arrays of exactly ``size`` rows (the last may be shorter)."""
-    pending: list[np.ndarray] = []
-    have = 0
-    for chunk in chunks:
-        pending.append(chunk)
-        have += len(chunk)
-        while have >= size:
-            joined = np.concatenate(pending) if len(pending) > 1 else pending[0]
-            yield joined[:size]
-            rest = joined[size:]
-            pending, have = ([rest] if len(rest) else []), len(rest)
-    if have:
-        yield np.concatenate(pending) if len(pending) > 1 else pending[0]

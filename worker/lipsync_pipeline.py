@@ -28,6 +28,7 @@ The worker has no engine-specific branch: what differs between models is behind 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterator
@@ -38,7 +39,7 @@ import numpy as np
 
 from contract.jobs import LogLevel
 from contract.settings import Settings
-from model.engine import CropBatch, EngineOptions, EngineRequest, Knobs, LipSyncEngine, landmarks_to_crop, rebatch
+from model.engine import CropBatch, EngineOptions, EngineRequest, Knobs, LipSyncEngine, landmarks_to_crop
 from worker.pipeline import OutputFile, PipelineJob, PipelineOutput
 from worker.stages import Stages
 
@@ -107,11 +108,15 @@ class LipSyncWorkerPipeline:
 
     # ------------------------------------------------------------------------------------------------------
     def __call__(self, job: PipelineJob) -> PipelineOutput:
+        with contextlib.ExitStack() as cleanup:
+            return self._run(job, cleanup)
+
+    def _run(self, job: PipelineJob, cleanup: contextlib.ExitStack) -> PipelineOutput:
         from media.audio import fit_to_timeline, load_audio, to_model_audio
-        from media.faces import track_faces, track_on_timeline
+        from media.faces import FaceTracker, track_on_timeline
         from media.probe import expected_frame_count, probe_video, resolve_output_spec
-        from media.timeline import plan_from_request
-        from media.video import i420_colour, iter_video_chunks, iter_video_i420_chunks
+        from media.timeline import plan_from_request, requests_edits
+        from media.video import i420_colour, iter_video_chunks, iter_video_i420_chunks, rebatch
 
         req = job.params
         video_path, audio_path = job.inputs["video"].path, job.inputs["audio"].path
@@ -141,12 +146,23 @@ class LipSyncWorkerPipeline:
             from media.embedding import FrameSampler
 
             sampler = FrameSampler(expected, count=1 if is_image else FACE_ID_FRAMES)
+        early = None  # crops made in this pass (see worker.early_crops), when the engine's rule allows it
+        if self.info.affines_per_frame and not is_image and not requests_edits(req):
+            from worker.early_crops import EarlyCrops
+
+            early = EarlyCrops(self.engine, job.workdir, self.analyzer.name)
+            cleanup.callback(early.close)
         with clock("face_track_time"), Stages() as stages:
             chunks = stages.run(iter_video_chunks(video_path, spec, chunk_size=chunk), name="decode")
             if sampler is not None:
                 chunks = sampler.tap(chunks)
-            track = track_faces(_progress_chunks(job, chunks, "decoding + face tracking, frame", expected),
-                                self.analyzer)
+            tracker = FaceTracker(self.analyzer, on_rows=None if early is None else
+                                  lambda rows: _timed_call(clock, "crop_time", early.crop_rows, rows))
+            for frames in _progress_chunks(job, chunks, "decoding + face tracking, frame", expected):
+                if early is not None:
+                    early.hold(frames)
+                tracker.push(frames)
+            track = tracker.finish()
             job.log(f"Face coverage {100 * track.coverage:.1f}% ({int(track.present.sum())} of {track.num_frames} "
                     f"frames; {int(track.detected.sum())} detected) with {track.analyzer}", LogLevel.INFO)
             track.require_face("video")
@@ -220,10 +236,18 @@ class LipSyncWorkerPipeline:
             audio=wav16k, fps=float(spec.fps), num_frames=num_out, generate=generate, is_image=is_image,
             knobs=Knobs.from_request(req), log=lambda m: job.log(m, LogLevel.INFO), progress=job.progress,
             identity=identity, workdir=job.workdir)
+        if early is not None and (timeline.spans or timeline.removed or len(early.store) != num_out):
+            early.close()  # the timeline is not the source's after all
+            early = None
         with clock("pass2_time"), Stages() as stages:
-            decoded = stages.run(frames(), name="decode_crop")
-            batches = stages.run(self._crop_batches(job, decoded, affines, present, crop_landmarks, num_out, clock,
-                                                    still=is_image), name="crop")
+            if early is not None:
+                decoded = early.batches(chunk)
+                batches = stages.run(self._crop_batches(job, decoded, affines, present, crop_landmarks, num_out,
+                                                        clock, still=False, cropped=True), name="crop")
+            else:
+                decoded = stages.run(frames(), name="decode_crop")
+                batches = stages.run(self._crop_batches(job, decoded, affines, present, crop_landmarks, num_out,
+                                                        clock, still=is_image), name="crop")
             waited = _timed(batches, clock, "model_wait_time")  # the engine waiting for crops is not model time
             generated = stages.run(rebatch(_timed(self.engine.generate(request, waited), clock, "model_time"),
                                            chunk), name="model")
@@ -239,18 +263,21 @@ class LipSyncWorkerPipeline:
 
     # ------------------------------------------------------------------------------------------------------
     def _crop_batches(self, job: PipelineJob, chunks, affines, present, landmarks, num_out: int, clock, *,
-                      still: bool):
-        """CropBatch per decoded chunk. A still image is cropped once and that crop seen T times (a read-only
-        view): every frame of a still is the same picture with the same face."""
+                      still: bool, cropped: bool = False):
+        """CropBatch per decoded chunk (``cropped``: per chunk of crops made in pass 1). A still image is
+        cropped once and that crop seen T times (a read-only view): every frame of a still is the same picture
+        with the same face."""
         j = 0
         still_crop = None
         for frames in chunks:
             with clock("crop_time"):
                 n = len(frames)
                 sl = slice(j, j + n)
-                if still and still_crop is None:
-                    still_crop = self.engine.crop(frames[:1], affines[sl][:1])[0]
-                if still:
+                if cropped:
+                    crops = frames
+                elif still:
+                    if still_crop is None:
+                        still_crop = self.engine.crop(frames[:1], affines[sl][:1])[0]
                     crops = np.broadcast_to(still_crop, (n, *still_crop.shape))
                 else:
                     crops = self.engine.crop(frames, np.where(present[sl, None, None], affines[sl], np.nan))
@@ -316,6 +343,11 @@ def _progress_chunks(job: PipelineJob, chunks, stage: str, expected: int):
         done += len(chunk)
         job.progress(stage, done, max(expected, done))
         yield chunk
+
+
+def _timed_call(clock: "_Clock", name: str, fn, *args):
+    with clock(name):
+        return fn(*args)
 
 
 def _timed(items, clock: "_Clock", name: str):

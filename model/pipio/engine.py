@@ -206,7 +206,7 @@ def load_engine(root: Path | None, layout: WeightsLayout, options: EngineOptions
     if crop % multiple:
         raise ValueError(f"face_crop_size {crop} must be a multiple of {multiple}")
     info = EngineInfo(name="pipio", crop_size=crop, weights=weights, random_weights_warning=warning,
-                      needs_identity=True)
+                      needs_identity=True, affines_per_frame=True)
     model.place_text_encoder(options.text_encoder)  # the default prompt's embedding is cached from here on
     engine = PipioEngine(model, info, steps=options.num_inference_steps or model.config.num_inference_steps,
                          guidance_scale=options.guidance_scale)

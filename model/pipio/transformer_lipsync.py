@@ -37,6 +37,8 @@ from diffusers.models.transformers.transformer_ltx import (
     LTXVideoTransformerBlock,
 )
 
+from model.pipio.reference_attention import ReferenceBiasAttnProcessor
+
 # Names of the modules that a stock LTX-Video checkpoint does not have (see ``new_module_prefixes``).
 LIPSYNC_MODULES = ("cond_proj_in", "audio_projection", "id_projection", "attn_audio", "audio_gate", "attn_id",
                    "id_gate")
@@ -129,6 +131,7 @@ class LipSyncTransformerBlock(LTXVideoTransformerBlock):
         attn_kwargs = dict(query_dim=dim, heads=num_attention_heads, kv_heads=num_attention_heads,
                            dim_head=attention_head_dim, bias=attention_bias, cross_attention_dim=dim,
                            out_bias=attention_out_bias, qk_norm=qk_norm)
+        self.attn1.set_processor(ReferenceBiasAttnProcessor())  # the reference bias without a mask: flash SDPA
         self.norm_audio = RMSNorm(dim, eps=eps, elementwise_affine=False)
         self.attn_audio = LTXAttention(**attn_kwargs)
         self.norm_id = RMSNorm(dim, eps=eps, elementwise_affine=False)
@@ -143,15 +146,15 @@ class LipSyncTransformerBlock(LTXVideoTransformerBlock):
                 image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
                 encoder_attention_mask: torch.Tensor | None = None, *, audio_tokens: torch.Tensor,
                 num_video_tokens: int, num_frames: int, id_tokens: torch.Tensor | None = None,
-                id_scale: float = 0.0, self_attention_bias: torch.Tensor | None = None,
+                id_scale: float = 0.0, reference_bias: tuple[int, float] | None = None,
                 ff_num_splits: int = 1) -> torch.Tensor:
         batch_size = hidden_states.size(0)
         ada = self.scale_shift_table[None, None].to(temb.device) + temb.reshape(batch_size, temb.size(1), 6, -1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = ada.unbind(dim=2)
 
         norm_hidden_states = self.norm1(hidden_states) * (1 + scale_msa) + shift_msa
-        attn_out = self.attn1(norm_hidden_states, None, attention_mask=self_attention_bias,
-                              image_rotary_emb=image_rotary_emb)
+        attn_out = self.attn1(norm_hidden_states, None, image_rotary_emb=image_rotary_emb,
+                              reference_bias=reference_bias)
         hidden_states = hidden_states + attn_out * gate_msa
         hidden_states = hidden_states + self.attn2(hidden_states, encoder_hidden_states,
                                                    attention_mask=encoder_attention_mask)
@@ -262,7 +265,7 @@ class LipSyncTransformer3DModel(ModelMixin, ConfigMixin):
         x = self.proj_in(hidden_states) + self.cond_proj_in(cond_states)
         coords = video_coords
         timesteps = timestep.reshape(batch_size, 1).expand(batch_size, num_video_tokens)
-        self_attention_bias = None
+        reference_bias = None  # (first reference token, logit bias on the reference keys)
         if conditioning.references is not None:
             refs = conditioning.references
             x = torch.cat([x, self.proj_in(refs)], dim=1)
@@ -270,9 +273,7 @@ class LipSyncTransformer3DModel(ModelMixin, ConfigMixin):
             # Clean conditioning tokens carry timestep 0 (LTXConditionPipeline's per-token timestep).
             timesteps = torch.cat([timesteps, timesteps.new_zeros(batch_size, refs.shape[1])], dim=1)
             if conditioning.reference_bias != 0.0:
-                bias = x.new_zeros(batch_size, 1, x.shape[1])
-                bias[:, :, num_video_tokens:] = conditioning.reference_bias
-                self_attention_bias = bias
+                reference_bias = (num_video_tokens, float(conditioning.reference_bias))
 
         image_rotary_emb = self.rope(x, video_coords=coords)
         text_bias = (1 - conditioning.text_mask.to(x.dtype)) * -10000.0  # as LTX: padded text tokens masked out
@@ -288,7 +289,7 @@ class LipSyncTransformer3DModel(ModelMixin, ConfigMixin):
         for block in self.transformer_blocks:
             kwargs = dict(audio_tokens=audio_tokens, num_video_tokens=num_video_tokens, num_frames=num_frames,
                           id_tokens=id_tokens, id_scale=conditioning.id_scale,
-                          self_attention_bias=self_attention_bias, ff_num_splits=ff_num_splits)
+                          reference_bias=reference_bias, ff_num_splits=ff_num_splits)
             if torch.is_grad_enabled() and self.gradient_checkpointing:  # recompute the block in backward
                 x = self._gradient_checkpointing_func(functools.partial(block, **kwargs), x, text, temb,
                                                       image_rotary_emb, text_bias.unsqueeze(1))

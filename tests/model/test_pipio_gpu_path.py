@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,32 @@ def test_text_encoder_on_cpu_or_dropped(counted_pipe, make_clip):
     assert err.value.field == "custom_prompt"
     with pytest.raises(ValueError):
         pipe.place_text_encoder("cpu")  # a dropped encoder cannot come back without a reload
+
+
+@pytest.mark.parametrize("bias", [math.log(3 / 2), math.log(1 / 4), 3.0])
+def test_reference_bias_without_a_mask_equals_the_masked_attention(bias):
+    """The reference-key bias through an extra query/key feature (no attn_mask: flash SDPA stays eligible on a
+    GPU) gives the logits, hence the output, of the stock processor with the bias as a float mask."""
+    from diffusers.models.transformers.transformer_ltx import LTXAttention, LTXVideoAttnProcessor
+
+    from model.pipio.reference_attention import ReferenceBiasAttnProcessor
+
+    torch.manual_seed(0)
+    attn = LTXAttention(query_dim=64, heads=4, kv_heads=4, dim_head=16, cross_attention_dim=64)
+    x, start = torch.randn(2, 40, 64), 32
+    rope = (torch.randn(2, 40, 64).cos(), torch.randn(2, 40, 64).sin())
+    mask = torch.zeros(2, 1, 40)
+    mask[:, :, start:] = bias
+    with torch.no_grad():
+        masked = LTXVideoAttnProcessor()(attn, x, None, mask, rope)
+        ours = ReferenceBiasAttnProcessor()(attn, x, None, None, rope, reference_bias=(start, bias))
+        unbiased = LTXVideoAttnProcessor()(attn, x, None, None, rope)
+    torch.testing.assert_close(ours, masked, rtol=1e-5, atol=1e-6)
+    assert (ours - unbiased).abs().max() > 1e-2  # the bias is not lost on the way
+
+
+def test_the_blocks_self_attention_takes_no_mask():
+    from model.pipio.reference_attention import ReferenceBiasAttnProcessor
+
+    pipe = LipSyncPipeline.from_config("tiny", init_seed=0)
+    assert all(isinstance(b.attn1.processor, ReferenceBiasAttnProcessor) for b in pipe.transformer.transformer_blocks)
