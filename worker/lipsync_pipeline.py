@@ -7,13 +7,14 @@ passes so that full-size frames are never all in memory at once:
 1. probe the input and resolve the output spec (``frame_rate``, ``height``, ``width``, ``num_frames``);
 2. pass 1 (streaming decode): face track over the source frames (its length is the exact input length T0);
    no face anywhere → ``NoFaceDetected`` (422 on ``video``); the few frames the face-ID needs are kept as it
-   streams by;
+   streams by; for an engine whose crop rule is per frame and a request without edits, the crops themselves
+   are made here as each track row becomes final (``worker.early_crops``) and pass 2 reads them back;
 3. the output timeline from the edit fields (additions, removals, bridges) and the face track laid on it;
 4. the audio, fitted to the output timeline (padded with silence / cut, logged) and resampled to 16 kHz;
 5. the face-ID embedding from those frames, for engines that use one;
 6. the engine's crop rule on the output track (frame → crop affines);
 7. pass 2: two streaming decodes of the output timeline's background frames run side by side — the first
-   (RGB) feeds crops to the engine as it asks for them, the second takes the engine's generated crops as they
+   (RGB; skipped when pass 1 made the crops) feeds crops to the engine as it asks for them, the second takes the engine's generated crops as they
    come, pastes them back through the engine's blend masks and encodes the MP4 with the aligned audio. The
    second keeps the decoder's 4:2:0 planes (``media.yuv``): only the mouth's box is converted, and the
    encoder takes the planes as they are.
