@@ -289,7 +289,8 @@ def _thumbnail(rgb: np.ndarray, box: np.ndarray) -> np.ndarray | None:
         return None
     step = max(1, min(x1 - x0, y1 - y0) // 64)  # every step-th pixel: ~64x64 of them are plenty for 16x16
     region = np.ascontiguousarray(rgb[y0:y1:step, x0:x1:step])
-    return cv2.resize(cv2.cvtColor(region, cv2.COLOR_RGB2GRAY), (16, 16), interpolation=cv2.INTER_AREA).astype(np.float32)
+    grey = cv2.cvtColor(region, cv2.COLOR_RGB2GRAY)
+    return cv2.resize(grey, (16, 16), interpolation=cv2.INTER_AREA).astype(np.float32)
 
 
 def _follow(analyzer: FaceAnalyzer, rgb: np.ndarray, face: FaceDetection,

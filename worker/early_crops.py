@@ -58,7 +58,8 @@ class EarlyCrops:
         for first, chunk in self._held:
             a, b = max(first, rows.start), min(first + len(chunk), stop)
             if a < b:
-                self.store.append(self.engine.crop(chunk[a - first : b - first], affines[a - rows.start : b - rows.start]))
+                frames, rule = chunk[a - first : b - first], affines[a - rows.start : b - rows.start]
+                self.store.append(self.engine.crop(frames, rule))
         while self._held and self._held[0][0] + len(self._held[0][1]) <= stop:
             self._held.popleft()  # every frame of it is cropped
         if len(self.store) != stop:

@@ -14,10 +14,10 @@ passes so that full-size frames are never all in memory at once:
 5. the face-ID embedding from those frames, for engines that use one;
 6. the engine's crop rule on the output track (frame → crop affines);
 7. pass 2: two streaming decodes of the output timeline's background frames run side by side — the first
-   (RGB; skipped when pass 1 made the crops) feeds crops to the engine as it asks for them, the second takes the engine's generated crops as they
-   come, pastes them back through the engine's blend masks and encodes the MP4 with the aligned audio. The
-   second keeps the decoder's 4:2:0 planes (``media.yuv``): only the mouth's box is converted, and the
-   encoder takes the planes as they are.
+   (RGB; skipped when pass 1 made the crops) feeds crops to the engine as it asks for them, the second takes
+   the engine's generated crops as they come, pastes them back through the engine's blend masks and encodes
+   the MP4 with the aligned audio. The second keeps the decoder's 4:2:0 planes (``media.yuv``): only the
+   mouth's box is converted, and the encoder takes the planes as they are.
 
 Every pass is a bounded pipeline of threads (``worker.stages``): decode runs ahead of tracking; in pass 2
 decode+crop, the engine, the second decode, paste-back and encode each run in their own thread with a queue
