@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from storage.signing import Signer
+from storage.signing import Signer, url_expiry
 from tests.conftest import ALICE, BOB
 from tests.support import wait_until
 
@@ -120,3 +120,16 @@ def test_keys_from_a_file_and_the_environment(tmp_path):
         with pytest.raises(Unauthorized):
             ring.owner(bad)
     assert KeyRing.load("", None).owner(None) == "anonymous"
+
+
+def test_a_file_signed_again_a_moment_later_gets_the_same_url():
+    """Long-lived URLs expire on a step of ttl/1000 (≤ 60 s), so reading a result twice gives the same JSON;
+    never earlier than asked; short-lived ones to the second."""
+    week = 7 * 24 * 3600
+    base = 1_800_000_000 - 1_800_000_000 % 60  # a multiple of 60: the step of a week's TTL
+    a, b = url_expiry(week, now=base + 1.2), url_expiry(week, now=base + 58.9)
+    assert a == b and a % 60 == 0 and base + 58.9 + week <= a < base + 1.2 + week + 60
+    assert url_expiry(week, now=base + 61) == a + 60
+    assert url_expiry(120, now=base + 7.5) == base + 7 + 120  # 1 s steps below 1000 s
+    signer = Signer(b"k" * 32)
+    assert signer.sign("get", "results/x", a) == signer.sign("get", "results/x", b)
