@@ -237,13 +237,10 @@ def requests_edits(request: object) -> bool:
 def plan_from_request(source_length: int, request: object) -> Timeline:
     """``plan_timeline`` with the four ``edit_*`` lists read off a request object (attributes or a dict)."""
 
-    def get(name: str) -> Sequence[int]:
-        return _edit_list(request, name)
-
     return plan_timeline(
         source_length,
-        addition_start_frames=get(F_ADD_START),
-        addition_durations=get(F_ADD_DUR),
-        removal_ranges=get(F_RANGES),
-        removal_bridge_durations=get(F_BRIDGES),
+        addition_start_frames=_edit_list(request, F_ADD_START),
+        addition_durations=_edit_list(request, F_ADD_DUR),
+        removal_ranges=_edit_list(request, F_RANGES),
+        removal_bridge_durations=_edit_list(request, F_BRIDGES),
     )

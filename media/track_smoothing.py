@@ -25,6 +25,8 @@ import numpy as np
 N_LANDMARKS = 68
 LANDMARK_WINDOW = 3
 """Frames in the centred moving average of the landmarks (the alignment has its own, wider window)."""
+MAX_HALF = 8
+"""Widest half-window a smoothing may have: a shot keeps its running sums this far back."""
 
 _PI, _TWO_PI = np.float32(math.pi), np.float32(2 * math.pi)
 
@@ -91,8 +93,8 @@ class _Shot:
         return ((csum[hi - self._base] - csum[lo - self._base]) / (hi - lo)).astype(np.float32)
 
     def forget_before(self, k: int) -> None:
-        """Drop what no row from ``k - 8`` on needs (the sums reach back ``half`` rows)."""
-        drop = k - 8 - self._base
+        """Drop what no row from ``k - MAX_HALF`` on needs (the sums reach back ``half`` rows)."""
+        drop = k - MAX_HALF - self._base
         if drop >= 256:
             del self._alignment[:drop], self._landmarks[:drop], self._csum_al[:drop], self._csum_lm[:drop]
             self._base += drop
@@ -102,8 +104,8 @@ class TrackRows:
     """Raw per-frame faces in (``push``), final smoothed rows out (``take``), in frame order."""
 
     def __init__(self, alignment_of: Callable[[np.ndarray], np.ndarray], *, max_gap: int, smooth_window: int):
-        if smooth_window // 2 > 8:
-            raise ValueError(f"smooth_window {smooth_window} is wider than 17 frames")
+        if smooth_window // 2 > MAX_HALF:
+            raise ValueError(f"smooth_window {smooth_window} is wider than {2 * MAX_HALF + 1} frames")
         self.max_gap = max_gap
         self.half = smooth_window // 2 if smooth_window > 1 else 0
         self._alignment_of = alignment_of
