@@ -47,19 +47,14 @@ RUN pip install --index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}" \
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
-COPY contract ./contract
-COPY storage ./storage
-COPY server ./server
-COPY worker ./worker
-COPY model ./model
-COPY media ./media
+# One import package (lipsync/: model configs and the playground are package data), and the benchmark scripts,
+# which need nothing but the package (`python scripts/bench_gpu.py` runs inside the image).
 COPY lipsync ./lipsync
-COPY training ./training
-COPY configs ./configs
+COPY scripts ./scripts
 # The project with the model extra; boto3 for LIPSYNC_STORAGE_BACKEND=s3. The constraint keeps the torch
 # installed above (2.13.0+cuXXX satisfies ==2.13.0) instead of a PyPI build.
 RUN pip install -c /opt/constraints.txt ".[model]" "boto3==1.44.5" \
-    && python -c "import torch, server.app, worker.worker; print('torch', torch.__version__)"
+    && python -c "import torch, lipsync.server.app, lipsync.worker.worker; print('torch', torch.__version__)"
 
 # Non-root. /data holds filesystem storage (a volume shared by the API and the workers); /weights the
 # model weights (mount them read-only; left empty, the worker runs random weights and says so in every log).

@@ -21,7 +21,8 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.support import API_KEYS, data_uri_body, make_stack, make_video, make_wav, percentile_ms, wait_until  # noqa: E402
+from lipsync.testing.media import data_uri_body, make_video, make_wav  # noqa: E402
+from lipsync.testing.stack import API_KEYS, make_stack, percentile_ms, wait_until
 
 AUTH = {"Authorization": f"Key alice:{API_KEYS['alice']}"}
 BODY = {"video": "https://example.com/face.mp4", "audio": "https://example.com/speech.wav"}

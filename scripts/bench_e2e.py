@@ -5,7 +5,7 @@ requests of a real face clip and espeak-ng speech, and prints per request the qu
 (as the pipeline reports them in the completed status's metrics) and the total, then throughput:
 
     .venv/bin/python scripts/bench_e2e.py --requests 8 --workers 2                     # the lip-sync pipeline
-    .venv/bin/python scripts/bench_e2e.py --pipeline tests.pipelines:reencode          # the serving stack alone
+    .venv/bin/python scripts/bench_e2e.py --pipeline lipsync.testing.pipelines:reencode          # the serving stack alone
 
 Extra LIPSYNC_* settings pass through the environment (e.g. LIPSYNC_WEIGHTS_DIR, LIPSYNC_DEVICE).
 """
@@ -21,8 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import fal_client  # noqa: E402
 
-from lipsync.fal_compat import point_fal_client  # noqa: E402
-from tests.support import API_KEYS, make_face_video, make_speech, make_stack  # noqa: E402
+from lipsync.client import point_fal_client  # noqa: E402
+from lipsync.testing.media import make_face_video, make_speech  # noqa: E402
+from lipsync.testing.stack import API_KEYS, make_stack
 
 
 def main() -> None:

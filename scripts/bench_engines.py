@@ -4,7 +4,7 @@ Per engine (table ``ENGINES``: engine name → a writer of a random-weights fold
 published sizes), this script
 
 1. writes that folder once (cached under ``--cache``) and loads it the way a worker does
-   (``worker.lipsync_pipeline``, engine detected from the folder);
+   (``lipsync.worker.orchestration``, engine detected from the folder);
 2. **engine alone**: ``engine.generate`` on ready crops + audio, ``--batch`` frames per UNet/VAE call, after one
    warm-up batch; frames/s;
 3. **end to end** for each ``--sizes`` portrait clip (the astronaut's face, ``--seconds`` at 25 fps): one request
@@ -19,7 +19,7 @@ and the speed is the trained model's.
     .venv/bin/python scripts/bench_engines.py                                  # CPU, MuseTalk, 4 frames
     .venv/bin/python scripts/bench_engines.py --device cuda --dtype fp16       # whole 10 s clips, batch 16
     .venv/bin/python scripts/bench_engines.py --engines musetalk --weights DIR --frames 250 --measure e2e
-        # a whole 10 s clip on small random weights (tests/engines/musetalk_weights.py): the CPU stages' rate
+        # a whole 10 s clip on small random weights (lipsync/model/musetalk/random_weights.py): the CPU stages' rate
     .venv/bin/python scripts/bench_engines.py --engines latentsync --steps 1 --measure alone
     .venv/bin/python scripts/bench_engines.py --engines latentsync --steps 2
         # LatentSync 1.6 at full size on a CPU: one denoising step is the difference of the two runs, and the
@@ -42,9 +42,9 @@ FPS = 25
 
 
 def _musetalk_folder(root: Path) -> Path:
-    from tests.engines.musetalk_weights import write_musetalk_weights
+    from lipsync.model.musetalk.random_weights import write_random_weights
 
-    return write_musetalk_weights(root, size="published", seed=0)
+    return write_random_weights(root, size="published", seed=0)
 
 
 def _latentsync_folder(root: Path) -> Path:
@@ -73,8 +73,8 @@ def weights_folder(engine: str, cache: Path) -> Path:
 
 
 def load_pipeline(folder: Path, device: str, dtype: str, steps: int | None = None):
-    from contract.settings import Settings
-    from worker.lipsync_pipeline import load_lipsync_pipeline
+    from lipsync.contract.settings import Settings
+    from lipsync.worker.orchestration import load_lipsync_pipeline
 
     t0 = time.perf_counter()
     pipeline = load_lipsync_pipeline(Settings(weights_dir=folder, device=device, dtype=dtype,
@@ -98,7 +98,7 @@ def engine_alone(engine, frames: int, batch: int, device: str) -> float:
     """Frames/s of ``engine.generate`` over ``frames`` crops (after a warm-up batch)."""
     import numpy as np
 
-    from model.engine import CropBatch, EngineRequest, Knobs
+    from lipsync.model.engine import CropBatch, EngineRequest, Knobs
 
     size = engine.info.crop_size
     rng = np.random.default_rng(0)
@@ -128,8 +128,8 @@ def engine_alone(engine, frames: int, batch: int, device: str) -> float:
 
 
 def end_to_end(pipeline, clip: Path, audio: Path, frames: int, batch: int, workdir: Path) -> dict:
-    from contract.schema import STORAGE_SCHEME, LipsyncInput, validate_input
-    from worker.pipeline import LocalFile, PipelineJob
+    from lipsync.contract.schema import STORAGE_SCHEME, LipsyncInput, validate_input
+    from lipsync.worker.job import LocalFile, PipelineJob
 
     body = {"video": STORAGE_SCHEME + "local/video", "audio": STORAGE_SCHEME + "local/audio", "num_frames": frames,
             "frame_block_width": batch, "vae_chunk_size": vae_chunk(batch), "vae_overlap_window_width": 0,
@@ -167,7 +167,7 @@ def main() -> None:
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "lipsync-bench-engines"))
     args = parser.parse_args()
     from scripts.bench_stages import make_clip
-    from tests.support import make_speech
+    from lipsync.testing.media import make_speech
 
     import torch
 

@@ -19,13 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from model.pipio.config import load_config  # noqa: E402
+from lipsync.model.pipio.config import load_config  # noqa: E402
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}  # dense bf16
 OURS_ONLY = ("audio_dim", "audio_num_layers", "audio_steps_per_frame", "audio_tokens_per_frame", "id_embed_dim",
@@ -68,7 +67,7 @@ def count_flops(config_name: str, frames: int, size: int, steps: int, guidance: 
     """Transformer FLOPs of a whole call for ours and for the stock LTX transformer (built on meta: no memory)."""
     from diffusers import LTXVideoTransformer3DModel
 
-    from model.pipio.transformer_lipsync import LipSyncTransformer3DModel
+    from lipsync.model.pipio.transformer_lipsync import LipSyncTransformer3DModel
 
     cfg = load_config(config_name)
     _, num_latent, per_frame = latent_shape(frames, size, cfg.vae)
@@ -100,8 +99,8 @@ def peak_tflops(device: str) -> float | None:
 
 
 def run_ours(args, dtype) -> tuple[float, float]:
-    from model.pipio.engine import compile_blocks
-    from model.pipio.pipeline_lipsync import LipSyncPipeline
+    from lipsync.model.pipio.engine import compile_blocks
+    from lipsync.model.pipio.pipeline import LipSyncPipeline
     from scripts.bench_model import synthetic_inputs
 
     pipe = LipSyncPipeline.from_config(args.config, init_seed=0, device=args.device, dtype=dtype)

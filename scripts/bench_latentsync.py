@@ -33,7 +33,7 @@ PUBLISHED_VRAM_GB = 18.0
 
 def latentsync_folder(root: Path) -> Path:
     """Random LatentSync 1.6 weights at the published sizes in the published layout (for bench_engines)."""
-    from model.latentsync.random_weights import write_published_weights
+    from lipsync.model.latentsync.random_weights import write_published_weights
 
     return write_published_weights(root)
 
@@ -45,8 +45,8 @@ def _rss_gb() -> float:
 def unet_rows(device: str, dtype_name: str, frames: tuple[int, ...]) -> None:
     import torch
 
-    from model.latentsync.config import variant_config
-    from model.latentsync.unet import LatentSyncUNet
+    from lipsync.model.latentsync.config import variant_config
+    from lipsync.model.latentsync.unet import LatentSyncUNet
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
     cfg = variant_config("latentsync-1.6")
@@ -95,7 +95,7 @@ def vae_rows(device: str, dtype_name: str, frames: tuple[int, ...]) -> None:
     import torch
     from diffusers import AutoencoderKL
 
-    from model.latentsync.random_weights import SD_VAE_FT_MSE
+    from lipsync.model.latentsync.random_weights import SD_VAE_FT_MSE
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
     cuda = device.startswith("cuda")

@@ -42,13 +42,13 @@ def make_clip(path: Path, seconds: int) -> None:
 
 def run_pipeline(src: Path, out: Path, crop: int) -> dict[str, float]:
     """Both passes, streaming; returns timings, frame count and this process's peak RSS."""
-    from media.audio import load_audio
-    from media.crop import crop_faces
-    from media.faces import track_faces
-    from media.paste import paste_faces
-    from media.probe import probe_video, resolve_output_spec
-    from media.video import iter_video_chunks
-    from media.writer import Mp4Writer
+    from lipsync.media.audio import load_audio
+    from lipsync.media.crop import crop_faces
+    from lipsync.media.faces import track_faces
+    from lipsync.media.paste import paste_faces
+    from lipsync.media.probe import probe_video, resolve_output_spec
+    from lipsync.media.video import iter_video_chunks
+    from lipsync.media.writer import Mp4Writer
 
     t0 = time.perf_counter()
     info = probe_video(src)

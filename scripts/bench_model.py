@@ -61,8 +61,8 @@ def transformer_flops(pipe, num_latent: int, tokens_per_frame: int, blocks, step
 def run_one(args: argparse.Namespace, num_frames: int) -> dict:
     import torch
 
-    from model.pipio.frame_blocks import plan_frame_blocks
-    from model.pipio.pipeline_lipsync import LipSyncPipeline
+    from lipsync.model.pipio.frame_blocks import plan_frame_blocks
+    from lipsync.model.pipio.pipeline import LipSyncPipeline
 
     dtype = getattr(torch, DTYPES[args.dtype])
     if args.weights:

@@ -32,9 +32,11 @@ import psutil
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from contract.jobs import JobStore, RequestStatus  # noqa: E402
-from tests.serve_support import Serve  # noqa: E402
-from tests.support import API_KEYS, data_uri_body, make_stack, make_video, make_wav, wait_until  # noqa: E402
+from lipsync.queue.jobs import JobStore  # noqa: E402
+from lipsync.queue.records import RequestStatus
+from lipsync.testing.serve import Serve  # noqa: E402
+from lipsync.testing.media import data_uri_body, make_video, make_wav  # noqa: E402
+from lipsync.testing.stack import API_KEYS, make_stack, wait_until
 
 AUTH = {"Authorization": f"Key alice:{API_KEYS['alice']}"}
 DEFAULTS = {"heartbeat_interval_s": "2", "heartbeat_ttl_s": "10", "reaper_interval_s": "3"}

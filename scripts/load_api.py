@@ -32,8 +32,10 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from contract.jobs import JobStore, RequestStatus  # noqa: E402
-from tests.support import API_KEYS, data_uri_body, make_stack, make_video, make_wav, percentile_ms  # noqa: E402
+from lipsync.queue.jobs import JobStore  # noqa: E402
+from lipsync.queue.records import RequestStatus
+from lipsync.testing.media import data_uri_body, make_video, make_wav  # noqa: E402
+from lipsync.testing.stack import API_KEYS, make_stack, percentile_ms
 
 AUTH = {"Authorization": f"Key alice:{API_KEYS['alice']}"}
 
@@ -91,7 +93,7 @@ class Load:
 
     async def hostile_client(self, until: float) -> None:
         """Hostile JSON on one kept-alive connection: every answer a 4xx, and the connection never dropped."""
-        from server.http import MAX_JSON_DEPTH
+        from lipsync.server.http import MAX_JSON_DEPTH
 
         payloads = [b"[" * (MAX_JSON_DEPTH * 1000) + b"]" * (MAX_JSON_DEPTH * 1000), b'{"seed": ' + b"9" * 5000 + b"}",
                     b'{"seed": NaN}', b'{"num_frames": 1e400}', b'{"height": 8192}']

@@ -6,7 +6,7 @@ mouth opening of each frame is the speech's loudness (RMS over the frame, smooth
 [0, 1]), drawn as a dark ellipse inside the landmark mouth mask. Nothing but the audio says how open the mouth
 is. Sentences are split into training and held-out clips (the held-out audio is never trained on).
 
-Training: the tiny config from random weights, through the real trainer (``training.trainer.Trainer``, the
+Training: the tiny config from random weights, through the real trainer (``lipsync.training.trainer.Trainer``, the
 inference-exact objective, mouth masks only), for a wall-clock budget; the checkpoint is exported in the
 ``save_pretrained`` layout and loaded back with ``LipSyncPipeline.from_pretrained`` for scoring.
 
@@ -70,9 +70,9 @@ def astronaut_crop() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The astronaut's face at the working size by the engine's rule: (crop, landmarks in crop, mouth mask)."""
     import skimage.data
 
-    from media.faces import affine_for, track_faces
-    from media.masks import mouth_mask
-    from model.engine import landmarks_to_crop
+    from lipsync.media.faces import affine_for, track_faces
+    from lipsync.media.masks import mouth_mask
+    from lipsync.model.engine import landmarks_to_crop
 
     image = skimage.data.astronaut()
     track = track_faces([image[None]])
@@ -85,7 +85,7 @@ def astronaut_crop() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def speech(text: str, directory: Path, rng: np.random.Generator) -> np.ndarray:
-    from media.audio import fit_to_timeline, load_audio, to_model_audio
+    from lipsync.media.audio import fit_to_timeline, load_audio, to_model_audio
 
     path = directory / f"{abs(hash(text))}.wav"
     subprocess.run(["espeak-ng", "-s", "150", "-g", "18", "-w", str(path), text], check=True, capture_output=True)
@@ -97,7 +97,7 @@ def speech(text: str, directory: Path, rng: np.random.Generator) -> np.ndarray:
 
 def opening_of(audio: np.ndarray, scale: float) -> np.ndarray:
     """Per frame: RMS loudness over the frame's samples, smoothed over 5 frames, / ``scale``, clipped to [0, 1]."""
-    from media.audio import frame_sample_ranges
+    from lipsync.media.audio import frame_sample_ranges
 
     ranges = frame_sample_ranges(FRAMES, Fraction(FPS))
     rms = np.array([np.sqrt(np.mean(audio[a:b] ** 2)) if b > a else 0.0 for a, b in ranges])
@@ -139,7 +139,7 @@ def make_clips(count: int, seed: int, workdir: Path, scale: float | None = None)
 
 
 def write_shards(clips: list[SyntheticClip], directory: Path) -> None:
-    from training.shards import ClipSample, write_shard
+    from lipsync.training.shards import ClipSample, write_shard
 
     directory.mkdir(parents=True, exist_ok=True)
     samples = [ClipSample(c.key, c.crops, c.mouth, c.landmarks, np.ones(FRAMES, bool), c.audio, None,
@@ -156,7 +156,7 @@ def latent_opening(clip: SyntheticClip) -> np.ndarray:
 
 
 def mouth_cells(pipe, clip: SyntheticClip) -> np.ndarray:
-    from model.pipio.pipeline_lipsync import latent_mouth_mask
+    from lipsync.model.pipio.conditioning import latent_mouth_mask
 
     cells = latent_mouth_mask(clip.mouth[:1].astype(np.float32) / 255, 8, pipe.vae.spatial_compression_ratio)[0]
     return cells > 0
@@ -165,10 +165,10 @@ def mouth_cells(pipe, clip: SyntheticClip) -> np.ndarray:
 @torch.no_grad()
 def clean_latents(pipe, clip: SyntheticClip) -> np.ndarray:
     """(F, C, h, w) normalised latents of the real clip (the frozen VAE's chunked encode, as inference's)."""
-    from model.pipio.autoencoder_lipsync import encode_chunked, normalize_latents
-    from model.pipio.pipeline_lipsync import _FrameSource
+    from lipsync.model.pipio.autoencoder_lipsync import encode_chunked, normalize_latents
+    from lipsync.model.pipio.conditioning import FrameSource
 
-    source = _FrameSource(clip.crops, np.zeros(clip.crops.shape[:3], np.float32), np.zeros(FRAMES, bool), 8,
+    source = FrameSource(clip.crops, np.zeros(clip.crops.shape[:3], np.float32), np.zeros(FRAMES, bool), 8,
                           pipe.vae.spatial_compression_ratio)
     z = encode_chunked(pipe.vae, lambda s, e: source.read_masked(s, e, pipe.device, pipe.dtype), FRAMES, 65, 16)
     return normalize_latents(pipe.vae, z.float())[0].permute(1, 0, 2, 3).cpu().numpy()
@@ -177,7 +177,7 @@ def clean_latents(pipe, clip: SyntheticClip) -> np.ndarray:
 @torch.no_grad()
 def generated_latents(pipe, clip: SyntheticClip, audio: np.ndarray, steps: int) -> np.ndarray:
     """The latents the full sampler hands to the VAE decoder, normalised: (F, C, h, w)."""
-    from model.pipio.autoencoder_lipsync import normalize_latents
+    from lipsync.model.pipio.autoencoder_lipsync import normalize_latents
 
     seen = []
     handle = pipe.vae.decoder.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
@@ -235,9 +235,9 @@ def sync_score(reader: OpeningReader, latents: list[np.ndarray], truths: list[np
 # ---------------------------------------------------------------------------------------------------- main
 def run(out: Path, minutes: float, max_steps: int, train_clips: int, heldout_clips: int, steps: int,
         lr: float, seed: int = 0, log=print, sigma_sampling: str = "uniform") -> dict:
-    from model.pipio.pipeline_lipsync import LipSyncPipeline
-    from training.config import TrainConfig
-    from training.trainer import Trainer
+    from lipsync.model.pipio.pipeline import LipSyncPipeline
+    from lipsync.training.config import TrainConfig
+    from lipsync.training.trainer import Trainer
 
     torch.set_num_threads(1)  # tiny ops: one thread beats two on a shared 2-core box (no spin-waiting)
     out.mkdir(parents=True, exist_ok=True)

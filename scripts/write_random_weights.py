@@ -1,4 +1,6 @@
-"""Write randomly initialised weights of any model config in the layout ``LipSyncPipeline.from_pretrained`` reads.
+"""Write randomly initialised pipio weights of any model config (``lipsync.model.pipio.random_weights``), in the
+layout ``LipSyncPipeline.from_pretrained`` reads; ``lipsync weights random ENGINE DIR`` does the same for every
+engine at its small or published sizes, this script adds any config JSON and the dtype.
 
     python scripts/write_random_weights.py --config tiny --out /tmp/lipsync-tiny [--seed 0]
 
@@ -9,14 +11,11 @@ exist. (The ``base`` config writes about 9 GB in fp32, mostly the T5-XXL encoder
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from model.pipio.pipeline_lipsync import LipSyncPipeline  # noqa: E402
+from lipsync.model.pipio.random_weights import write_random_weights
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -28,11 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="initialisation seed")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     args = parser.parse_args(argv)
-    pipe = LipSyncPipeline.from_config(args.config, init_seed=args.seed, dtype=DTYPES[args.dtype])
-    pipe.save_pretrained(args.out)
-    count = sum(p.numel() for m in (pipe.transformer, pipe.vae, pipe.audio_encoder, pipe.text_encoder)
-                for p in m.parameters())
-    print(f"wrote {args.config} weights ({count:,} parameters, seed {args.seed}) to {args.out}")
+    write_random_weights(args.out, args.config, seed=args.seed, dtype=DTYPES[args.dtype])
+    size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
+    print(f"wrote RANDOM {args.config} weights ({size / 1e6:,.1f} MB, seed {args.seed}) to {args.out}")
     return 0
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import API_KEYS, Stack, make_stack, make_video, make_wav
+from lipsync.testing.media import make_video, make_wav
+from lipsync.testing.stack import API_KEYS, Stack, make_stack
 
 ALICE = f"alice:{API_KEYS['alice']}"
 BOB = f"bob:{API_KEYS['bob']}"

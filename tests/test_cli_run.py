@@ -6,11 +6,12 @@ import os
 import subprocess
 import sys
 
-from tests.support import ROOT, probe
+from lipsync.testing.media import probe
+from tests.support import ROOT
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, LIPSYNC_PIPELINE="tests.pipelines:reencode")
+    env = dict(os.environ, LIPSYNC_PIPELINE="lipsync.testing.pipelines:reencode")
     return subprocess.run([sys.executable, "-m", "lipsync", "run", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from contract.settings import Settings
+from lipsync.contract.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 # Read by the lip-sync pipeline (the integration issue); not yet a Settings field.

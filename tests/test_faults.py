@@ -13,7 +13,8 @@ import httpx
 
 from tests.conftest import ALICE, _stack
 from tests.test_js_client import JS_DIR, requires_js
-from tests.support import data_uri_body, make_stack, wait_until
+from lipsync.testing.media import data_uri_body
+from lipsync.testing.stack import make_stack, wait_until
 
 AUTH = {"Authorization": f"Key {ALICE}"}
 
@@ -128,7 +129,7 @@ def test_python_client_rides_out_an_api_crash(tmp_path_factory, media):
     """The API dies mid-request and comes back: the client's retries carry it; the request is not lost."""
     import fal_client
 
-    from lipsync.fal_compat import point_fal_client
+    from lipsync.client import point_fal_client
 
     gen = _stack(tmp_path_factory, "apicrash")
     stack = next(gen)

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import ALICE
-from tests.support import probe
+from lipsync.testing.media import probe
 
 JS_DIR = Path(__file__).parent / "js"
 

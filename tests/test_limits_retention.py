@@ -7,7 +7,8 @@ import httpx
 import pytest
 
 from tests.conftest import ALICE, BOB, _stack
-from tests.support import data_uri_body, wait_until
+from lipsync.testing.media import data_uri_body
+from lipsync.testing.stack import wait_until
 
 
 def _body(media, **extra) -> dict:

@@ -23,9 +23,10 @@ import numpy as np
 import pytest
 import skimage.data
 
-from lipsync.fal_compat import point_fal_client
+from lipsync.client import point_fal_client
 from tests.conftest import ALICE
-from tests.support import make_stack, probe, wait_until
+from lipsync.testing.media import probe
+from lipsync.testing.stack import make_stack, wait_until
 from tests.test_js_client import requires_js, run_js
 
 W, H, FPS, N = 160, 128, 25, 20
@@ -324,8 +325,8 @@ def test_model_loading_rules(tmp_path):
     the warning; a folder that does not exist -> an error at load (a typo must not silently give random output)."""
     import sys
 
-    from contract.settings import Settings
-    from worker.lipsync_pipeline import load_lipsync_pipeline
+    from lipsync.contract.settings import Settings
+    from lipsync.worker.orchestration import load_lipsync_pipeline
 
     weights = tmp_path / "weights"
     subprocess.run([sys.executable, "scripts/write_random_weights.py", "--config", "tiny", "--out", str(weights)],
@@ -342,7 +343,7 @@ def test_model_loading_rules(tmp_path):
     empty = load_lipsync_pipeline(Settings(weights_dir=tmp_path / "empty"))
     warning = empty.info.random_weights_warning
     assert warning and "not set or empty" in warning and empty.info.crop_size == 64
-    from model.weights import WeightsFolderError
+    from lipsync.model.weights import WeightsFolderError
 
     with pytest.raises(WeightsFolderError, match="does not exist"):
         load_lipsync_pipeline(Settings(weights_dir=tmp_path / "missing"))

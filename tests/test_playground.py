@@ -3,7 +3,7 @@
 
 Two serves: the default lip-sync pipeline (random tiny weights) with API keys on, for the whole happy path
 (key box, uploads with progress, SSE logs, the result playing, metrics and the random-weights warning), a bad
-field value and a wrong key; and the test pipeline (``tests.pipelines:reencode``, slowed down by its prompt
+field value and a wrong key; and the test pipeline (``lipsync.testing.pipelines:reencode``, slowed down by its prompt
 hook) with no keys, to cancel a running request. Every test also reads the browser's console: nothing but
 the HTTP errors the test provoked may appear there.
 
@@ -34,7 +34,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.support import ROOT, free_port, make_face_video, make_speech, wait_until
+from lipsync.testing.media import make_face_video, make_speech
+from lipsync.testing.stack import free_port, wait_until
+from tests.support import ROOT
 
 KEY = "playground:pg-secret"
 ARTIFACTS = Path(os.environ.get("LIPSYNC_TEST_ARTIFACTS", ROOT / "build" / "test-artifacts"))
@@ -99,7 +101,7 @@ def lipsync_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 @pytest.fixture(scope="module")
 def slow_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    yield from _serve(tmp_path_factory.mktemp("playground-slow") / "data", pipeline="tests.pipelines:reencode")
+    yield from _serve(tmp_path_factory.mktemp("playground-slow") / "data", pipeline="lipsync.testing.pipelines:reencode")
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,10 @@ import httpx
 import pytest
 import trustme
 
-from lipsync.fal_compat import point_fal_client
+from lipsync.client import point_fal_client
 from tests.conftest import ALICE
-from tests.support import make_stack, probe, wait_until
+from lipsync.testing.media import probe
+from lipsync.testing.stack import make_stack, wait_until
 
 APP = "pipio/lipsync"
 

@@ -12,7 +12,8 @@ import signal
 import httpx
 
 from tests.conftest import ALICE
-from tests.support import Stack, data_uri_body, make_stack, wait_until
+from lipsync.testing.media import data_uri_body
+from lipsync.testing.stack import Stack, make_stack, wait_until
 
 AUTH = {"Authorization": f"Key {ALICE}"}
 

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from tests.conftest import ALICE
-from tests.support import wait_until
-from worker.safe_http import DownloadError, SafeHttp, is_public
+from lipsync.testing.stack import wait_until
+from lipsync.worker.safe_http import DownloadError, SafeHttp, is_public
 
 
 class Files(BaseHTTPRequestHandler):
@@ -128,7 +128,7 @@ def test_loopback_input_url_fails_the_request_with_a_typed_error(stack, server):
 def test_redirect_from_a_public_host_to_a_private_one_is_refused(server, tmp_path, monkeypatch):
     """Every hop is checked where it connects. Here 127.0.0.2 plays a public host (the policy is told so) that
     redirects to 127.0.0.1, still private: the first hop connects, the second is refused."""
-    import worker.safe_http as safe_http
+    import lipsync.worker.safe_http as safe_http
 
     monkeypatch.setattr(safe_http, "is_public", lambda address: address == "127.0.0.2")
     port = server.rsplit(":", 1)[1]

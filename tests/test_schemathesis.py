@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import ALICE
-from tests.support import make_stack
+from lipsync.testing.stack import make_stack
 
 MAX_EXAMPLES = 20
 

@@ -15,8 +15,10 @@ import fal_client
 import httpx
 import psutil
 
-from lipsync.fal_compat import point_fal_client
-from tests.support import ROOT, free_port, make_face_video, make_speech, probe, wait_until
+from lipsync.client import point_fal_client
+from lipsync.testing.media import make_face_video, make_speech, probe
+from lipsync.testing.stack import free_port, wait_until
+from tests.support import ROOT
 
 
 def test_serve_runs_a_request_end_to_end_and_stops_its_children(tmp_path):

@@ -16,8 +16,9 @@ import httpx
 import pytest
 
 from tests.conftest import ALICE, _stack
-from tests.support import Stack, data_uri_body, make_stack, start_redis, wait_until
-from worker.safe_http import DownloadError, SafeHttp, is_public
+from lipsync.testing.media import data_uri_body
+from lipsync.testing.stack import Stack, make_stack, start_redis, wait_until
+from lipsync.worker.safe_http import DownloadError, SafeHttp, is_public
 
 AUTH = {"Authorization": f"Key {ALICE}"}
 V, A = "https://example.com/face.mp4", "https://example.com/speech.wav"
@@ -287,7 +288,7 @@ def test_192khz_audio_is_decoded_at_48khz_and_bounded_by_max_seconds(tmp_path):
     import av
     import numpy as np
 
-    from media.audio import MAX_DECODE_RATE, load_audio
+    from lipsync.media.audio import MAX_DECODE_RATE, load_audio
 
     path, rate, seconds = tmp_path / "hires.flac", 192_000, 4
     with av.open(str(path), "w") as out:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import httpx
 
 from tests.conftest import ALICE
-from tests.support import data_uri_body, probe, wait_until
+from lipsync.testing.media import data_uri_body, probe
+from lipsync.testing.stack import wait_until
 
 
 def test_submit_poll_result_download(stack, media, tmp_path):

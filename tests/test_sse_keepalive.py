@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from tests.conftest import ALICE
-from tests.support import data_uri_body, make_stack
+from lipsync.testing.media import data_uri_body
+from lipsync.testing.stack import make_stack
 from tests.test_js_client import requires_js, run_js
 
 pytestmark = pytest.mark.slow

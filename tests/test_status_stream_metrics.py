@@ -9,7 +9,8 @@ import sys
 import httpx
 
 from tests.conftest import ALICE
-from tests.support import data_uri_body, wait_until
+from lipsync.testing.media import data_uri_body
+from lipsync.testing.stack import wait_until
 
 AUTH = {"Authorization": f"Key {ALICE}"}
 
@@ -73,5 +74,5 @@ def test_openapi_has_the_real_input_schema(stack):
 
 
 def test_api_import_is_torch_free():
-    code = "import sys, server.app, contract.jobs, storage; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, lipsync.server.app, lipsync.queue.jobs, lipsync.storage; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -8,9 +8,9 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from storage.signing import Signer, url_expiry
+from lipsync.storage.signing import Signer, url_expiry
 from tests.conftest import ALICE, BOB
-from tests.support import wait_until
+from lipsync.testing.stack import wait_until
 
 
 def _auth(key: str) -> dict[str, str]:
@@ -107,8 +107,8 @@ def test_result_before_completion_is_400(stack, media):
 
 
 def test_keys_from_a_file_and_the_environment(tmp_path):
-    from server.auth import KeyRing
-    from server.errors import Unauthorized
+    from lipsync.server.auth import KeyRing
+    from lipsync.server.errors import Unauthorized
 
     keys_file = tmp_path / "keys"
     keys_file.write_text("# team keys\ncarol:secret-carol\n\nbare-secret  # no id\n")

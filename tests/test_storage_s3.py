@@ -21,16 +21,17 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from tests.support import API_KEYS, free_port, make_stack, probe, wait_until
+from lipsync.testing.media import probe
+from lipsync.testing.stack import API_KEYS, free_port, make_stack, wait_until
 
 boto3 = pytest.importorskip("boto3")
 from boto3.s3.transfer import TransferConfig  # noqa: E402
 from botocore.config import Config  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
-from contract.settings import Settings  # noqa: E402
-from storage import FileSystemStorage, ObjectTooLarge, Signer, make_storage  # noqa: E402
-from storage.s3 import MAX_PRESIGN_TTL_S, S3Storage  # noqa: E402
+from lipsync.contract.settings import Settings  # noqa: E402
+from lipsync.storage import FileSystemStorage, ObjectTooLarge, Signer, make_storage  # noqa: E402
+from lipsync.storage.s3 import MAX_PRESIGN_TTL_S, S3Storage  # noqa: E402
 
 ACCESS_KEY = "lipsynctestaccesskey"
 SECRET_KEY = "lipsynctestsecretkey0123456789abcdefghij"

@@ -16,8 +16,10 @@ import httpx
 import psutil
 import pytest
 
-from tests.serve_support import Serve
-from tests.support import ROOT, data_uri_body, free_port, wait_until
+from lipsync.testing.serve import Serve
+from lipsync.testing.media import data_uri_body
+from lipsync.testing.stack import free_port, wait_until
+from tests.support import ROOT
 
 pytestmark = pytest.mark.slow
 

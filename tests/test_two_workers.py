@@ -6,9 +6,11 @@ from collections import Counter
 
 import httpx
 
-from contract.jobs import JobStore, RequestStatus
+from lipsync.queue.jobs import JobStore
+from lipsync.queue.records import RequestStatus
 from tests.conftest import ALICE
-from tests.support import data_uri_body, make_stack, wait_until
+from lipsync.testing.media import data_uri_body
+from lipsync.testing.stack import make_stack, wait_until
 
 
 def test_two_workers_share_a_batch_exactly_once(tmp_path_factory, media):

@@ -15,10 +15,11 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from contract.webhook_signing import signed_message
+from lipsync.contract.webhook_signing import signed_message
 
 from tests.conftest import ALICE, _stack
-from tests.support import Stack, data_uri_body, wait_until
+from lipsync.testing.media import data_uri_body
+from lipsync.testing.stack import Stack, wait_until
 
 AUTH = {"Authorization": f"Key {ALICE}"}
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.engines.musetalk_weights import write_musetalk_weights
+from lipsync.model.musetalk.random_weights import write_random_weights
 
 
 @pytest.fixture(scope="session")
 def musetalk_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_musetalk_weights(tmp_path_factory.mktemp("weights") / "musetalk", seed=0)
+    return write_random_weights(tmp_path_factory.mktemp("weights") / "musetalk", seed=0)

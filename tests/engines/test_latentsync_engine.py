@@ -11,15 +11,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.engine import CropBatch, EngineOptions, EngineRequest, Knobs
-from model.weights import detect, load_engine
+from lipsync.model.engine import CropBatch, EngineOptions, EngineRequest, Knobs
+from lipsync.model.weights import detect, load_engine
 
 FPS = 25.0
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
-    from model.latentsync.random_weights import write_random_weights
+    from lipsync.model.latentsync.random_weights import write_random_weights
 
     return write_random_weights(tmp_path_factory.mktemp("weights") / "latentsync", seed=0)
 
@@ -70,10 +70,10 @@ def published_recipe(root: Path, crops: np.ndarray, audio: np.ndarray, *, seed: 
     import yaml
     from diffusers import AutoencoderKL, DDIMScheduler
 
-    from model.latentsync.audio import AudioFeatures, load_whisper_encoder
-    from model.latentsync.config import CONFIG_DIR, parse_config
-    from model.latentsync.faces import mouth_mask
-    from model.latentsync.loading import load_unet
+    from lipsync.model.latentsync.audio import AudioFeatures, load_whisper_encoder
+    from lipsync.model.latentsync.config import CONFIG_DIR, parse_config
+    from lipsync.model.latentsync.crop_rule import mouth_mask
+    from lipsync.model.latentsync.loading import load_unet
 
     cfg = parse_config(yaml.safe_load((root / "unet_config.yaml").read_text()), variant=None, source="test")
     unet = load_unet(root / "latentsync_unet.pt", cfg.unet)
@@ -132,7 +132,7 @@ def test_engine_equals_the_published_recipe_bit_exact(engine, weights):
     assert np.abs(chunked.astype(int) - want).max() <= 1
     # outside the mouth mask the output is the input crop (decoded * (1 - mask) + crop * mask), up to the
     # published truncation to uint8 of the [-1, 1] round trip
-    from model.latentsync.faces import mouth_mask
+    from lipsync.model.latentsync.crop_rule import mouth_mask
 
     keep = mouth_mask(size) == 1.0
     assert np.abs(got[:, keep].astype(int) - crops[:, keep]).max() <= 1
@@ -218,17 +218,17 @@ def test_alignment_of_a_real_face_matches_the_template():
     crop pixels), the mouth and the chin inside the repainted region, the eyes outside it."""
     import skimage.data
 
-    from media.faces import DlibFaceAnalyzer
-    from model.latentsync import faces
+    from lipsync.media.faces import DlibFaceAnalyzer
+    from lipsync.model.latentsync import crop_rule
 
     frame = np.ascontiguousarray(skimage.data.astronaut())
     lm = DlibFaceAnalyzer().detect(frame)[0].landmarks
-    affine = faces.align_track(lm[None], np.array([True]), 512)[0]
+    affine = crop_rule.align_track(lm[None], np.array([True]), 512)[0]
     pts = lm @ affine[:, :2].T + affine[:, 2]
-    template = faces.TEMPLATE * faces.template_ratio(512)
-    in_crop = template @ faces.resize_affine(512)[:2, :2].T + faces.resize_affine(512)[:2, 2]
-    np.testing.assert_allclose(faces.three_points(pts), in_crop, atol=25)
-    repaint = faces.mouth_mask(512) < 0.5
+    template = crop_rule.TEMPLATE * crop_rule.template_ratio(512)
+    in_crop = template @ crop_rule.resize_affine(512)[:2, :2].T + crop_rule.resize_affine(512)[:2, 2]
+    np.testing.assert_allclose(crop_rule.three_points(pts), in_crop, atol=25)
+    repaint = crop_rule.mouth_mask(512) < 0.5
     def at(i):
         return repaint[int(pts[i, 1]), int(pts[i, 0])]
     assert all(at(i) for i in (48, 54, 57, 62, 8)) and not any(at(i) for i in (36, 45, 27))

@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from model.latentsync import faces
-from model.latentsync.audio import AudioFeatures, encoder_layers, log_mel, openai_to_transformers, whisper_config
-from model.latentsync.config import UNetConfig, folder_config, parse_config, variant_config
-from model.loading import WeightsLoadError, load_weights
-from model.latentsync.random_weights import SMALL_WHISPER, TINY_WHISPER, openai_whisper_state
-from model.latentsync.unet import LatentSyncUNet
-from model.latentsync.unet_blocks import ResnetBlock3D
+from lipsync.model.latentsync import crop_rule
+from lipsync.model.latentsync.audio import AudioFeatures, encoder_layers, log_mel, openai_to_transformers, whisper_config
+from lipsync.model.latentsync.config import UNetConfig, folder_config, parse_config, variant_config
+from lipsync.model.loading import WeightsLoadError, load_weights
+from lipsync.model.latentsync.random_weights import SMALL_WHISPER, TINY_WHISPER, openai_whisper_state
+from lipsync.model.latentsync.unet import LatentSyncUNet
+from lipsync.model.latentsync.unet_blocks import ResnetBlock3D
 
 KEYS = Path(__file__).parent / "data" / "latentsync_unet_keys.txt"
 
@@ -106,7 +106,7 @@ def test_configs_match_the_published_facts(tmp_path):
 def test_scheduler_config_gives_the_published_timesteps():
     from diffusers import DDIMScheduler
 
-    from model.latentsync.config import scheduler_config
+    from lipsync.model.latentsync.config import scheduler_config
 
     s = DDIMScheduler.from_config(scheduler_config())
     s.set_timesteps(20)
@@ -208,23 +208,23 @@ def test_alignment_puts_the_three_points_on_the_template():
     theta = 0.2
     rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
     lm = base @ rot.T * 1.3 + [40, 10]
-    pts = faces.three_points(lm)
+    pts = crop_rule.three_points(lm)
     # a similarity that maps the points exactly onto the template (so the fit is exact)
     size = 512
-    template = faces.TEMPLATE * faces.template_ratio(size)
-    m, _ = faces.similarity(pts, template)
+    template = crop_rule.TEMPLATE * crop_rule.template_ratio(size)
+    m, _ = crop_rule.similarity(pts, template)
     mapped = pts @ m[:, :2].T + m[:, 2]
     # 3 points, 4 degrees of freedom: a least-squares fit; the centroid is exact
     np.testing.assert_allclose(mapped.mean(0), template.mean(0), atol=1e-9)
-    assert faces.warp_size(512) == (420, 560) and faces.warp_size(256) == (210, 280)
-    affines = faces.align_track(np.stack([lm, lm]), np.array([True, True]), size)
+    assert crop_rule.warp_size(512) == (420, 560) and crop_rule.warp_size(256) == (210, 280)
+    affines = crop_rule.align_track(np.stack([lm, lm]), np.array([True, True]), size)
     # the crop affine is the warp then the resize to 512x512 (anisotropic)
-    warp = (np.linalg.inv(faces.resize_affine(size)) @ np.vstack([affines[0], [0, 0, 1]]))[:2]
-    first_bias = faces.similarity(pts, template)[1]
+    warp = (np.linalg.inv(crop_rule.resize_affine(size)) @ np.vstack([affines[0], [0, 0, 1]]))[:2]
+    first_bias = crop_rule.similarity(pts, template)[1]
     np.testing.assert_allclose(warp, np.concatenate([m[:, :2], (m[:, 2] + first_bias)[:, None]], axis=1), atol=1e-9)
     # the running offset: 0.2 previous + 0.8 current; same points -> same offset
     np.testing.assert_allclose(affines[1], affines[0], atol=1e-9)
-    assert np.isnan(faces.align_track(np.stack([lm]), np.array([False]), size)).all()
+    assert np.isnan(crop_rule.align_track(np.stack([lm]), np.array([False]), size)).all()
 
 
 def test_crop_is_the_two_stage_warp():
@@ -234,31 +234,31 @@ def test_crop_is_the_two_stage_warp():
     frame = rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)
     size = 256
     warp = np.array([[0.9, 0.1, -20.0], [-0.1, 0.9, 5.0]])
-    affine = (faces.resize_affine(size) @ np.vstack([warp, [0, 0, 1]]))[:2]
-    crop = faces.crop_aligned(frame, affine, size)
-    w, h = faces.warp_size(size)
+    affine = (crop_rule.resize_affine(size) @ np.vstack([warp, [0, 0, 1]]))[:2]
+    crop = crop_rule.crop_aligned(frame, affine, size)
+    w, h = crop_rule.warp_size(size)
     stage = cv2.warpAffine(frame.astype(np.float32), warp, (w, h), flags=cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=(127, 127, 127)).astype(np.uint8)
     np.testing.assert_array_equal(crop, cv2.resize(stage, (size, size), interpolation=cv2.INTER_LANCZOS4))
 
 
 def test_mouth_mask_has_the_published_shape():
-    m = faces.mouth_mask(256)
+    m = crop_rule.mouth_mask(256)
     repaint = m < 0.5
     assert repaint.mean() == pytest.approx(0.407, abs=0.002)  # the published mask.png: 40.7 % repainted
     rows, cols = np.nonzero(repaint)
     assert (rows.min(), rows.max(), cols.min(), cols.max()) == (95, 242, 9, 247)
     assert not repaint[100, 128] and repaint[100, 40] and repaint[100, 220]  # the notch keeps the nose
     assert repaint[200, 128] and not repaint[90, 128]
-    m512 = faces.mouth_mask(512)
+    m512 = crop_rule.mouth_mask(512)
     assert m512.shape == (512, 512) and m512.dtype == np.float32 and 0 <= m512.min() and m512.max() <= 1
-    r = faces.restore_mask(512)
+    r = crop_rule.restore_mask(512)
     assert r[256, 256] == pytest.approx(1.0) and r[0, 0] < 1e-3 and r[:, :5].max() < 0.01
 
 
 @pytest.mark.slow
 def test_gradient_checkpointing_gives_the_same_gradients():
-    from model.latentsync.random_weights import small_config
+    from lipsync.model.latentsync.random_weights import small_config
 
     cfg = parse_config(small_config(), variant=None, source="small").unet
     torch.manual_seed(0)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import ALICE
-from tests.support import make_stack, probe
+from lipsync.testing.media import probe
+from lipsync.testing.stack import make_stack
 from tests.test_js_client import requires_js, run_js
 from tests.test_lipsync_pipeline import clips  # noqa: F401  (the module's media fixture)
 from tests.test_lipsync_pipeline import (FPS, H, N, W, _decode, assert_audio_matches, cancel_while_denoising,
@@ -35,7 +36,7 @@ def run_ok(stack, tmp_path, video, audio, **params):
 
 @pytest.fixture(scope="module")
 def ls_stack(tmp_path_factory: pytest.TempPathFactory):
-    from model.latentsync.random_weights import write_random_weights
+    from lipsync.model.latentsync.random_weights import write_random_weights
 
     weights = write_random_weights(tmp_path_factory.mktemp("weights") / "latentsync", seed=0)
     stack = make_stack(tmp_path_factory.mktemp("latentsync-stack"), pipeline="lipsync", engine="latentsync",

@@ -14,9 +14,9 @@ import pytest
 import skimage.data
 import torch
 
-from model.engine import CropBatch, EngineOptions, EngineRequest, Knobs
-from model.musetalk.face_box import BoxRule, box_affine, box_affines, crop_boxes, landmark_boxes
-from model.weights import load_engine
+from lipsync.model.engine import CropBatch, EngineOptions, EngineRequest, Knobs
+from lipsync.model.musetalk.crop_rule import BoxRule, box_affine, box_affines, crop_boxes, landmark_boxes
+from lipsync.model.weights import load_engine
 
 FPS, T = 25.0, 5
 
@@ -29,7 +29,7 @@ def engine(musetalk_dir):
 @pytest.fixture(scope="module")
 def face():
     """The astronaut with her dlib landmarks (frame pixels)."""
-    from media.faces import DlibFaceAnalyzer
+    from lipsync.media.faces import DlibFaceAnalyzer
 
     frame = np.ascontiguousarray(skimage.data.astronaut())
     return frame, DlibFaceAnalyzer().detect(frame)[0].landmarks
@@ -149,7 +149,7 @@ def test_batching_and_feed_forward_chunks_do_not_change_the_output(engine, face)
 
 
 def test_audio_changes_only_the_masked_region(engine, face):
-    from media.paste import paste_face
+    from lipsync.media.paste import paste_face
 
     crops, affines, frames = _crops(face, 4)
     a = _run(engine, _request(_speech(4 / FPS, 1), 4), crops)

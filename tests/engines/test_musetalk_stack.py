@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import ALICE
-from tests.support import make_stack, probe
+from lipsync.testing.media import probe
+from lipsync.testing.stack import make_stack
 from tests.test_js_client import run_js
 from tests.test_lipsync_pipeline import (FPS, JS_CASES, H, N, W, _decode, _psnr, assert_audio_matches,
                                          clips, finished, messages, requires_js, submit)
@@ -46,10 +47,9 @@ def run_ok(stack, tmp_path, video, audio, **params):
 
 def _frame_masks(frames: list[np.ndarray]) -> np.ndarray:
     """(T, H, W) the engine's blend masks in frame pixels, from a face track of ``frames`` (the engine's rule)."""
-    from media.faces import track_faces
-    from model.engine import landmarks_to_crop
-    from model.musetalk.blend_mask import lower_face_masks
-    from model.musetalk.face_box import BoxRule, box_affines
+    from lipsync.media.faces import track_faces
+    from lipsync.model.engine import landmarks_to_crop
+    from lipsync.model.musetalk.crop_rule import BoxRule, box_affines, lower_face_masks
 
     track = track_faces(np.stack(frames))
     affines = box_affines(track.landmarks, track.frame_size, BoxRule())

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from contract.settings import Settings
-from model.loading import WeightsLoadError
-from model.weights import WeightsFolderError, detect
-from tests.engines.musetalk_weights import write_musetalk_weights
+from lipsync.contract.settings import Settings
+from lipsync.model.loading import WeightsLoadError
+from lipsync.model.weights import WeightsFolderError, detect
+from lipsync.model.musetalk.random_weights import write_random_weights
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,7 +34,7 @@ def _copy(src: Path, dst: Path) -> Path:
 
 
 def _start_worker_pipeline(weights: Path, **settings):
-    from worker.lipsync_pipeline import load_lipsync_pipeline
+    from lipsync.worker.orchestration import load_lipsync_pipeline
 
     return load_lipsync_pipeline(Settings(weights_dir=weights, device="cpu", dtype="fp32", **settings))
 
@@ -45,7 +45,7 @@ def test_each_folder_is_detected(pipio_dir, musetalk_dir, tmp_path):
     assert check.layout.variant == "musetalk-1.5" and check.ok
     assert [f.path for f in check.missing] == ["face-parse-bisent/79999_iter.pth",
                                                "face-parse-bisent/resnet18-5c106cde.pth"]  # optional
-    v10 = write_musetalk_weights(tmp_path / "v10", version="1.0")
+    v10 = write_random_weights(tmp_path / "v10", version="1.0")
     assert detect(v10).layout.variant == "musetalk-1.0"
     loaded = _start_worker_pipeline(musetalk_dir)
     assert loaded.info.name == "musetalk-1.5" and loaded.info.random_weights_warning is None

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from media.audio import fit_to_timeline, load_audio, to_model_audio
-from media.probe import probe_video, resolve_output_spec
-from media.video import read_video
-from tests.support import make_face_video, make_speech
+from lipsync.media.audio import fit_to_timeline, load_audio, to_model_audio
+from lipsync.media.probe import probe_video, resolve_output_spec
+from lipsync.media.video import read_video
+from lipsync.testing.media import make_face_video, make_speech
 
 CLIP_FRAMES = 30
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from evaluation import sync_features as sf
+from lipsync.evaluation import sync_features as sf
 
 CROP = 32
 

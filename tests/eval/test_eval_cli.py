@@ -10,15 +10,16 @@ import sys
 
 import pytest
 
-from evaluation.cases import Case, CaseError, ServerCase, cases_from_csv, cases_from_folder, server_cases
+from lipsync.evaluation.cases import Case, CaseError, ServerCase, cases_from_csv, cases_from_folder, server_cases
 
-from media.audio import load_audio
-from media.probe import probe_video, resolve_output_spec
-from media.video import read_video
-from media.writer import write_mp4
+from lipsync.media.audio import load_audio
+from lipsync.media.probe import probe_video, resolve_output_spec
+from lipsync.media.video import read_video
+from lipsync.media.writer import write_mp4
 from tests.eval.weights_files import write_stable_syncnet, write_syncnet_v2
-from tests.serve_support import Serve
-from tests.support import ROOT, make_wav
+from lipsync.testing.serve import Serve
+from lipsync.testing.media import make_wav
+from tests.support import ROOT
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

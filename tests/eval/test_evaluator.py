@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import PIL.Image
 
-from evaluation.cases import Case
-from evaluation.evaluator import EvalOptions, Evaluator
-from media.writer import write_mp4
+from lipsync.evaluation.cases import Case
+from lipsync.evaluation.evaluator import EvalOptions, Evaluator
+from lipsync.media.writer import write_mp4
 
 
 def test_still_image_source(tmp_path, media_clip):

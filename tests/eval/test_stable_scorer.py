@@ -7,8 +7,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from evaluation.stable_scorer import StableSyncScorer, wav2lip_mel
-from evaluation.stable_syncnet import load_stable_syncnet
+from lipsync.evaluation.stable_scorer import StableSyncScorer, wav2lip_mel
+from lipsync.evaluation.stable_syncnet import load_stable_syncnet
 from tests.eval.weights_files import write_stable_syncnet
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evaluation.syncnet import SyncScorer
+from lipsync.evaluation.syncnet import SyncScorer
 from tests.eval.synthetic_sync import clip, train_tiny_syncnet
 
 FRAMES = 150

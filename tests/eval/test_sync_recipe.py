@@ -11,11 +11,11 @@ import python_speech_features
 import torch
 from scipy import signal
 
-from evaluation import sync_features as sf
-from evaluation.sync_crop import crop_frame, crop_params, landmark_boxes, longest_face_run
-from evaluation.sync_metrics import sync_result
-from evaluation.syncnet import NotEnoughFrames, SyncScorer, mfcc_windows, video_windows
-from media.faces import FaceTrack
+from lipsync.evaluation import sync_features as sf
+from lipsync.evaluation.sync_crop import crop_frame, crop_params, landmark_boxes, longest_face_run
+from lipsync.evaluation.sync_metrics import sync_result
+from lipsync.evaluation.syncnet import NotEnoughFrames, SyncScorer, mfcc_windows, video_windows
+from lipsync.media.faces import FaceTrack
 from tests.eval.weights_files import write_syncnet_v2
 
 

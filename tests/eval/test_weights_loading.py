@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evaluation.stable_syncnet import SYNCNET_16_PIXEL_ATTN, StableSyncNet, StableSyncNetConfig, load_stable_syncnet
-from evaluation.syncnet_v2 import SyncNetV2, load_syncnet_v2
-from evaluation.weights import WeightsError
-from model.loading import WeightsLoadError
+from lipsync.evaluation.stable_syncnet import SYNCNET_16_PIXEL_ATTN, StableSyncNet, StableSyncNetConfig, load_stable_syncnet
+from lipsync.evaluation.syncnet_v2 import SyncNetV2, load_syncnet_v2
+from lipsync.evaluation.weights import WeightsError
+from lipsync.model.loading import WeightsLoadError
 from tests.eval.weights_files import TINY_STABLE_YAML, randomise, write_stable_syncnet, write_syncnet_v2
 
 # The `model:` section of LatentSync's published configs/syncnet/syncnet_16_pixel_attn.yaml.

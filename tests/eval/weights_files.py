@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from evaluation.stable_syncnet import StableSyncNet, StableSyncNetConfig
-from evaluation.syncnet_v2 import SyncNetV2
+from lipsync.evaluation.stable_syncnet import StableSyncNet, StableSyncNetConfig
+from lipsync.evaluation.syncnet_v2 import SyncNetV2
 
 # A StableSyncNet small enough for CPU tests, written as a LatentSync YAML (same keys as the published one).
 TINY_STABLE_YAML = """\

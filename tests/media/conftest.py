@@ -49,9 +49,9 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Media:
 @pytest.fixture(scope="session")
 def face_track(media: Media):
     """The tracker's first pass over the decoded face clip (made once: detection is the slow part)."""
-    from media.faces import track_faces
-    from media.probe import probe_video, resolve_output_spec
-    from media.video import iter_video_chunks
+    from lipsync.media.faces import track_faces
+    from lipsync.media.probe import probe_video, resolve_output_spec
+    from lipsync.media.video import iter_video_chunks
 
     spec = resolve_output_spec(probe_video(media.face_mp4), num_frames=N)
     return track_faces(iter_video_chunks(media.face_mp4, spec))

@@ -1,4 +1,4 @@
-"""Crops made during the tracking pass (worker.early_crops) are the crops a second decode would give, bit for
+"""Crops made during the tracking pass (lipsync.worker.early_crops) are the crops a second decode would give, bit for
 bit, on a clip whose face is panned, zoomed, briefly covered (bridged) and cut away from; the pass holds only
 the frames whose track rows are not final yet; the streamed track is the batch one."""
 
@@ -8,22 +8,22 @@ import numpy as np
 import pytest
 from media_testkit import N
 
-from media.faces import FaceTracker, default_face_analyzer, track_faces
-from media.probe import probe_video, resolve_output_spec
-from media.video import iter_video_chunks
+from lipsync.media.faces import FaceTracker, default_face_analyzer, track_faces
+from lipsync.media.probe import probe_video, resolve_output_spec
+from lipsync.media.video import iter_video_chunks
 
 
 @pytest.fixture(scope="module")
 def pipio():
-    from model.engine import EngineOptions
-    from model.weights import load_engine
+    from lipsync.model.engine import EngineOptions
+    from lipsync.model.weights import load_engine
 
     return load_engine(None, EngineOptions(device="cpu", dtype="fp32", num_inference_steps=1, face_crop_size=64),
                        "pipio")
 
 
 def test_crops_made_while_tracking_equal_a_second_pass(media, face_track, pipio, tmp_path) -> None:
-    from worker.early_crops import EarlyCrops
+    from lipsync.worker.early_crops import EarlyCrops
 
     assert pipio.info.affines_per_frame
     spec = resolve_output_spec(probe_video(media.face_mp4), num_frames=N)
@@ -41,7 +41,7 @@ def test_crops_made_while_tracking_equal_a_second_pass(media, face_track, pipio,
 
     # the clip exercises every rule: bridged misses, frames with no face, and more than one shot
     assert (track.present & ~track.detected).any() and (~track.present).any()
-    for name in ("present", "detected", "landmarks", "alignment"):  # streamed = batch (media.faces.track_faces)
+    for name in ("present", "detected", "landmarks", "alignment"):  # streamed = batch (lipsync.media.faces.track_faces)
         np.testing.assert_array_equal(getattr(track, name), getattr(face_track, name))
 
     # what the worker's second pass does without early crops: decode again, crop with the final track

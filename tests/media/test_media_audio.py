@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from media.audio import (
+from lipsync.media.audio import (
     MODEL_SAMPLE_RATE,
     AudioTrack,
     audio_window_indices,
@@ -17,7 +17,7 @@ from media.audio import (
     load_audio,
     to_model_audio,
 )
-from media.vad import silent_frames, silent_spans
+from lipsync.media.vad import silent_frames, silent_spans
 from media_testkit import run
 
 

@@ -9,9 +9,9 @@ import zlib
 import pytest
 import resource
 
-from media.errors import ImageTooLarge
-from media.probe import MAX_PIXELS, probe_video
-from tests.support import make_video
+from lipsync.media.errors import ImageTooLarge
+from lipsync.media.probe import MAX_PIXELS, probe_video
+from lipsync.testing.media import make_video
 
 
 def _png_declaring(width: int, height: int) -> bytes:

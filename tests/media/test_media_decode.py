@@ -9,9 +9,9 @@ import av
 import numpy as np
 import pytest
 
-from contract.errors import InvalidInput
-from media.probe import IMAGE_FPS, expected_frame_count, probe_video, resolve_output_spec
-from media.video import iter_video_chunks, read_video
+from lipsync.contract.errors import InvalidInput
+from lipsync.media.probe import IMAGE_FPS, expected_frame_count, probe_video, resolve_output_spec
+from lipsync.media.video import iter_video_chunks, read_video
 
 from media_testkit import FPS, H, N, W, run, write_raw_video
 
@@ -188,7 +188,7 @@ def test_exif_orientation_of_a_jpeg_is_applied(media, tmp_path):
 
 
 def test_measured_frame_rates_snap_to_standard_ones():
-    from media.probe import snap_fps
+    from lipsync.media.probe import snap_fps
 
     assert snap_fps(Fraction(2996, 100)) == Fraction(30000, 1001)
     assert snap_fps(Fraction(30012, 1000)) == 30

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from contract.errors import InvalidMedia, LipsyncError
-from media.audio import load_audio
-from media.errors import (
+from lipsync.contract.errors import InvalidMedia, LipsyncError
+from lipsync.media.audio import load_audio
+from lipsync.media.errors import (
     AudioTooShort,
     ImageTooSmall,
     NoAudioStream,
@@ -17,8 +17,8 @@ from media.errors import (
     TruncatedMedia,
     UnsupportedCodec,
 )
-from media.probe import probe_video, resolve_output_spec
-from media.video import read_video
+from lipsync.media.probe import probe_video, resolve_output_spec
+from lipsync.media.video import read_video
 from media_testkit import run
 
 

@@ -6,12 +6,12 @@ import cv2
 import numpy as np
 import pytest
 
-from contract.errors import NoFaceDetected
-from media.crop import crop_faces, landmarks_in_crop
-from media.embedding import FaceEmbedder, identity_distance
-from media.faces import DlibFaceAnalyzer, MOUTH, default_face_analyzer, track_faces
-from media.masks import face_blend_mask, latent_mask, lower_face_mask, mouth_mask
-from media.paste import paste_faces
+from lipsync.contract.errors import NoFaceDetected
+from lipsync.media.crop import crop_faces, landmarks_in_crop
+from lipsync.media.embedding import FaceEmbedder, identity_distance
+from lipsync.media.faces import DlibFaceAnalyzer, MOUTH, default_face_analyzer, track_faces
+from lipsync.media.masks import face_blend_mask, latent_mask, lower_face_mask, mouth_mask
+from lipsync.media.paste import paste_faces
 from media_testkit import COVERED, CUT_AWAY, H, N, W, face_frame
 
 SIZE = 128
@@ -24,8 +24,8 @@ def analyzer():
 
 @pytest.fixture(scope="module")
 def decoded(media):
-    from media.probe import probe_video, resolve_output_spec
-    from media.video import read_video
+    from lipsync.media.probe import probe_video, resolve_output_spec
+    from lipsync.media.video import read_video
 
     return read_video(media.face_mp4, resolve_output_spec(probe_video(media.face_mp4), num_frames=N))
 
@@ -179,8 +179,8 @@ def test_face_id_embedding(decoded, face_track):
 
 
 def test_track_on_timeline_holds_background_faces(face_track):
-    from media.faces import track_on_timeline
-    from media.timeline import plan_timeline
+    from lipsync.media.faces import track_on_timeline
+    from lipsync.media.timeline import plan_timeline
 
     t = plan_timeline(N, addition_start_frames=[10], addition_durations=[4], removal_ranges=[24, 30], removal_bridge_durations=[2])
     out = track_on_timeline(face_track, t)

@@ -11,17 +11,17 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from media.audio import audio_window_indices, fit_to_timeline, load_audio, to_model_audio
-from media.crop import crop_faces
-from media.embedding import track_embedding
-from media.faces import track_on_timeline
-from media.masks import mouth_masks
-from media.paste import paste_faces
-from media.probe import probe_video, resolve_output_spec
-from media.timeline import plan_from_request
-from media.vad import silent_frames
-from media.video import iter_reindexed, iter_video_chunks, read_video
-from media.writer import Mp4Writer
+from lipsync.media.audio import audio_window_indices, fit_to_timeline, load_audio, to_model_audio
+from lipsync.media.crop import crop_faces
+from lipsync.media.embedding import track_embedding
+from lipsync.media.faces import track_on_timeline
+from lipsync.media.masks import mouth_masks
+from lipsync.media.paste import paste_faces
+from lipsync.media.probe import probe_video, resolve_output_spec
+from lipsync.media.timeline import plan_from_request
+from lipsync.media.vad import silent_frames
+from lipsync.media.video import iter_reindexed, iter_video_chunks, read_video
+from lipsync.media.writer import Mp4Writer
 from media_testkit import CUT_AWAY, FPS, H, N, W
 
 SIZE = 128

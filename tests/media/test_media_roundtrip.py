@@ -15,12 +15,12 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from media.audio import load_audio
-from media.crop import crop_faces
-from media.paste import paste_faces
-from media.probe import probe_video, resolve_output_spec
-from media.video import iter_video_chunks, read_video
-from media.writer import Mp4Writer
+from lipsync.media.audio import load_audio
+from lipsync.media.crop import crop_faces
+from lipsync.media.paste import paste_faces
+from lipsync.media.probe import probe_video, resolve_output_spec
+from lipsync.media.video import iter_video_chunks, read_video
+from lipsync.media.writer import Mp4Writer
 from media_testkit import FPS, H, N, W
 
 PSNR_PASTE_DB = 44.0

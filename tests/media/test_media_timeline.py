@@ -7,9 +7,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from contract.errors import InvalidInput
-from media.audio import AudioTrack, audio_window_indices, fit_to_timeline, frame_sample_ranges
-from media.timeline import GeneratedFrame, SourceFrame, plan_from_request, plan_timeline
+from lipsync.contract.errors import InvalidInput
+from lipsync.media.audio import AudioTrack, audio_window_indices, fit_to_timeline, frame_sample_ranges
+from lipsync.media.timeline import GeneratedFrame, SourceFrame, plan_from_request, plan_timeline
 
 
 def src(t):
@@ -172,7 +172,7 @@ def test_background_indices_hold_the_nearer_anchor_and_never_decrease():
 
 
 def test_reindexed_stream_follows_the_timeline():
-    from media.video import iter_reindexed
+    from lipsync.media.video import iter_reindexed
 
     source = np.arange(10, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
     t = plan_timeline(10, addition_start_frames=[3], addition_durations=[2], removal_ranges=[6, 7], removal_bridge_durations=[0])

@@ -9,10 +9,10 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from media.audio import AudioTrack, load_audio
-from media.probe import probe_video, resolve_output_spec
-from media.video import read_video
-from media.writer import Mp4Writer, write_mp4
+from lipsync.media.audio import AudioTrack, load_audio
+from lipsync.media.probe import probe_video, resolve_output_spec
+from lipsync.media.video import read_video
+from lipsync.media.writer import Mp4Writer, write_mp4
 
 
 def probe(path) -> list[dict]:
@@ -128,7 +128,7 @@ def test_output_is_tagged_bt709_and_colours_survive(tmp_path):
 
 
 def test_crf_follows_the_frame_size(tmp_path):
-    """CRF 18 from 1280x720 up, 16 below (media.writer.default_crf): read from the x264 settings the encoder
+    """CRF 18 from 1280x720 up, 16 below (lipsync.media.writer.default_crf): read from the x264 settings the encoder
     writes into the stream itself."""
     for (w, h), crf in (((1280, 720), b"crf=18.0"), ((720, 1280), b"crf=18.0"), ((256, 192), b"crf=16.0")):
         path = tmp_path / f"{w}x{h}.mp4"

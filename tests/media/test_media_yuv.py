@@ -1,4 +1,4 @@
-"""Pass 2's paste side on decoded 4:2:0 planes (media.yuv): the decode passes the planes through, the region
+"""Pass 2's paste side on decoded 4:2:0 planes (lipsync.media.yuv): the decode passes the planes through, the region
 conversions agree with swscale, paste-back on planes equals paste-back on RGB up to rounding and leaves every
 other pixel exactly as decoded, and the writer encodes the planes tagged with the source's own colour."""
 
@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import skimage.data
 
-from media.paste import paste_face, paste_face_i420
-from media.probe import probe_video, resolve_output_spec
-from media.video import i420_colour, iter_video_chunks, iter_video_i420_chunks, read_video
-from media.writer import Mp4Writer
-from media.yuv import ENCODE_COLOUR, Colour, i420_to_rgb, planes, rgb_to_i420
+from lipsync.media.paste import paste_face, paste_face_i420
+from lipsync.media.probe import probe_video, resolve_output_spec
+from lipsync.media.video import i420_colour, iter_video_chunks, iter_video_i420_chunks, read_video
+from lipsync.media.writer import Mp4Writer
+from lipsync.media.yuv import ENCODE_COLOUR, Colour, i420_to_rgb, planes, rgb_to_i420
 from media_testkit import H, W, run
 
 COLOURS = [Colour("ITU601", False), Colour("ITU709", False), Colour("ITU601", True), Colour("ITU709", True)]
@@ -94,7 +94,7 @@ def test_rotated_planes_match_the_rotated_rgb(media, tmp_path, angle):
 
 def _paste_case(rgb: np.ndarray, size: int = 96):
     """An affine onto the astronaut's face, a noisy 'generated' crop and a feathered mouth mask."""
-    from media.crop import crop_face
+    from lipsync.media.crop import crop_face
 
     side = 110.0
     cx, cy = W * 0.5, H * 0.42

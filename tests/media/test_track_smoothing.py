@@ -1,4 +1,4 @@
-"""media.track_smoothing: rows made final frame by frame equal the batch definition of the track (bridge
+"""lipsync.media.track_smoothing: rows made final frame by frame equal the batch definition of the track (bridge
 the brief misses of each shot, then centred moving averages of the unwrapped alignment and the landmarks
 inside each shot), whatever the chunking, and no row is final later than ``lag`` frames after it came."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from media.faces import alignment_from_landmarks
-from media.track_smoothing import TrackRows
+from lipsync.media.faces import alignment_from_landmarks
+from lipsync.media.track_smoothing import TrackRows
 
 
 def batch_track(raw: list[np.ndarray | None], shot: np.ndarray, max_gap: int, window: int):

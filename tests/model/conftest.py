@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.pipio.pipeline_lipsync import LipSyncPipeline
+from lipsync.model.pipio.pipeline import LipSyncPipeline
 
 SIZE = 64  # the tiny preset's working size: 2 x 2 latent tokens per frame
 FPS = 25.0

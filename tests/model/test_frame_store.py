@@ -1,4 +1,4 @@
-"""model.frame_store: a timeline of crops on disk, read back by range and index, never in the resident set."""
+"""lipsync.media.frame_store: a timeline of crops on disk, read back by range and index, never in the resident set."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from model.frame_store import FrameStore
+from lipsync.media.frame_store import FrameStore
 
 
 def test_reads_give_back_what_was_appended(tmp_path):
@@ -42,7 +42,7 @@ def test_a_gigabyte_on_disk_stays_out_of_the_resident_set(tmp_path):
     """256 MiB appended and read back in 8 MiB chunks: the process's peak RSS grows by a few chunks only."""
     code = f"""
 import resource, numpy as np
-from model.frame_store import FrameStore
+from lipsync.media.frame_store import FrameStore
 chunk = np.full((16, 512, 512, 3), 7, np.uint8)  # 12 MiB: 16 face crops at 512^2
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 with FrameStore((512, 512, 3), directory={str(tmp_path)!r}) as store:

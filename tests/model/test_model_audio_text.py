@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.pipio.audio_encoder import encode_audio, latent_frame_windows
-from model.pipio.text_encoder import encode_prompt
+from lipsync.model.pipio.audio_encoder import encode_audio, latent_frame_windows
+from lipsync.model.pipio.text_encoder import encode_prompt
 
 
 @pytest.mark.parametrize("seconds", [0.0, 1.0, 7.3])  # 7.3 s spans two of the tiny encoder's 5 s windows

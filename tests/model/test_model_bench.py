@@ -1,4 +1,4 @@
-"""The benchmark script runs (short lengths here; the 50/100/200/400 run is documented in model/README.md)."""
+"""The benchmark script runs (short lengths here; the 50/100/200/400 run is documented in lipsync/model/README.md)."""
 
 from __future__ import annotations
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 from transformers import ByT5Tokenizer
 
-from model.engine import EngineOptions
-from model.pipio.config import load_config
-from model.pipio.engine import FaceIdEmbedderMismatch, load_engine
-from model.pipio.layout import LAYOUTS
-from model.pipio.pipeline_lipsync import LipSyncPipeline
+from lipsync.model.engine import EngineOptions
+from lipsync.model.pipio.config import load_config
+from lipsync.model.pipio.engine import FaceIdEmbedderMismatch, load_engine
+from lipsync.model.pipio.layout import LAYOUTS
+from lipsync.model.pipio.pipeline import LipSyncPipeline
 
 
 def _block_inputs(pipe: LipSyncPipeline, clip: dict, **kwargs) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.pipio.pipeline_lipsync import composite, latent_mouth_mask
+from lipsync.model.pipio.conditioning import composite, latent_mouth_mask
 
 FAST = dict(vae_chunk_size=9, vae_overlap_window_width=0, frame_block_width=136)
 

@@ -143,7 +143,7 @@ def test_default_prompt_is_noted(tiny_pipe, make_clip):
     ],
 )
 def test_bad_arguments_raise_named_errors(tiny_pipe, make_clip, override, field):
-    from contract.errors import InvalidInput
+    from lipsync.contract.errors import InvalidInput
 
     inputs = {**make_clip(9), **FAST, **override}
     with pytest.raises(ValueError) as info:
@@ -176,7 +176,7 @@ def test_bf16_pipeline_runs_and_keeps_outside_pixels(make_clip):
     """The GPU dtype path (bf16 weights and activations, fp32 latents/scheduler/timestep) on CPU."""
     import torch
 
-    from model.pipio.pipeline_lipsync import LipSyncPipeline
+    from lipsync.model.pipio.pipeline import LipSyncPipeline
 
     pipe = LipSyncPipeline.from_config("tiny", init_seed=0, dtype=torch.bfloat16)
     inputs = make_clip(17, generate=slice(4, 6))

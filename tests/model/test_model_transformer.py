@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from model.pipio.config import load_config
-from model.pipio.frame_blocks import block_weights, plan_frame_blocks
-from model.pipio.transformer_lipsync import LipSyncConditioning, LipSyncTransformer3DModel, reference_logit_bias
+from lipsync.model.pipio.config import load_config
+from lipsync.model.pipio.frame_blocks import block_weights, plan_frame_blocks
+from lipsync.model.pipio.transformer_lipsync import LipSyncConditioning, LipSyncTransformer3DModel, reference_logit_bias
 
 FRAMES, H, W = 3, 2, 2
 
@@ -106,4 +106,4 @@ def test_base_preset_builds_on_meta_with_its_documented_size():
     total = sum(p.numel() for p in model.parameters())
     new = sum(p.numel() for n, p in model.named_parameters() if any(m in n for m in model.new_module_prefixes()))
     assert total - new == 1_923_385_472  # LTX-Video 2B, unchanged
-    assert total == 2_903_877_765  # documented in model/README.md
+    assert total == 2_903_877_765  # documented in lipsync/model/README.md

@@ -3,7 +3,7 @@
 Stated tolerance: chunking is exact (max abs error <= 1e-5, float32) for any VAE whose temporal receptive
 field stays inside one latent frame, i.e. the chunk geometry (where chunks start, which causal frame is
 dropped, how overlaps are blended) introduces no error of its own. With the real LTX VAE the residual error
-is the temporal context a chunk cannot see, a property of the trained weights (see model/README.md); with
+is the temporal context a chunk cannot see, a property of the trained weights (see lipsync/model/README.md); with
 chunk >= clip length it is bit-exact.
 """
 
@@ -14,8 +14,8 @@ import torch
 from diffusers import AutoencoderKLLTXVideo
 from diffusers.models.autoencoders.autoencoder_kl_ltx import LTXVideoCausalConv3d
 
-from model.pipio.autoencoder_lipsync import blend_stream, decode_chunked, encode_chunked, plan_chunks
-from model.pipio.config import load_config
+from lipsync.model.pipio.autoencoder_lipsync import blend_stream, decode_chunked, encode_chunked, plan_chunks
+from lipsync.model.pipio.config import load_config
 
 NUM_FRAMES = 49  # 7 latent frames: long enough for several chunks of 9 and 17
 TEMB = torch.tensor([0.05])  # the tiny VAE's decoder is timestep-conditioned, like LTX 0.9.5's

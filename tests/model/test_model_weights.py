@@ -15,9 +15,10 @@ import torch
 from diffusers import AutoencoderKLLTXVideo, LTXVideoTransformer3DModel
 from safetensors.torch import load_file, save_file
 
-from model.pipio.config import load_config
-from model.loading import WeightsLoadError
-from model.pipio.pipeline_lipsync import LipSyncPipeline, load_transformer, load_vae
+from lipsync.model.pipio.config import load_config
+from lipsync.model.loading import WeightsLoadError
+from lipsync.model.pipio.loading import load_transformer, load_vae
+from lipsync.model.pipio.pipeline import LipSyncPipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = dict(vae_chunk_size=9, vae_overlap_window_width=0, frame_block_width=136)
@@ -126,7 +127,7 @@ def test_stock_ltx_checkpoints_load_into_the_lipsync_model(tmp_path):
 def test_stock_behaviour_is_kept_when_gates_start_at_zero(tmp_path):
     """With ``zero_init_gates`` (the base preset) the new branches are no-ops at load: the lip-sync model
     computes exactly what the stock transformer computes, so fine-tuning starts from LTX-Video itself."""
-    from model.pipio.transformer_lipsync import LipSyncConditioning
+    from lipsync.model.pipio.transformer_lipsync import LipSyncConditioning
 
     sizes = {**_lipsync_sizes(), "zero_init_gates": True}
     stock_kwargs = {k: v for k, v in load_config("tiny").transformer.items() if k not in _lipsync_sizes()}

@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from model.pipio.config import load_config
-from model.pipio.pipeline_lipsync import LipSyncPipeline, ModelInputError
+from lipsync.model.pipio.config import load_config
+from lipsync.model.pipio.pipeline import LipSyncPipeline, ModelInputError
 
 ROOT = Path(__file__).resolve().parents[2]
 
 # Runs in a fresh process: the peak resident set of the load alone (/proc's high-water mark reset first).
 MEASURE_LOAD = """
 import json, sys, torch
-from model.pipio.pipeline_lipsync import LipSyncPipeline
+from lipsync.model.pipio.pipeline import LipSyncPipeline
 
 def status(key):
     for line in open("/proc/self/status"):
@@ -111,7 +111,7 @@ def test_reference_bias_without_a_mask_equals_the_masked_attention(bias):
     GPU) gives the logits, hence the output, of the stock processor with the bias as a float mask."""
     from diffusers.models.transformers.transformer_ltx import LTXAttention, LTXVideoAttnProcessor
 
-    from model.pipio.reference_attention import ReferenceBiasAttnProcessor
+    from lipsync.model.pipio.reference_attention import ReferenceBiasAttnProcessor
 
     torch.manual_seed(0)
     attn = LTXAttention(query_dim=64, heads=4, kv_heads=4, dim_head=16, cross_attention_dim=64)
@@ -128,7 +128,7 @@ def test_reference_bias_without_a_mask_equals_the_masked_attention(bias):
 
 
 def test_the_blocks_self_attention_takes_no_mask():
-    from model.pipio.reference_attention import ReferenceBiasAttnProcessor
+    from lipsync.model.pipio.reference_attention import ReferenceBiasAttnProcessor
 
     pipe = LipSyncPipeline.from_config("tiny", init_seed=0)
     assert all(isinstance(b.attn1.processor, ReferenceBiasAttnProcessor) for b in pipe.transformer.transformer_blocks)

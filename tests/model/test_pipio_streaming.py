@@ -9,8 +9,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from model.engine import CropBatch, EngineOptions, EngineRequest, Knobs
-from model.weights import load_engine
+from lipsync.model.engine import CropBatch, EngineOptions, EngineRequest, Knobs
+from lipsync.model.weights import load_engine
 
 SIZE = 128  # a working size the tiny config runs at in seconds, big enough for per-frame arrays to count
 

@@ -17,8 +17,8 @@ import pytest
 import skimage.data
 
 from tests.media.media_testkit import face_frame, need_tool, write_raw_video
-from tests.support import make_speech
-from training.shards import from_wds, list_shards, read_shard
+from lipsync.testing.media import make_speech
+from lipsync.training.shards import from_wds, list_shards, read_shard
 
 FRAMES, FPS = 20, 25
 

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from model.pipio.autoencoder_lipsync import encode_chunked, plan_chunks
-from model.pipio.pipeline_lipsync import LipSyncPipeline, _FrameSource
-from model.pipio.text_encoder import encode_prompt
-from training.objective import (
+from lipsync.model.pipio.autoencoder_lipsync import encode_chunked, plan_chunks
+from lipsync.model.pipio.conditioning import FrameSource
+from lipsync.model.pipio.pipeline import LipSyncPipeline
+from lipsync.model.pipio.text_encoder import encode_prompt
+from lipsync.training.objective import (
     ObjectiveConfig,
     build_example,
     chunk_range,
@@ -17,7 +18,7 @@ from training.objective import (
     flow_matching_loss,
     flow_sigmas,
 )
-from training.shards import ClipSample
+from lipsync.training.shards import ClipSample
 
 SIZE, FPS = 64, 25.0
 
@@ -41,14 +42,14 @@ def clip(num_frames: int, seed: int = 0) -> ClipSample:
 def test_block_latents_equal_the_whole_clip_chunked_encode(pipe):
     """A block's latents come from the whole chunks that determine them: equal to encoding the whole clip."""
     sample = clip(81)
-    source = _FrameSource(sample.crops, np.zeros((81, SIZE, SIZE), np.float32), np.zeros(81, bool), 8, 32)
+    source = FrameSource(sample.crops, np.zeros((81, SIZE, SIZE), np.float32), np.zeros(81, bool), 8, 32)
     plan, _ = plan_chunks(81, 17, 8)
     with torch.no_grad():
         whole = encode_chunked(pipe.vae, lambda s, e: source.read_masked(s, e, "cpu", torch.float32), 81, 17, 8)
         for g0, g1 in [(0, 3), (2, 5), (4, 7), (6, 11), (8, 11)]:
             lo, hi = chunk_range(81, plan.chunk_size, plan.overlap, g0, g1)
             assert lo % 8 == 0 and (hi - lo - 1) % 8 == 0
-            sub = _FrameSource(sample.crops[lo:hi], np.zeros((hi - lo, SIZE, SIZE), np.float32),
+            sub = FrameSource(sample.crops[lo:hi], np.zeros((hi - lo, SIZE, SIZE), np.float32),
                                np.zeros(hi - lo, bool), 8, 32)
             part = encode_chunked(pipe.vae, lambda s, e: sub.read_masked(s, e, "cpu", torch.float32), hi - lo, 17, 8)
             got = part[:, :, g0 - lo // 8 : g1 - lo // 8]

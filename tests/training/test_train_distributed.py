@@ -17,9 +17,10 @@ import httpx
 import numpy as np
 import pytest
 
-from lipsync.fal_compat import point_fal_client
+from lipsync.client import point_fal_client
 from tests.conftest import ALICE
-from tests.support import make_face_video, make_speech, make_stack, probe, wait_until
+from lipsync.testing.media import make_face_video, make_speech, probe
+from lipsync.testing.stack import make_stack, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

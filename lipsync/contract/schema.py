@@ -1,0 +1,406 @@
+"""The pipio/lipsync input and output contract (reference/input-schema.md), as pydantic models.
+
+Field names, types and defaults are the hosted model's. The validation rules are ours: every bad value fails
+here, at submit, with a 422 naming the field, before anything is queued. Two bounds are deployment settings
+(``max_num_frames``, ``max_prompt_chars``); they reach the validators through the validation context.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import re
+from urllib.parse import urlsplit
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
+STORAGE_SCHEME = "storage://"  # a file already in our storage (an upload, or a data URI the API unpacked)
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Cost bounds checked at submit, so no accepted request can ask a worker for unbounded memory or time.
+MAX_SIDE = 4096  # output height/width: inputs stop at 4096 x 4096 (lipsync.media.probe.MAX_PIXELS)
+MAX_DOWNSCALE = 64  # -k means native/k: at most 4096/64 = 64 pixels
+MAX_FEED_FORWARD_SPLITS = 256
+MAX_VAE_CHUNK_SIZE = 1025  # 8 * 128 + 1
+
+
+class File(BaseModel):
+    """A file input or output: fal's File shape. On input a bare URL string is accepted too."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    url: str = Field(description="http(s) URL, data: URI, or a URL issued by this server's upload endpoint.")
+    content_type: str | None = None
+    file_name: str | None = None
+    file_size: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"url": value} if isinstance(value, str) else value
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str, info: ValidationInfo) -> str:
+        url = url.strip()
+        lowered = url.lower()
+        if lowered.startswith(("http://", "https://")):
+            if len(url) > 8192:
+                raise ValueError("URL is longer than 8192 characters")
+            try:
+                host = urlsplit(url).hostname
+            except ValueError:
+                host = None
+            if not host:
+                raise ValueError("is not a valid URL: no host")
+            return url
+        if lowered.startswith(STORAGE_SCHEME) and (info.context or {}).get("internal"):
+            return url  # only the API writes these; a user's storage:// URL is refused below
+        if lowered.startswith("data:"):
+            _, data = parse_data_uri(url)
+            limit = (info.context or {}).get("max_input_bytes")
+            if limit is not None and len(data) > limit:
+                raise ValueError(f"data: URI holds {len(data)} bytes; at most {limit} are accepted")
+            return url
+        raise ValueError("must be an http(s) URL, a data: URI, or a URL from this server's upload endpoint")
+
+
+def parse_data_uri(uri: str) -> tuple[str, bytes]:
+    """Split a data: URI into (content type, bytes). Raises ValueError on a malformed URI."""
+    match = DATA_URI.match(uri)
+    if match is None:
+        raise ValueError("malformed data: URI")
+    payload = uri[match.end():]
+    if not payload:
+        raise ValueError("data: URI holds no data")
+    mime = match.group("mime") or "application/octet-stream"
+    if match.group("b64"):
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("data: URI is not valid base64") from None
+    else:
+        from urllib.parse import unquote_to_bytes
+
+        data = unquote_to_bytes(payload)
+    return mime.lower(), data
+
+
+URL_PATTERN = r"^(https?://[^\s/?#]+[^\s]*|data:[^,]*,.+)$"
+
+# On input a file is a URL string or a File object; the published schema says so.
+FileInput = Annotated[
+    File,
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": URL_PATTERN, "description": "http(s) URL, data: URI, or an upload URL of this server"},
+                {
+                    "type": "object",
+                    "properties": {
+                        "url": {"type": "string", "pattern": URL_PATTERN},
+                        "content_type": {"type": "string"},
+                        "file_name": {"type": "string"},
+                        "file_size": {"type": "integer"},
+                    },
+                    "required": ["url"],
+                },
+            ]
+        }
+    ),
+]
+
+
+def _bounds(minimum: int, maximum: int | None = None) -> dict[str, Any]:
+    """The static bounds of a field, published in the JSON schema (forms such as the playground show them).
+    Only published, not enforced: the validators below are the rules, with messages and special values."""
+    extra: dict[str, Any] = {"minimum": minimum}
+    if maximum is not None:
+        extra["maximum"] = maximum
+    return {"json_schema_extra": extra}
+
+
+def _limit(info: ValidationInfo, name: str, default: int) -> int:
+    context = info.context or {}
+    return int(context.get(name, default))
+
+
+class LipsyncInput(BaseModel):
+    """Input of pipio/lipsync."""
+
+    model_config = ConfigDict(extra="ignore", title="LipsyncInput")
+
+    video: FileInput = Field(description="Video (or still image: png/jpg/webp) of the face to edit.")
+    audio: FileInput = Field(description="Audio track to lip-sync to; a video file's audio track is accepted.")
+    use_custom_prompt: bool = Field(False, description="Use custom_prompt instead of the automatic prompt.")
+    custom_prompt: str = Field("A high quality video.", description="Text describing the edited video.")
+    frame_rate: int = Field(-1, description="Output fps; -1 keeps the native fps.", **_bounds(-1, 120))
+    height: int = Field(-1, description="Output height; -1 native, -k native/k, or a positive size.",
+                        **_bounds(-MAX_DOWNSCALE, MAX_SIDE))
+    width: int = Field(-1, description="Output width; -1 native, -k native/k, or a positive size.",
+                       **_bounds(-MAX_DOWNSCALE, MAX_SIDE))
+    num_frames: int = Field(100, description="Frames to process from the start of the input.", **_bounds(1))
+    vae_chunk_size: int = Field(65, description="Frames per VAE encode/decode chunk; must be 8n+1.",
+                                **_bounds(9, MAX_VAE_CHUNK_SIZE))
+    vae_overlap_window_width: int = Field(16, description="Overlap between VAE chunks; 0 = none.", **_bounds(0))
+    frame_block_width: int = Field(136, description="Frames the transformer sees at a time.", **_bounds(1))
+    feed_forward_num_splits: int = Field(2, description="Chunks for the feed-forward layers.",
+                                         **_bounds(1, MAX_FEED_FORWARD_SPLITS))
+    face_id_cond_strength: int = Field(-1, description="Identity conditioning; -1 automatic, else 0..16.",
+                                       **_bounds(-1, 16))
+    appearance_cond_strength: int = Field(1, description="Alignment of synthetic frames with the input; 1..16.",
+                                          **_bounds(1, 16))
+    edit_addition_start_frames: list[int] = Field(default_factory=list, description="Where new frames go.")
+    edit_addition_durations: list[int] = Field(default_factory=list, description="Frames added at each start.")
+    edit_removal_ranges: list[int] = Field(default_factory=list, description="Flat [start, end, …] pairs, inclusive.")
+    edit_removal_bridge_durations: list[int] = Field(
+        default_factory=list, description="Generated bridge length per removal; 0 = jump cut."
+    )
+    seed: int = Field(42, description="Same seed + same inputs = same output.")
+
+    @field_validator("custom_prompt")
+    @classmethod
+    def _prompt_length(cls, value: str, info: ValidationInfo) -> str:
+        limit = _limit(info, "max_prompt_chars", 2000)
+        if len(value) > limit:
+            raise ValueError(f"must be at most {limit} characters, got {len(value)}")
+        return value
+
+    @field_validator("frame_rate")
+    @classmethod
+    def _frame_rate(cls, value: int) -> int:
+        if value != -1 and not 1 <= value <= 120:
+            raise ValueError("must be -1 (native) or between 1 and 120")
+        return value
+
+    @field_validator("height", "width")
+    @classmethod
+    def _size(cls, value: int) -> int:
+        if value == 0 or value < -MAX_DOWNSCALE:
+            raise ValueError(f"must be -k (native/k, 1 <= k <= {MAX_DOWNSCALE}) or a positive size")
+        if value > MAX_SIDE:
+            raise ValueError(f"must be at most {MAX_SIDE} pixels (the largest input side)")
+        return value
+
+    @field_validator("num_frames")
+    @classmethod
+    def _num_frames(cls, value: int, info: ValidationInfo) -> int:
+        limit = _limit(info, "max_num_frames", 10_000)
+        if not 1 <= value <= limit:
+            raise ValueError(f"must be between 1 and {limit}")
+        return value
+
+    @field_validator("vae_chunk_size")
+    @classmethod
+    def _chunk(cls, value: int) -> int:
+        if value < 9 or value > MAX_VAE_CHUNK_SIZE or (value - 1) % 8 != 0:
+            raise ValueError(f"must be 8n+1 with n >= 1, at most {MAX_VAE_CHUNK_SIZE} (9, 17, 25, …, 65, …)")
+        return value
+
+    @field_validator("frame_block_width")
+    @classmethod
+    def _block(cls, value: int, info: ValidationInfo) -> int:
+        limit = _limit(info, "max_num_frames", 10_000)
+        if not 1 <= value <= limit:
+            raise ValueError(f"must be between 1 and {limit}")
+        return value
+
+    @field_validator("feed_forward_num_splits")
+    @classmethod
+    def _splits(cls, value: int) -> int:
+        if not 1 <= value <= MAX_FEED_FORWARD_SPLITS:
+            raise ValueError(f"must be between 1 and {MAX_FEED_FORWARD_SPLITS}")
+        return value
+
+    @field_validator(
+        "edit_addition_start_frames", "edit_addition_durations", "edit_removal_ranges", "edit_removal_bridge_durations",
+        mode="before",
+    )
+    @classmethod
+    def _list_length(cls, value: Any, info: ValidationInfo) -> Any:
+        limit = 2 * _limit(info, "max_num_frames", 10_000)
+        if isinstance(value, list) and len(value) > limit:
+            raise ValueError(f"must hold at most {limit} values")
+        return value
+
+    @field_validator("face_id_cond_strength")
+    @classmethod
+    def _face_id(cls, value: int) -> int:
+        if value != -1 and not 0 <= value <= 16:
+            raise ValueError("must be -1 (automatic) or between 0 and 16")
+        return value
+
+    @field_validator("appearance_cond_strength")
+    @classmethod
+    def _appearance(cls, value: int) -> int:
+        if not 1 <= value <= 16:
+            raise ValueError("must be between 1 and 16")
+        return value
+
+    @field_validator("edit_addition_start_frames")
+    @classmethod
+    def _starts(cls, value: list[int]) -> list[int]:
+        if any(v < 0 for v in value):
+            raise ValueError("frame indices must be >= 0")
+        return value
+
+    @field_validator("edit_addition_durations")
+    @classmethod
+    def _durations(cls, value: list[int]) -> list[int]:
+        if any(v < 1 for v in value):
+            raise ValueError("each duration must be at least 1")
+        return value
+
+    @field_validator("edit_removal_bridge_durations")
+    @classmethod
+    def _bridges(cls, value: list[int]) -> list[int]:
+        if any(v < 0 for v in value):
+            raise ValueError("each bridge duration must be >= 0")
+        return value
+
+    @field_validator("edit_removal_ranges")
+    @classmethod
+    def _ranges(cls, value: list[int]) -> list[int]:
+        if len(value) % 2:
+            raise ValueError("must hold [start, end] pairs: an even number of values")
+        pairs = list(zip(value[::2], value[1::2]))
+        for start, end in pairs:
+            if start < 0 or end < start:
+                raise ValueError(f"pair [{start}, {end}] must have 0 <= start <= end")
+        for (_, prev_end), (start, _) in zip(pairs, pairs[1:]):
+            if start <= prev_end:
+                raise ValueError("pairs must be sorted and must not overlap")
+        return value
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, value: int) -> int:
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise ValueError("must fit in a 64-bit signed integer")
+        return value
+
+    @model_validator(mode="after")
+    def _edits_consistent(self, info: ValidationInfo) -> "LipsyncInput":
+        errors = []
+        starts, durations = self.edit_addition_start_frames, self.edit_addition_durations
+        if len(starts) != len(durations):
+            errors.append(
+                ("edit_addition_durations", f"must have one entry per start frame ({len(starts)}), got {len(durations)}")
+            )
+        if any(s >= self.num_frames for s in starts):
+            errors.append(("edit_addition_start_frames", f"each start must be below num_frames ({self.num_frames})"))
+        pairs = len(self.edit_removal_ranges) // 2
+        if pairs != len(self.edit_removal_bridge_durations):
+            errors.append(
+                (
+                    "edit_removal_bridge_durations",
+                    f"must have one entry per removal pair ({pairs}), got {len(self.edit_removal_bridge_durations)}",
+                )
+            )
+        if any(e >= self.num_frames for e in self.edit_removal_ranges[1::2]):
+            errors.append(("edit_removal_ranges", f"each end must be below num_frames ({self.num_frames})"))
+        if self.vae_overlap_window_width < 0 or self.vae_overlap_window_width >= self.vae_chunk_size:
+            errors.append(("vae_overlap_window_width", f"must be >= 0 and below vae_chunk_size ({self.vae_chunk_size})"))
+        if not errors:
+            errors = self._timeline_errors(_limit(info, "max_num_frames", 10_000))
+        if errors:
+            raise FieldErrors(errors)
+        return self
+
+    def _timeline_errors(self, max_frames: int) -> list[tuple[str, str]]:
+        """lipsync.media.timeline's rules that need no video, and the output's length bound (edits included).
+
+        ``num_frames`` stands in for the input's length: the real one is at most that, so what passes here
+        can only get shorter in the worker.
+        """
+        starts, pairs = self.edit_addition_start_frames, list(zip(self.edit_removal_ranges[::2], self.edit_removal_ranges[1::2]))
+        if len(set(starts)) != len(starts):
+            return [("edit_addition_start_frames", f"has the same start frame twice: {starts}")]
+        for k, start in enumerate(starts):
+            inside = next(((a, b) for a, b in pairs if a <= start <= b), None)
+            if inside is not None:
+                return [("edit_addition_start_frames", f"[{k}] = {start} falls inside the removed range {list(inside)}")]
+        removed = sum(b - a + 1 for a, b in pairs)
+        added = sum(self.edit_addition_durations) + sum(self.edit_removal_bridge_durations)
+        if removed >= self.num_frames and added == 0:
+            return [("edit_removal_ranges", "removes every frame and adds none: the output would be empty")]
+        length = self.num_frames - removed + added
+        if length > max_frames:
+            field = "edit_addition_durations" if sum(self.edit_addition_durations) else "edit_removal_bridge_durations"
+            return [(field, f"the output would have {length} frames; at most {max_frames} (max_num_frames) are allowed")]
+        return []
+
+
+
+class FieldErrors(ValueError):
+    """Cross-field problems, each with the field it belongs to; the API turns them into one 422."""
+
+    def __init__(self, errors: list[tuple[str, str]]):
+        super().__init__("; ".join(f"{field}: {msg}" for field, msg in errors))
+        self.errors = errors
+
+
+class LipsyncOutput(BaseModel):
+    """Output of pipio/lipsync: an MP4 with the input audio aligned to the output timeline."""
+
+    video: File
+
+
+def file_fields(params: BaseModel) -> dict[str, File]:
+    """The file inputs of a validated request, by field name."""
+    return {name: value for name, value in params if isinstance(value, File)}
+
+
+def validate_input(model: type[BaseModel], data: Any, context: dict[str, Any] | None = None) -> BaseModel:
+    """Validate a request body; raise ``InputInvalid`` with fal/FastAPI-style ``detail`` entries, one per field."""
+    try:
+        return model.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise InputInvalid(_details(exc)) from None
+
+
+def _details(exc: ValidationError) -> list[dict[str, Any]]:
+    details = []
+    for err in exc.errors(include_url=False):
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, FieldErrors):
+            details += [{"loc": ["body", f], "msg": m, "type": "value_error"} for f, m in cause.errors]
+            continue
+        loc = list(err["loc"])
+        if loc[-1:] == ["url"] and len(loc) == 2:  # a File's url: name the input field itself
+            loc = loc[:1]
+        msg = err["msg"].removeprefix("Value error, ")
+        entry = {"loc": ["body", *loc], "msg": msg, "type": err["type"]}
+        if "input" in err and _is_small(err["input"]):
+            entry["input"] = err["input"]
+        details.append(entry)
+    return details
+
+
+def _is_small(value: Any) -> bool:
+    """Echo only short, JSON-safe inputs: a huge int or a non-finite float would not serialise."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, int):
+        return INT64_MIN <= value <= INT64_MAX
+    return isinstance(value, str) and len(value) <= 200
+
+
+class InputInvalid(ValueError):
+    """A request body failed validation; ``detail`` is the 422 body's list."""
+
+    def __init__(self, detail: list[dict[str, Any]]):
+        super().__init__(detail)
+        self.detail = detail

@@ -1,0 +1,159 @@
+"""The engine interface: what every lip-sync model behind the worker provides, and nothing more.
+
+A worker runs one engine (``lipsync.model.weights.load_engine``), loaded once, called once per request. The worker owns
+what is common to every model — probe, decode, timeline, face tracking, audio, paste-back, encode, progress,
+cancel — and asks the engine only for what differs between models:
+
+1. ``face_affines(track)``: the engine's crop rule. (T, 2, 3) frame → crop affines at ``info.crop_size`` for the
+   output timeline's face track (MuseTalk: its landmark box; LatentSync: its similarity alignment; pipio: the
+   head square), smoothed over time as the engine wants; NaN rows where no face is tracked.
+2. ``crop(frames, affines)``: the crops, (n, S, S, 3) uint8 (the engine picks the resampling its model was
+   trained with).
+3. ``generate(request, batches)``: consumes :class:`CropBatch` items in timeline order, yields generated crops
+   (any number of frames per item) in the same order, exactly ``request.num_frames`` in all. It pulls input only
+   as far as it needs, so an engine that works frame by frame (MuseTalk) or segment by segment (LatentSync)
+   keeps memory flat in video length.
+4. ``blend_masks(request, start, landmarks)``: (n, S, S) float32 paste-back masks in crop coordinates for output
+   frames ``start .. start + n - 1``; the worker warps crop and mask back with the inverse affine. Outside the
+   mask the frame is never touched.
+
+The engine logs through ``request.log`` (knobs it has no mechanism for are said once, not errors) and reports
+progress through ``request.progress`` — which raises to cancel; an engine lets that exception propagate. It
+fills ``request.metrics`` with what it actually used. No engine knows HTTP, Redis or storage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:  # lipsync.media.faces imports cv2/dlib lazily; the type is only for readers and checkers
+    from lipsync.media.faces import FaceTrack
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the worker wants an engine loaded (from ``lipsync.contract.settings.Settings``)."""
+
+    device: str = "cpu"
+    """Torch device name, already resolved (``cuda``, ``cuda:1``, ``cpu``)."""
+    dtype: str = "fp32"
+    """``fp32``, ``fp16`` or ``bf16``, already resolved."""
+    num_inference_steps: int | None = None
+    """Diffusion engines: steps override (``LIPSYNC_NUM_INFERENCE_STEPS``); None = the engine's default."""
+    guidance_scale: float | None = None
+    """Diffusion engines: audio guidance override (``LIPSYNC_GUIDANCE_SCALE``); None = the engine's default."""
+    random_weights_config: str = "tiny"
+    """pipio only: the config built with random weights when no weights folder is given."""
+    face_crop_size: int = 0
+    """Working-size override for engines whose size is free (pipio); 0 = the engine's default."""
+    compile: bool = False
+    """``torch.compile`` the repeated blocks at load and warm them up (``LIPSYNC_COMPILE``)."""
+    text_encoder: str = "device"
+    """Text-conditioned engines: ``device`` | ``cpu`` | ``drop`` (``LIPSYNC_TEXT_ENCODER``)."""
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What a loaded engine is; goes into every request's metrics and the worker's start-up log."""
+
+    name: str
+    """Label with version, e.g. ``musetalk-1.5``, ``latentsync-1.6``, ``pipio``."""
+    crop_size: int
+    """Working size S of the square crops."""
+    weights: str
+    """Where the weights came from: a folder name, or ``random:<config>``."""
+    random_weights_warning: str | None = None
+    """Set when the engine runs untrained weights: logged at start and as a WARN in every request."""
+    needs_identity: bool = False
+    """The worker computes a face-ID embedding (``EngineRequest.identity``) only for engines that use one."""
+    affines_per_frame: bool = False
+    """``face_affines(track)[i]`` depends on row ``i`` of the track alone (no smoothing across frames): the
+    worker may then crop each frame during the tracking pass, as soon as its row is final, instead of
+    decoding the video once more for the crops."""
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """The schema's model knobs, as validated at submit (``lipsync.contract.schema.LipsyncInput``)."""
+
+    seed: int = 42
+    frame_block_width: int = 136
+    vae_chunk_size: int = 65
+    vae_overlap_window_width: int = 16
+    feed_forward_num_splits: int = 2
+    face_id_cond_strength: int = -1
+    appearance_cond_strength: int = 1
+    prompt: str | None = None
+    """The custom prompt when ``use_custom_prompt`` is set, else None."""
+
+    @classmethod
+    def from_request(cls, params: Any) -> "Knobs":
+        names = [f for f in cls.__dataclass_fields__ if f != "prompt"]
+        prompt = params.custom_prompt if getattr(params, "use_custom_prompt", False) else None
+        return cls(**{name: getattr(params, name) for name in names}, prompt=prompt)
+
+
+@dataclass
+class EngineRequest:
+    """One request as an engine sees it: the output timeline, its audio and the knobs."""
+
+    audio: np.ndarray
+    """(N,) float32 mono 16 kHz on the OUTPUT timeline: output frame j is heard at j / fps."""
+    fps: float
+    num_frames: int
+    generate: np.ndarray
+    """(T,) bool: output frames with no source frame (additions, removal bridges); their crop is the held
+    neighbouring frame's."""
+    is_image: bool
+    """The input was a still image (every crop is the same picture)."""
+    knobs: Knobs
+    log: Callable[[str], None]
+    progress: Callable[[str, int, int], None]
+    """``progress(stage, done, total)``; raises to cancel."""
+    identity: np.ndarray | None = None
+    """Face-ID embedding of the source face, when ``info.needs_identity``."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """Filled by the engine: what it actually used (steps, batch sizes, resolved knobs)."""
+    workdir: Path | None = None
+    """The request's work folder, for what an engine spills to disk (``lipsync.media.frame_store``); None: the system's
+    temporary folder."""
+
+
+@dataclass
+class CropBatch:
+    """Consecutive crops of the output timeline, starting at output frame ``start``."""
+
+    start: int
+    crops: np.ndarray
+    """(n, S, S, 3) uint8; zeros where ``present`` is False."""
+    present: np.ndarray
+    """(n,) bool: a face is tracked in this frame."""
+    landmarks: np.ndarray
+    """(n, 68, 2) float32 iBUG landmarks in crop coordinates; NaN where absent."""
+
+    def __len__(self) -> int:
+        return int(self.crops.shape[0])
+
+
+class LipSyncEngine(Protocol):
+    info: EngineInfo
+
+    def face_affines(self, track: "FaceTrack") -> np.ndarray: ...
+
+    def crop(self, frames: np.ndarray, affines: np.ndarray) -> np.ndarray: ...
+
+    def blend_masks(self, request: EngineRequest, start: int, landmarks: np.ndarray) -> np.ndarray: ...
+
+    def generate(self, request: EngineRequest, batches: Iterable[CropBatch]) -> Iterator[np.ndarray]: ...
+
+
+def landmarks_to_crop(landmarks: np.ndarray, affines: np.ndarray) -> np.ndarray:
+    """(n, 68, 2) frame landmarks through (n, 2, 3) affines → crop coordinates (NaN stays NaN)."""
+    pts = landmarks.astype(np.float64)
+    out = np.einsum("nij,nkj->nki", affines[:, :, :2], pts) + affines[:, None, :, 2]
+    return out.astype(np.float32)

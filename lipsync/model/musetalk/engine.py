@@ -1,0 +1,225 @@
+"""The MuseTalk engine (1.5, and 1.0 from the same code): one UNet pass per frame on 256² face crops.
+
+Per frame, as the published inference (scripts/inference.py, musetalk/models/vae.py) computes it:
+
+1. audio tokens: the frame's whisper window + the sinusoidal positional encoding (``audio_features``);
+2. image latents: the crop RGB in [-1, 1], and a copy with its lower half (rows ≥ 128) zeroed before the
+   normalisation (so -1), both through the VAE encoder; the posterior is *sampled* (mean + std·noise, as the
+   reference's ``latent_dist.sample()``), the noise drawn from a generator seeded with the request's ``seed``,
+   one (2, 4, 32, 32) draw per frame in frame order (masked, then reference), and scaled by the VAE's scaling factor; UNet input = cat(masked latent, reference latent) on channels;
+3. one UNet pass at timestep 0 with the audio tokens as ``encoder_hidden_states``; its output is the latent;
+4. decode with 1/scaling, ``(x / 2 + 0.5).clamp(0, 1)``, ×255, round, uint8.
+
+The frame is its own reference (as in the reference script, where both latents come from the same crop). A
+still image is encoded once and that one latent serves every frame (the reference cycles its single latent);
+only the mouth moves. Frames the timeline synthesises (additions, removal bridges) carry the held neighbouring
+frame's crop and are lip-synced like any other.
+
+Batched: the UNet runs ``frame_block_width`` frames per call, the VAE ``vae_chunk_size`` per call; one upload
+and one download per UNet batch, nothing per frame on the host.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lipsync.model.devices import torch_dtype
+from lipsync.model.engine import CropBatch, EngineInfo, EngineOptions, EngineRequest
+from lipsync.model.musetalk import audio_features as af
+from lipsync.model.musetalk.crop_rule import CROP_SIZE, BoxRule, box_affines, crop_boxes, lower_face_masks
+from lipsync.model.musetalk.loading import MuseTalkNetworks, load_networks
+from lipsync.model.weights import WeightsFolderError, WeightsLayout
+
+log = logging.getLogger(__name__)
+
+_LUT = torch.from_numpy((np.arange(256) / 255.0).astype(np.float32))
+"""uint8 → [0, 1] exactly as the reference's float64 ``/ 255.`` then float32."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    unet_config: str
+    unet_weights: str
+    box: BoxRule
+
+
+VARIANTS = {
+    "musetalk-1.5": Variant("musetalk-1.5", "musetalkV15/musetalk.json", "musetalkV15/unet.pth",
+                            BoxRule(bbox_shift=0, extra_margin=10)),
+    "musetalk-1.0": Variant("musetalk-1.0", "musetalk/musetalk.json", "musetalk/pytorch_model.bin",
+                            BoxRule(bbox_shift=0, extra_margin=0)),
+}
+
+
+def feed_forward_chunks(unet: torch.nn.Module, splits: int, latent_side: int) -> int:
+    """diffusers' feed-forward chunking (``BasicTransformerBlock.set_chunk_feed_forward`` over tokens) in every
+    transformer block of the UNet, each block's chunk a divisor of its token count (latent_side² at the top
+    level, /4 per level down). Returns the number of chunks actually used at the top level (≤ ``splits``)."""
+    levels = len(unet.down_blocks)
+    blocks = [(i, b) for i, b in enumerate(unet.down_blocks)]
+    blocks += [(levels - 1, unet.mid_block)] + [(levels - 1 - j, b) for j, b in enumerate(unet.up_blocks)]
+    top = 1
+    for level, block in blocks:
+        tokens = max(1, latent_side >> level) ** 2
+        n = max(d for d in range(1, max(1, splits) + 1) if tokens % d == 0)
+        for attention in getattr(block, "attentions", None) or []:
+            for tb in getattr(attention, "transformer_blocks", []):
+                tb.set_chunk_feed_forward(tokens // n if n > 1 else None, dim=1)
+        if level == 0:
+            top = n
+    return top
+
+
+class MuseTalkEngine:
+    def __init__(self, nets: MuseTalkNetworks, variant: Variant, info: EngineInfo, device: str, dtype: torch.dtype):
+        self.nets = nets
+        self.variant = variant
+        self.info = info
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.scaling = float(nets.vae.config.scaling_factor)
+        self.latent_side = CROP_SIZE // (2 ** (len(nets.vae.config.block_out_channels) - 1))
+        self.lut = _LUT.to(self.device)
+
+    # ---------------------------------------------------------------------------------------- face rule
+    def face_affines(self, track) -> np.ndarray:
+        return box_affines(track.landmarks, track.frame_size, self.variant.box)
+
+    def crop(self, frames: np.ndarray, affines: np.ndarray) -> np.ndarray:
+        return crop_boxes(frames, affines)
+
+    def blend_masks(self, request: EngineRequest, start: int, landmarks: np.ndarray) -> np.ndarray:
+        return lower_face_masks(landmarks, CROP_SIZE)
+
+    # ---------------------------------------------------------------------------------------- forward
+    def audio_tokens(self, audio: np.ndarray, num_frames: int, fps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(padded whisper states on the device, (T,) window starts on the device)."""
+        states = af.encoder_states(audio, self.nets.feature_extractor, self.nets.audio_encoder)
+        padded = af.pad_states(states, num_frames, fps)
+        starts = torch.from_numpy(af.window_starts(num_frames, fps)).to(self.device)
+        return padded, starts
+
+    def encode(self, crops: torch.Tensor, generator: torch.Generator, vae_batch: int) -> torch.Tensor:
+        """(n, S, S, 3) uint8 on the device → (n, 8, s, s) UNet input latents: cat(masked, reference)."""
+        n, size = crops.shape[0], crops.shape[1]
+        img = self.lut[crops.long()].permute(0, 3, 1, 2)
+        masked = img.clone()
+        masked[:, :, size // 2 :, :] = 0.0
+        pixels = ((torch.cat([masked, img]) - 0.5) / 0.5).to(self.dtype)
+        means, stds = [], []
+        for chunk in pixels.split(vae_batch):
+            dist = self.nets.vae.encode(chunk).latent_dist
+            means.append(dist.mean)
+            stds.append(dist.std)
+        mean, std = torch.cat(means), torch.cat(stds)
+        # one draw per frame, in frame order, (masked, reference) each: the noise does not depend on the batching
+        shape = (2, *mean.shape[1:])
+        noise = torch.stack([torch.randn(shape, generator=generator, device=mean.device, dtype=mean.dtype)
+                             for _ in range(n)], dim=1).flatten(0, 1)
+        latents = self.scaling * (mean + std * noise)
+        return torch.cat([latents[:n], latents[n:]], dim=1)
+
+    def decode(self, latents: torch.Tensor, vae_batch: int) -> torch.Tensor:
+        """(n, 4, s, s) → (n, S, S, 3) uint8 on the device."""
+        out = []
+        for chunk in latents.split(vae_batch):
+            image = self.nets.vae.decode((1 / self.scaling) * chunk.to(self.dtype)).sample
+            image = (image / 2 + 0.5).clamp(0, 1)
+            out.append((image.permute(0, 2, 3, 1).float() * 255).round().to(torch.uint8))
+        return torch.cat(out)
+
+    def unet(self, latents: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        timestep = torch.zeros(1, dtype=torch.long, device=latents.device)
+        return self.nets.unet(latents.to(self.dtype), timestep, encoder_hidden_states=tokens).sample
+
+    def generate(self, request: EngineRequest, batches: Iterable[CropBatch]) -> Iterator[np.ndarray]:
+        k = request.knobs
+        unet_batch, vae_batch = max(1, k.frame_block_width), max(1, k.vae_chunk_size)
+        splits = feed_forward_chunks(self.nets.unet, k.feed_forward_num_splits, self.latent_side)
+        self._say_knobs(request, unet_batch, vae_batch, splits)
+        with torch.inference_mode():
+            padded, starts = self.audio_tokens(request.audio, request.num_frames, request.fps)
+            tokens_per_frame = af.WINDOW * padded.shape[1]
+            pe = af.sinusoidal_encoding(tokens_per_frame, padded.shape[2]).to(self.device, self.dtype)
+        request.metrics.update(unet_batch=unet_batch, vae_batch=vae_batch, feed_forward_splits=splits,
+                               posterior="sample", seed=int(k.seed))
+        generator = torch.Generator(self.device).manual_seed(int(k.seed))
+        still_latent = None
+        done = 0
+        for start, crops, present in _regroup(batches, unet_batch):
+            out = np.array(crops, copy=True)
+            idx = np.flatnonzero(present)
+            if idx.size:
+                with torch.inference_mode():
+                    if request.is_image:
+                        if still_latent is None:
+                            first = torch.from_numpy(np.ascontiguousarray(crops[idx[:1]])).to(self.device)
+                            still_latent = self.encode(first, generator, vae_batch)
+                        latents = still_latent.expand(idx.size, -1, -1, -1).contiguous()
+                    else:
+                        x = torch.from_numpy(np.ascontiguousarray(crops[idx])).to(self.device, non_blocking=True)
+                        latents = self.encode(x, generator, vae_batch)
+                    frame_starts = starts[torch.from_numpy(start + idx).to(self.device)]
+                    tokens = af.frame_windows(padded, frame_starts).to(self.dtype) + pe
+                    pred = self.unet(latents, tokens)
+                    out[idx] = self.decode(pred, vae_batch).cpu().numpy()
+            done += len(out)
+            request.progress("MuseTalk: frame", done, request.num_frames)
+            yield out
+
+    @staticmethod
+    def _say_knobs(request: EngineRequest, unet_batch: int, vae_batch: int, splits: int) -> None:
+        k = request.knobs
+        request.log(f"MuseTalk: UNet batch {unet_batch} frames (frame_block_width), VAE batch {vae_batch} "
+                    f"(vae_chunk_size), feed-forward in {splits} chunk(s) (feed_forward_num_splits "
+                    f"{k.feed_forward_num_splits}), VAE posterior sampled with seed {k.seed}")
+        unused = [f"vae_overlap_window_width={k.vae_overlap_window_width}",
+                  f"face_id_cond_strength={k.face_id_cond_strength}",
+                  f"appearance_cond_strength={k.appearance_cond_strength}",
+                  "custom_prompt" + (" (given)" if k.prompt else " (none)")]
+        request.log("MuseTalk has no mechanism for " + ", ".join(unused) + ": accepted, not used")
+
+
+def _regroup(batches: Iterable[CropBatch], size: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(start, crops, present) in runs of ``size`` frames (the last may be shorter), pulling lazily."""
+    crops: list[np.ndarray] = []
+    present: list[np.ndarray] = []
+    start = have = 0
+    for batch in batches:
+        if not have:
+            start = batch.start
+        crops.append(batch.crops)
+        present.append(batch.present)
+        have += len(batch)
+        while have >= size:
+            c, p = np.concatenate(crops), np.concatenate(present)
+            yield start, c[:size], p[:size]
+            crops, present = ([c[size:]], [p[size:]]) if have > size else ([], [])
+            start, have = start + size, have - size
+    if have:
+        yield start, np.concatenate(crops), np.concatenate(present)
+
+
+def load_engine(root: Path | None, layout: WeightsLayout, options: EngineOptions) -> MuseTalkEngine:
+    if root is None:
+        raise WeightsFolderError("the MuseTalk engine needs its weights folder (LIPSYNC_WEIGHTS_DIR)")
+    variant = VARIANTS[layout.variant]
+    dtype = torch_dtype(options.dtype)
+    nets = load_networks(root, variant.unet_config, variant.unet_weights).to(options.device, dtype)
+    for name, value in (("num_inference_steps", options.num_inference_steps),
+                        ("guidance_scale", options.guidance_scale)):
+        if value is not None:
+            log.info("%s: %s=%s is ignored (one UNet pass per frame, no guidance)", variant.name, name, value)
+    if any((root / p).is_file() for p in ("face-parse-bisent/79999_iter.pth",)):
+        log.info("%s: face-parse-bisent weights found; the blend mask is drawn from the landmarks "
+                 "(face-parsing 'jaw' mode is not implemented)", variant.name)
+    info = EngineInfo(name=variant.name, crop_size=CROP_SIZE, weights=root.name)
+    log.info("%s loaded from %s on %s/%s", variant.name, root, options.device, options.dtype)
+    return MuseTalkEngine(nets, variant, info, options.device, dtype)

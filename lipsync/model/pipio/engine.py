@@ -1,0 +1,203 @@
+"""The pipio engine: our LTX-based diffusion model (``LipSyncPipeline``) behind the engine interface.
+
+Face preparation: the head square of ``lipsync.media.faces`` (the track's smoothed alignment) at the working size
+(512 for trained weights, 64 for the random ``tiny`` config); the model repaints the landmark mouth mask of
+real frames and the whole frame where the timeline has no source frame (additions, bridges) or the input is
+a still; paste-back goes through the mouth mask, or the feathered whole-face mask for synthesised frames.
+The model needs the whole timeline at once (its VAE and transformer blocks span frames), so ``generate``
+gathers the crops first, at the working size, in a ``FrameStore`` on disk (the request's work folder), and
+makes the model's masks from the landmarks a frame range at a time; the output is decoded and handed on a
+VAE chunk at a time. Host memory is flat in the video length (768 KiB a frame on disk at 512²).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from lipsync.media.embedding import EMBEDDING_DIM, FaceEmbedder
+from lipsync.media.faces import FaceTrack
+from lipsync.model.pipio import crop_rule
+from lipsync.model.devices import torch_dtype
+from lipsync.model.engine import CropBatch, EngineInfo, EngineOptions, EngineRequest
+from lipsync.media.frame_store import FrameStore
+from lipsync.model.weights import WeightsLayout
+
+log = logging.getLogger(__name__)
+
+RANDOM_WEIGHTS_WARNING = (
+    "NOT A TRAINED MODEL: this worker runs the {config!r} model config with RANDOM weights ({why}); the output "
+    "video is not a trained model's lip-sync. Set LIPSYNC_WEIGHTS_DIR to a weights folder for real results."
+)
+REFERENCE_POOL = 8
+"""Candidate appearance-reference crops handed to the model (it picks min(strength, max_reference_frames))."""
+
+
+class PipioEngine:
+    def __init__(self, model, info: EngineInfo, *, steps: int, guidance_scale: float | None):
+        self.model = model
+        self.info = info
+        self.steps = steps
+        self.guidance_scale = guidance_scale  # None: the pipeline config's
+
+    # ---------------------------------------------------------------------------------------- crop rule
+    def face_affines(self, track: FaceTrack) -> np.ndarray:
+        return crop_rule.face_affines(track, self.info.crop_size)
+
+    def crop(self, frames: np.ndarray, affines: np.ndarray) -> np.ndarray:
+        return crop_rule.crop_frames(frames, affines, self.info.crop_size)
+
+    def model_masks(self, landmarks: np.ndarray) -> np.ndarray:
+        return crop_rule.model_masks(landmarks, self.info.crop_size)
+
+    def blend_masks(self, request: EngineRequest, start: int, landmarks: np.ndarray) -> np.ndarray:
+        synthesised = self._synthesised(request)[start : start + len(landmarks)]
+        return crop_rule.blend_masks(landmarks, synthesised, self.info.crop_size)
+
+    # ---------------------------------------------------------------------------------------- forward
+    def generate(self, request: EngineRequest, batches: Iterable[CropBatch]) -> Iterator[np.ndarray]:
+        size = self.info.crop_size
+        with FrameStore((size, size, 3), np.uint8, directory=request.workdir) as crops:
+            present, landmarks = [], []
+            for batch in batches:
+                crops.append(batch.crops)
+                present.append(batch.present)
+                landmarks.append(batch.landmarks)
+            present, landmarks = np.concatenate(present), np.concatenate(landmarks)
+            generate = self._synthesised(request)
+            request.metrics["generated_frames"] = int(generate.sum())
+            # synthesised frames take mask 1 everywhere inside the model (their pixels are ignored)
+            masks = crop_rule.LandmarkMasks(landmarks, size, still=request.is_image)
+            references = self._references(crops, present, generate, request.is_image)
+            result = self._run(request, crops, masks, generate, references)
+            for note in result.notes:
+                request.log(f"Model: {note}")
+            request.metrics.update(face_id_cond_strength=result.face_id_cond_strength,
+                                   num_frame_blocks=result.num_frame_blocks,
+                                   vae_overlap_window_width=result.vae_overlap_window_width)
+            yield from result.chunks
+
+    @staticmethod
+    def _synthesised(request: EngineRequest) -> np.ndarray:
+        """Frames the model synthesises whole: the timeline's generated frames; every frame of a still (it is
+        animated, the image being the appearance reference)."""
+        return np.ones_like(request.generate) if request.is_image else request.generate
+
+    def _identity(self, embedding: np.ndarray | None) -> np.ndarray | None:
+        if embedding is not None:
+            check_face_id_embedder(self.model.transformer.config.id_embed_dim, embedding.shape[-1])
+        return embedding
+
+    @staticmethod
+    def _references(crops: np.ndarray, present: np.ndarray, generate: np.ndarray, is_image: bool) -> np.ndarray:
+        """Appearance references: evenly spaced crops of real (not generated) face frames; the still for an
+        image; crops of the held frames behind generated ones if nothing else shows the face."""
+        if is_image:
+            return crops[:1]
+        pool = np.flatnonzero(present & ~generate)
+        if pool.size == 0:
+            pool = np.flatnonzero(present)
+        picks = pool[np.linspace(0, pool.size - 1, min(REFERENCE_POOL, pool.size)).round().astype(int)]
+        return crops[np.unique(picks)]
+
+    def _run(self, request: EngineRequest, crops, masks, generate, references):
+        steps = request.metrics.setdefault("num_inference_steps", self.steps)
+        state = {"step": 0}
+
+        def callback(stage: str, step: int, total: int, message: str) -> None:
+            if stage == "vae_encode":
+                request.progress("VAE encode chunk", step, total)
+            elif stage == "block":
+                request.progress(f"denoising block {step}/{total} step", state["step"] + 1, steps)
+            elif stage == "denoise":
+                state["step"] = step
+            elif stage == "vae_decode":
+                request.progress("VAE decode chunk", step, total)
+
+        k = request.knobs
+        request.log(f"Lip-sync model: {len(generate)} frames ({int(generate.sum())} generated), {steps} denoising "
+                    f"steps, seed {k.seed}")
+        return self.model.stream(
+            crops, masks, generate, request.audio, request.fps, prompt=k.prompt,
+            face_id_embedding=self._identity(request.identity), reference_frames=references,
+            vae_chunk_size=k.vae_chunk_size, vae_overlap_window_width=k.vae_overlap_window_width,
+            frame_block_width=k.frame_block_width, feed_forward_num_splits=k.feed_forward_num_splits,
+            face_id_cond_strength=k.face_id_cond_strength, appearance_cond_strength=k.appearance_cond_strength,
+            seed=k.seed, num_inference_steps=steps, guidance_scale=self.guidance_scale, callback=callback,
+        )
+
+
+class FaceIdEmbedderMismatch(ValueError):
+    """The checkpoint was trained with a face-ID embedder of another width than the one this server runs."""
+
+
+def check_face_id_embedder(model_dim: int, embedder_dim: int = EMBEDDING_DIM) -> None:
+    """Fail loudly: running a checkpoint without the identity it was trained with silently spoils its output."""
+    if model_dim != embedder_dim:
+        raise FaceIdEmbedderMismatch(
+            f"face-ID embedder mismatch: the model's transformer wants {model_dim}-d face-ID embeddings "
+            f"(id_embed_dim) but the face-ID embedder ({FaceEmbedder.name}, lipsync.media.embedding) gives {embedder_dim}-d; "
+            f"this checkpoint was trained with another embedder")
+
+
+def load_engine(root: Path | None, layout: WeightsLayout, options: EngineOptions) -> PipioEngine:
+    """Load the pipeline from ``root`` (``save_pretrained`` layout), or random weights of the configured preset."""
+    from lipsync.model.pipio.pipeline import LipSyncPipeline
+
+    device, dtype = options.device, torch_dtype(options.dtype)
+    warning = None
+    if root is not None:
+        model = LipSyncPipeline.from_pretrained(root, device=device, dtype=dtype)
+        weights, default_crop = root.name, 512
+        log.info("pipio weights from %s", root)
+    else:
+        config = options.random_weights_config
+        model = LipSyncPipeline.from_config(config, init_seed=0, device=device, dtype=dtype)
+        weights, default_crop = f"random:{config}", 64 if config == "tiny" else 512
+        why = "LIPSYNC_WEIGHTS_DIR is not set or empty"
+        warning = RANDOM_WEIGHTS_WARNING.format(config=config, why=why)
+        log.warning(warning)
+    check_face_id_embedder(model.transformer.config.id_embed_dim)
+    crop = options.face_crop_size or default_crop
+    multiple = model.config.vae_spatial_multiple
+    if crop % multiple:
+        raise ValueError(f"face_crop_size {crop} must be a multiple of {multiple}")
+    info = EngineInfo(name="pipio", crop_size=crop, weights=weights, random_weights_warning=warning,
+                      needs_identity=True, affines_per_frame=True)
+    model.place_text_encoder(options.text_encoder)  # the default prompt's embedding is cached from here on
+    engine = PipioEngine(model, info, steps=options.num_inference_steps or model.config.num_inference_steps,
+                         guidance_scale=options.guidance_scale)
+    if options.compile:
+        compile_blocks(model)
+        warm_up(engine)
+    return engine
+
+
+def compile_blocks(model) -> None:
+    """``torch.compile`` each transformer block in place (the repeated part: all of a step's FLOPs but the
+    projections). Dynamic shapes: the token count changes with the request length and the last frame block,
+    so one compiled graph serves every request instead of one recompile per length."""
+    for block in model.transformer.transformer_blocks:
+        block.compile(dynamic=True)
+    log.info("pipio: %d transformer blocks compiled (torch.compile, dynamic shapes)",
+             len(model.transformer.transformer_blocks))
+
+
+def warm_up(engine: PipioEngine, num_frames: int = 25) -> float:
+    """One throw-away generation at the working size (a second of blank frames, one step, with guidance), so
+    compilation happens at worker start and no request pays for it. Returns its seconds."""
+    import time
+
+    size = engine.info.crop_size
+    started = time.perf_counter()
+    frames = np.full((num_frames, size, size, 3), 127, np.uint8)
+    masks = np.zeros((num_frames, size, size), np.float32)
+    masks[:, size // 2 :] = 1.0
+    engine.model(frames, masks, np.zeros(num_frames, bool), np.zeros(16000, np.float32), 25.0,
+                 reference_frames=frames[:1], num_inference_steps=1, guidance_scale=engine.guidance_scale)
+    seconds = time.perf_counter() - started
+    log.info("pipio: warm-up generation (compile) took %.1f s", seconds)
+    return seconds

@@ -1,0 +1,100 @@
+"""A bounded pipeline of stages: each stage is an iterator run in its own thread, feeding the next through a
+queue of a few items, so decode, crop, model, paste and encode overlap (PyAV, OpenCV, NumPy and torch release
+the GIL in their heavy calls) while memory stays bounded by the queue sizes.
+
+    with Stages() as stages:
+        frames = stages.run(decode(), name="decode")          # decoding runs ahead, at most 2 chunks
+        for chunk in stages.run(paste(frames), name="paste"):
+            ...
+
+An exception in any stage (a cancel raised by ``job.progress``, a decode error) reaches the consumer of that
+stage as itself; leaving the ``with`` block (normally or by an exception) stops every stage and closes their
+iterators (so their files and codecs are closed) before it returns.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+
+_ITEM, _END, _ERROR = range(3)
+_POLL_S = 0.1
+
+
+class StagesStopped(RuntimeError):
+    """Raised in a stage still waiting for input after the pipeline was stopped."""
+
+
+class Stages:
+    def __init__(self, *, queue_size: int = 2, threaded: bool = True):
+        self.queue_size = queue_size
+        self.threaded = threaded
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self.cpu_s: dict[str, float] = {}
+        """CPU seconds each stage's thread used (its own work; native threads of codecs not included)."""
+
+    def run(self, items: Iterable[T], *, name: str, queue_size: int | None = None) -> Iterator[T]:
+        """Start pulling ``items`` in a thread now; returns the iterator over what it produces. With
+        ``threaded=False`` (``LIPSYNC_STAGE_THREADS=false``: profiling, debugging) it is ``items`` itself."""
+        if not self.threaded:
+            return iter(items)
+        q: queue.Queue = queue.Queue(queue_size or self.queue_size)
+
+        def produce() -> None:
+            started = time.thread_time()
+            try:
+                for item in items:
+                    if not self._put(q, (_ITEM, item)):
+                        return
+                self._put(q, (_END, None))
+            except BaseException as exc:  # handed to the consumer, who re-raises it
+                self._put(q, (_ERROR, exc))
+            finally:
+                close = getattr(items, "close", None)
+                if close is not None:
+                    close()
+                with self._lock:
+                    self.cpu_s[name] = self.cpu_s.get(name, 0.0) + time.thread_time() - started
+
+        thread = threading.Thread(target=produce, name=f"lipsync-{name}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+        return self._consume(q)
+
+    def _put(self, q: queue.Queue, entry: tuple) -> bool:
+        while not self._stop.is_set():
+            try:
+                q.put(entry, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _consume(self, q: queue.Queue) -> Iterator:
+        while True:
+            try:
+                kind, item = q.get(timeout=_POLL_S)
+            except queue.Empty:
+                if self._stop.is_set():
+                    raise StagesStopped("the pipeline was stopped") from None
+                continue
+            if kind == _END:
+                return
+            if kind == _ERROR:
+                raise item
+            yield item
+
+    def __enter__(self) -> "Stages":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()

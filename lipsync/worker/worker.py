@@ -1,0 +1,143 @@
+"""The GPU worker: an RQ ``SimpleWorker`` (no fork per job, so the model and CUDA state stay loaded).
+
+Added to the stock class (reference/rq-workers.md, "Recommended design"):
+- the pipeline is loaded once, in ``__init__``, before the first job;
+- a heartbeat thread while a job runs, refreshing both our request heartbeat (what the reaper reads: a
+  SIGKILLed worker's request fails within ``heartbeat_ttl_s`` + ``reaper_interval_s``) and RQ's own;
+- background threads for webhook delivery and reaping, so a cluster without a live API still heals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from typing import Any
+
+import redis
+from rq import Queue, SimpleWorker
+from rq.job import Job
+from rq.worker.base import BaseWorker
+
+from lipsync.queue.dispatch import Dispatcher, worker_queue_names
+from lipsync.contract.settings import Settings
+from lipsync.queue.housekeeping import Housekeeper
+from lipsync.worker.runtime import WorkerRuntime
+from lipsync.worker.tasks import bind_runtime
+from lipsync.worker.webhooks import WebhookDispatcher
+
+log = logging.getLogger("lipsync.worker")
+
+
+class LipsyncWorker(SimpleWorker):
+    # The RQ registry entry then lives interval + 60 s, not job timeout + 60 s (SimpleWorker's default).
+    get_heartbeat_ttl = BaseWorker.get_heartbeat_ttl
+
+    def __init__(self, *args: Any, settings: Settings, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.settings = settings
+        self.runtime = WorkerRuntime.create(settings, self.name, self.connection)
+        bind_runtime(self.runtime)
+        self.webhooks = WebhookDispatcher(settings, self.runtime.store, self.runtime.storage, self.runtime.http)
+        self.webhooks.start()
+        self._stop_maintenance = threading.Event()
+        threading.Thread(target=self._housekeep, name="housekeeping", daemon=True).start()
+        threading.Thread(target=self._liveness, name="liveness", daemon=True).start()
+
+    def _housekeep(self) -> None:
+        dispatcher = Dispatcher(self.settings, self.connection)
+        housekeeper = Housekeeper(self.runtime.store, self.runtime.storage, self.settings, dispatcher=dispatcher)
+        while not self._stop_maintenance.wait(self.settings.reaper_interval_s):
+            housekeeper.tick()
+
+    def _liveness(self) -> None:
+        """What /readyz counts: refreshed every heartbeat interval, lapses after heartbeat_ttl_s."""
+        while True:
+            try:
+                self.runtime.store.worker_alive(self.name, self.settings.heartbeat_ttl_s)
+            except redis.RedisError as exc:
+                log.warning("liveness beat failed: %s", exc)
+            if self._stop_maintenance.wait(self.settings.heartbeat_interval_s):
+                return
+
+    # RQ's work loop retries a lost Redis only around dequeue; anywhere else a ConnectionError ends the worker.
+    # These wait for Redis instead: the request's record is the truth, and the reaper retries what was lost.
+
+    def _ride_out(self, what: str, call: Any, *args: Any) -> Any:
+        try:
+            return call(*args)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("redis unavailable during %s (%s); waiting for it", what, exc)
+            self._wait_for_redis()
+            return None
+
+    def _wait_for_redis(self) -> None:
+        delay = 0.5
+        while not self._stop_requested:
+            try:
+                if self.connection.ping():
+                    log.info("redis is back")
+                    return
+            except (redis.ConnectionError, redis.TimeoutError):
+                pass
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def check_for_suspension(self, burst: bool) -> None:
+        self._ride_out("the suspension check", super().check_for_suspension, burst)
+
+    def run_maintenance_tasks(self) -> None:
+        self._ride_out("maintenance", super().run_maintenance_tasks)
+
+    def heartbeat(self, *args: Any, **kwargs: Any) -> None:
+        self._ride_out("the worker heartbeat", lambda: super(LipsyncWorker, self).heartbeat(*args, **kwargs))
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        self._ride_out(f"job {job.id}", self._execute_job, job, queue)
+
+    def _execute_job(self, job: Job, queue: Queue) -> None:
+        execution = self.prepare_execution(job)
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(job, execution, stop), name="heartbeat", daemon=True)
+        beat.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            stop.set()
+            beat.join()
+        self.set_state("idle")
+
+    def _heartbeat(self, job: Job, execution: Any, stop: threading.Event) -> None:
+        interval, ttl = self.settings.heartbeat_interval_s, self.settings.heartbeat_ttl_s
+        rid = job.id
+        while not stop.wait(interval):
+            try:
+                if stop.is_set():
+                    return
+                if self.runtime.token:
+                    self.runtime.store.heartbeat(rid, self.name, ttl, self.runtime.token)
+                self.maintain_heartbeats(job, execution)
+            except redis.RedisError as exc:
+                log.warning("heartbeat for %s failed: %s", rid, exc)
+
+    def teardown(self) -> None:
+        self._stop_maintenance.set()
+        with contextlib.suppress(redis.RedisError):
+            self.runtime.store.worker_gone(self.name)
+        self.webhooks.stop()
+        self.runtime.http.close()
+        super().teardown()
+
+
+def run_worker(settings: Settings, *, name: str | None = None, queues: list[str] | None = None, burst: bool = False) -> None:
+    connection = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    queue_names = queues or worker_queue_names(settings)  # normal queues first: low ones wait behind them
+    worker = LipsyncWorker(
+        [Queue(q, connection=connection) for q in queue_names],
+        name=name,
+        connection=connection,
+        settings=settings,
+        job_monitoring_interval=max(int(settings.heartbeat_interval_s), 1),
+    )
+    worker.work(burst=burst, logging_level="INFO")
