@@ -24,6 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from lipsync.model.devices import torch_dtype  # noqa: E402
 from lipsync.model.pipio.config import load_config  # noqa: E402
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}  # dense bf16
@@ -183,7 +184,7 @@ def main() -> None:
             print(f"  PREDICTION {name:5s}: {s:6.1f} s = {s / seconds_out:.2f} s per output second at "
                   f"{args.assume_mfu:.0%} MFU of {args.assume_tflops:g} TFLOP/s (transformer only)")
         return
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    dtype = torch_dtype(args.dtype)
     peak = peak_tflops(args.device)
     results = {}
     for name, runner in (("ours", run_ours), ("stock", run_stock)):

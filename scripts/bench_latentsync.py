@@ -45,10 +45,12 @@ def _rss_gb() -> float:
 def unet_rows(device: str, dtype_name: str, frames: tuple[int, ...]) -> None:
     import torch
 
+    from lipsync.model.devices import torch_dtype
+
     from lipsync.model.latentsync.config import variant_config
     from lipsync.model.latentsync.unet import LatentSyncUNet
 
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
+    dtype = torch_dtype(dtype_name)
     cfg = variant_config("latentsync-1.6")
     unet = LatentSyncUNet(cfg.unet).to(device=device, dtype=dtype).eval()
     params = sum(p.numel() for p in unet.parameters())
@@ -93,11 +95,13 @@ def unet_rows(device: str, dtype_name: str, frames: tuple[int, ...]) -> None:
 def vae_rows(device: str, dtype_name: str, frames: tuple[int, ...]) -> None:
     """sd-vae-ft-mse decode at 512² (the whole segment goes in one call when vae_chunk_size >= 16)."""
     import torch
+
+    from lipsync.model.devices import torch_dtype
     from diffusers import AutoencoderKL
 
     from lipsync.model.latentsync.random_weights import SD_VAE_FT_MSE
 
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
+    dtype = torch_dtype(dtype_name)
     cuda = device.startswith("cuda")
     vae = AutoencoderKL(**SD_VAE_FT_MSE).to(device=device, dtype=dtype).eval()
     rss_loaded = _rss_gb()

@@ -2,7 +2,7 @@
 
 For each case (size x seconds of 25 fps video of a real face) and each code tree (``new`` = this checkout,
 ``old`` = another checkout, e.g. ``git worktree add /tmp/old 8659ffd``), one request runs through
-``lipsync.worker.orchestration`` in its own process (same venv, ``PYTHONPATH`` = that tree) and the script prints
+the lip-sync pipeline (``lipsync.worker.orchestration``) in its own process (same venv, ``PYTHONPATH`` = that tree) and the script prints
 the request's wall time, each stage's frames/s, the CPU stages' time (wall minus model) and the process's
 peak RSS; then the new/old ratios, and checks that both outputs agree (frame count, fps, size, audio) and
 how close their paste-back is (PSNR of each output against the input, and of the two outputs).
@@ -37,9 +37,14 @@ def child(video: Path, audio: Path, out: Path, frames: int) -> None:
     """One request through the pipeline of whatever tree PYTHONPATH points at; prints one JSON line."""
     import shutil
 
-    from lipsync.contract.schema import STORAGE_SCHEME, LipsyncInput, validate_input
-    from lipsync.contract.settings import Settings
-    from lipsync.worker.job import LocalFile, PipelineJob, load_pipeline
+    try:
+        from lipsync.contract.schema import STORAGE_SCHEME, LipsyncInput, validate_input
+        from lipsync.contract.settings import Settings
+        from lipsync.worker.job import LocalFile, PipelineJob, load_pipeline
+    except ModuleNotFoundError:  # an old tree, from before the one-package layout (the "old" side of a comparison)
+        from contract.schema import STORAGE_SCHEME, LipsyncInput, validate_input
+        from contract.settings import Settings
+        from worker.pipeline import LocalFile, PipelineJob, load_pipeline
 
     settings = Settings()
     t0 = time.perf_counter()

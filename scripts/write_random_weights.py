@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
 
+from lipsync.model.devices import TORCH_DTYPES, torch_dtype
 from lipsync.model.pipio.random_weights import write_random_weights
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,9 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="tiny", help="preset name (tiny, base) or path to a config JSON")
     parser.add_argument("--out", required=True, type=Path, help="directory to write (created)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation seed")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--dtype", choices=sorted(TORCH_DTYPES), default="fp32")
     args = parser.parse_args(argv)
-    write_random_weights(args.out, args.config, seed=args.seed, dtype=DTYPES[args.dtype])
+    write_random_weights(args.out, args.config, seed=args.seed, dtype=torch_dtype(args.dtype))
     size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
     print(f"wrote RANDOM {args.config} weights ({size / 1e6:,.1f} MB, seed {args.seed}) to {args.out}")
     return 0

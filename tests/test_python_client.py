@@ -1,6 +1,6 @@
 """The official Python client (fal-client, pinned) against the real stack, changed only in where it points.
 
-Route (b), plain http: ``lipsync.fal_compat.point_fal_client(base_url)``. Route (a), no code change at all,
+Route (b), plain http: ``lipsync.client.point_fal_client(base_url)``. Route (a), no code change at all,
 is ``test_tls_env_only_no_code_change`` below.
 """
 

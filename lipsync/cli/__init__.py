@@ -35,9 +35,11 @@ def _api(args: argparse.Namespace) -> None:
 
 def _worker(args: argparse.Namespace) -> None:
     from lipsync.contract.settings import get_settings
+
+    settings = get_settings()  # a bad value stops here, before the model stack is imported
     from lipsync.worker.worker import run_worker  # imports the model stack: keep it out of `lipsync api`
 
-    run_worker(get_settings(), name=args.name, queues=args.queue or None, burst=args.burst)
+    run_worker(settings, name=args.name, queues=args.queue or None, burst=args.burst)
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -110,9 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from pydantic import ValidationError
+
+    from lipsync.contract.settings import Settings, describe_errors
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    args.func(args)
+    try:
+        if args.command in ("api", "worker", "serve", "run"):
+            Settings()  # every setting checked at start, whatever the command reads first
+        args.func(args)
+    except ValidationError as exc:
+        if exc.title != Settings.__name__:
+            raise
+        print(f"lipsync: bad configuration\n{describe_errors(exc)}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

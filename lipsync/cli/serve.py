@@ -34,6 +34,8 @@ from typing import IO
 
 import redis
 
+from lipsync.contract.settings import Settings
+
 log = logging.getLogger("lipsync.serve")
 
 POLL_S = 0.2
@@ -136,11 +138,12 @@ def _lock(data_dir: Path) -> IO[str]:
 class Supervisor:
     def __init__(self, host: str, port: int, data_dir: Path, log_level: str):
         self.data_dir = data_dir
-        self.env = dict(os.environ)
+        self.env = dict(os.environ)  # the children's environment: they read their settings from it
         self.env.setdefault("LIPSYNC_STORAGE_DIR", str(data_dir / "storage"))
         self.stopping = False
         self.redis: Child | None = None
-        if not os.environ.get("LIPSYNC_REDIS_URL"):
+        settings = Settings()
+        if "redis_url" not in settings.model_fields_set or not settings.redis_url:  # none named: a private one
             self.redis = self._redis_child()
             self.env["LIPSYNC_REDIS_URL"] = self.redis_url
         self.redis_url = self.env["LIPSYNC_REDIS_URL"]
@@ -226,7 +229,7 @@ def serve(host: str, port: int, data_dir: Path, log_level: str) -> None:
             f"logs {data_dir}/api.log, {data_dir}/worker.log)\n\n"
             "Try it with the official Python client:\n\n"
             "    import fal_client\n"
-            "    from lipsync.fal_compat import point_fal_client\n"
+            "    from lipsync.client import point_fal_client\n"
             f"    point_fal_client({base!r})\n"
             '    client = fal_client.SyncClient(key="local")  # any key while LIPSYNC_API_KEYS is unset\n'
             '    result = client.subscribe("pipio/lipsync", arguments={\n'

@@ -13,7 +13,7 @@ from pathlib import Path
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_APP_ID = "pipio/lipsync"
@@ -185,3 +185,12 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """A settings error as the user wrote it: one line per variable, with what is allowed."""
+    lines = []
+    for err in exc.errors():
+        name = "LIPSYNC_" + "_".join(str(p) for p in err["loc"][:1]).upper()
+        lines.append(f"{name}={err.get('input')!r}: {err['msg']}")
+    return "\n".join(lines)

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lipsync.model.devices import torch_dtype
 from lipsync.model.pipio.pipeline import LipSyncPipeline
 from lipsync.model.pipio.text_encoder import encode_prompt
 from lipsync.model.pipio.transformer_lipsync import LIPSYNC_MODULES
@@ -130,7 +131,7 @@ class Trainer:
                 "sync_loss.weight > 0 is not wired yet: the hook is Trainer.sync_loss, the SyncNet pieces are in "
                 "lipsync.evaluation.syncnet / lipsync.evaluation.syncnet_v2 (docs/training.md)")
         self.pipe = load_pipeline(config)
-        self.weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision, torch.float32)
+        self.weight_dtype = torch.float32 if config.mixed_precision == "no" else torch_dtype(config.mixed_precision)
         for module in (self.pipe.vae, self.pipe.audio_encoder, self.pipe.text_encoder):
             module.requires_grad_(False).to(acc.device)
             if self.weight_dtype != torch.float32:

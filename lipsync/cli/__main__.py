@@ -1,0 +1,3 @@
+from lipsync.cli import main
+
+main()
