@@ -124,6 +124,13 @@ class RunnerDisconnected(LipsyncError):
     status_code = 503
 
 
+class PoisonRequest(LipsyncError):
+    """The request's workers died running it (killed, OOM) more than once: it is not tried on a third."""
+
+    error_type = "poison_request"
+    status_code = 500
+
+
 class StorageError(LipsyncError):
     """The result could not be written to storage."""
 

@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     max_runner_retries: int = Field(
         default=10, ge=0, description="Times a request whose worker died is queued again (hosted: 10); X-Fal-No-Retry opts out."
     )
+    max_worker_deaths: int = Field(
+        default=2, ge=0, description="A request whose workers died running it this many times (killed, OOM) ends "
+        "poison_request instead of being queued again; 0: only max_runner_retries bounds it."
+    )
 
     # --- inputs -----------------------------------------------------------------------------------------
     allow_private_urls: bool = Field(

@@ -11,6 +11,7 @@ from lipsync.contract.errors import InvalidInput, InvalidMedia, NoFaceDetected
 __all__ = [
     "AudioTooShort",
     "ImageTooSmall",
+    "ImplausibleFrameRate",
     "InvalidInput",
     "InvalidMedia",
     "NoAudioStream",
@@ -68,3 +69,10 @@ class ImageTooSmall(InvalidMedia):
     """A still image or video whose smaller side is below the minimum the face pipeline can use."""
 
     error_type = "image_too_small"
+
+
+class ImplausibleFrameRate(InvalidMedia):
+    """Timestamps that spread the frames far thinner than any real video (200 frames declared over 10 h):
+    at its native rate the output would last hours and its audio track would take gigabytes."""
+
+    error_type = "implausible_frame_rate"

@@ -22,6 +22,7 @@ from lipsync.contract.errors import InvalidInput
 from lipsync.media.errors import (
     ImageTooLarge,
     ImageTooSmall,
+    ImplausibleFrameRate,
     NoVideoStream,
     NotAMediaFile,
     TruncatedMedia,
@@ -40,6 +41,10 @@ IMAGE_FPS = Fraction(25)
 """Frame rate of an animated still when the request leaves ``frame_rate`` at -1."""
 
 MAX_FPS = 120
+MIN_FPS = 1
+"""Lowest output frame rate (the schema's lowest ``frame_rate``). A video whose native rate is lower (its
+timestamps spread few frames over hours) is refused at its native rate: the output, and the audio laid under
+it, would last ``num_frames / fps`` seconds, so memory would grow with what the file declares."""
 
 # Leading bytes of container formats FFmpeg reads. A file that starts like one of these but fails to open
 # is reported as truncated rather than as "not a media file".
@@ -317,6 +322,8 @@ def resolve_output_spec(
         raise InvalidInput(f"frame_rate must be -1, -k or 1..{MAX_FPS}, got {frame_rate}", field="frame_rate")
     if num_frames < 1:
         raise InvalidInput(f"num_frames must be at least 1, got {num_frames}", field="num_frames")
+    if frame_rate < 0 and info.kind == "video":
+        _check_native_rate(info)
     fps = info.fps / -frame_rate if frame_rate < 0 else Fraction(frame_rate)
     if fps > MAX_FPS:
         log.info("native frame rate %s fps is above %d: output at %d fps", float(fps), MAX_FPS, MAX_FPS)
@@ -332,6 +339,20 @@ def resolve_output_spec(
         out.width, out.height, float(out.fps), info.width, info.height, float(info.fps), num_frames,
     )
     return out
+
+
+def _check_native_rate(info: MediaInfo) -> None:
+    """Refuse a native rate below MIN_FPS: the declared one, or the real frame count over the duration."""
+    rate = float(info.fps)
+    if info.frame_count and info.duration_s:
+        rate = min(rate, info.frame_count / info.duration_s)
+    if rate < MIN_FPS:
+        span = f"{info.frame_count} frames over {info.duration_s:.0f} s" if info.duration_s else f"{rate:.3g} fps"
+        raise ImplausibleFrameRate(
+            f"the video's timestamps spread {span} ({rate:.3g} fps); at least {MIN_FPS} fps is needed at its "
+            f"native rate (or set frame_rate)",
+            field="video",
+        )
 
 
 def expected_frame_count(info: MediaInfo, spec: OutputSpec) -> int:

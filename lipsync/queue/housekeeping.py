@@ -54,7 +54,10 @@ class Housekeeper:
         """One round; call it every ``reaper_interval_s``. Never raises for Redis or storage trouble."""
         try:
             requeue = self.dispatcher.requeue if self.dispatcher else None
-            reaped = self.store.reap(max_retries=self.settings.max_runner_retries, requeue=requeue)
+            reaped = self.store.reap(
+                max_retries=self.settings.max_runner_retries, requeue=requeue,
+                max_worker_deaths=self.settings.max_worker_deaths, heartbeat_ttl_s=self.settings.heartbeat_ttl_s,
+            )
             for rid, outcome in reaped:
                 log.warning("reaped request %s: %s", rid, outcome)
                 if outcome == "request_timeout" and self.dispatcher:

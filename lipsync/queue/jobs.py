@@ -23,7 +23,9 @@ from typing import Any
 
 import redis
 
-from lipsync.contract.errors import LipsyncError, RequestCancelled, RequestTimeout, RunnerDisconnected
+from lipsync.contract.errors import (
+    LipsyncError, PoisonRequest, RequestCancelled, RequestTimeout, RunnerDisconnected,
+)
 from lipsync.queue import lua
 from lipsync.queue.records import (
     DURATION_BUCKETS, LOG_STREAM_MAXLEN, PREFIX, Event, Keys, LogLevel, RequestRecord, RequestStatus, as_str, parse_events,
@@ -163,11 +165,15 @@ class JobStore:
         *,
         max_retries: int = 0,
         requeue: Callable[[RequestRecord, float], None] | None = None,
+        max_worker_deaths: int = 0,
+        heartbeat_ttl_s: float = 0.0,
     ) -> list[tuple[str, str]]:
         """Deal with IN_PROGRESS requests whose heartbeat lapsed and IN_QUEUE ones past their deadline.
 
         A lapsed request is queued again (``requeue(record, wait_s)`` puts it back on RQ) while it has
-        retries left and its caller did not send X-Fal-No-Retry; else it fails ``runner_disconnected``.
+        retries left and its caller did not send X-Fal-No-Retry; else it fails ``runner_disconnected``. A
+        request whose workers died running it ``max_worker_deaths`` times (0: no limit) ends
+        ``poison_request`` instead of going to yet another worker.
         Returns (request id, "requeued" | "runner_disconnected" | "request_timeout") for each one handled.
         """
         now = time.time() if now is None else now
@@ -178,7 +184,18 @@ class JobStore:
                 continue
             record = self.get(rid)
             if record is not None and requeue is not None and not record.no_retry and record.runner_attempts < max_retries:
+                lost = self._lost_workers(rid) + [record.worker]
+                deaths = self._still_gone(lost, now, heartbeat_ttl_s)
+                if max_worker_deaths and len(deaths) >= max_worker_deaths:
+                    error = PoisonRequest(
+                        f"The request's worker died while running it {len(deaths)} times (killed or out of memory); "
+                        "it is not run again."
+                    )
+                    if self.complete(rid, error=error, expected=RequestStatus.IN_PROGRESS):
+                        reaped.append((rid, error.error_type))
+                    continue
                 if self._queue_again(record, now, max_retries, requeue):
+                    self.r.hset(Keys.request(rid), "lost_workers", json.dumps(lost))
                     reaped.append((rid, "requeued"))
                 continue
             error = RunnerDisconnected("The worker running this request stopped responding (killed or lost).")
@@ -198,6 +215,16 @@ class JobStore:
             else:
                 self.r.zrem(Keys.queued, rid)
         return reaped
+
+    def _lost_workers(self, rid: str) -> list[str]:
+        return json.loads(as_str(self.r.hget(Keys.request(rid), "lost_workers") or b"[]"))
+
+    def _still_gone(self, workers: list[str], now: float, heartbeat_ttl_s: float) -> list[str]:
+        """The workers that died. A live worker's liveness runs more than ttl/2 ahead (it beats every interval,
+        well under that); a dead one's lapses within an interval of its request's heartbeat. A worker that only
+        lost Redis for a while beats again within seconds, and deaths are judged again at every reap."""
+        scores = self.r.zmscore(Keys.workers_alive, workers) if workers else []
+        return [w for w, until in zip(workers, scores) if w and (until is None or until <= now + heartbeat_ttl_s / 2)]
 
     def _queue_again(
         self, record: RequestRecord, now: float, max_retries: int, requeue: Callable[[RequestRecord, float], None]

@@ -97,3 +97,24 @@ def probe(path: Path) -> dict:
         "size": size,
         "audio_seconds": samples / rate if rate else 0.0,
     }
+
+
+def make_stretched_video(path: Path, *, frames: int = 200, hours: float = 10.0, size: tuple[int, int] = (64, 64)) -> Path:
+    """A small H.264 MP4 whose ``frames`` timestamps are spread evenly over ``hours``: a few hundred KB that
+    declares a multi-hour video (0.006 fps for 200 frames over 10 h)."""
+    width, height = size
+    step_ms = int(hours * 3600 * 1000 / max(frames - 1, 1))
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        stream.time_base = Fraction(1, 1000)
+        for i in range(frames):
+            rgb = np.full((height, width, 3), (i * 7) % 256, np.uint8)
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts, frame.time_base = i * step_ms, Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path

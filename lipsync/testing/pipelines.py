@@ -3,11 +3,14 @@
 It runs through the very same worker code path as the real lip-sync pipeline (loaded by name with
 LIPSYNC_PIPELINE=lipsync.testing.pipelines:reencode), reports progress per frame, and obeys cancel. Two test hooks ride
 on the prompt, so one worker can play several scenarios: ``test:slow=<s>`` sleeps that long per frame, and
-``test:crash`` raises half-way through (a bug in a pipeline must fail the request, not the worker).
+``test:crash`` raises half-way through (a bug in a pipeline must fail the request, not the worker), and
+``test:die`` SIGKILLs its own worker process (an input that makes the worker run out of memory).
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from fractions import Fraction
 
@@ -40,7 +43,10 @@ class ReencodePipeline:
 
     def __call__(self, job: PipelineJob) -> PipelineOutput:
         params = job.params
-        slow, crash = _hooks(params.custom_prompt if params.use_custom_prompt else "")
+        prompt = params.custom_prompt if params.use_custom_prompt else ""
+        slow, crash = _hooks(prompt)
+        if "test:die" in prompt.split():
+            os.kill(os.getpid(), signal.SIGKILL)
         out_path = job.workdir / "output.mp4"
         job.log("Re-encoding video (test pipeline)")
         with av.open(str(job.inputs["video"].path)) as src, av.open(str(out_path), "w") as dst:
