@@ -42,6 +42,7 @@ def make_clip(path: Path, seconds: int) -> None:
 
 def run_pipeline(src: Path, out: Path, crop: int) -> dict[str, float]:
     """Both passes, streaming; returns timings, frame count and this process's peak RSS."""
+    from lipsync.contract.settings import Settings
     from lipsync.media.audio import load_audio
     from lipsync.media.crop import crop_faces
     from lipsync.media.faces import track_faces
@@ -57,7 +58,8 @@ def run_pipeline(src: Path, out: Path, crop: int) -> dict[str, float]:
     t1 = time.perf_counter()
     audio = load_audio(src, max_seconds=track.num_frames / float(spec.fps) + 1)
     done = 0
-    with Mp4Writer(out, fps=spec.fps, width=spec.width, height=spec.height, audio=audio) as writer:
+    nvenc = Settings().nvenc  # LIPSYNC_NVENC, as the worker reads it
+    with Mp4Writer(out, fps=spec.fps, width=spec.width, height=spec.height, audio=audio, nvenc=nvenc) as writer:
         for chunk in iter_video_chunks(src, spec):
             idx = list(range(done, done + len(chunk)))
             crops, _ = crop_faces(chunk, track, idx, crop)

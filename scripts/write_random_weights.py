@@ -11,12 +11,13 @@ exist. (The ``base`` config writes about 9 GB in fp32, mostly the T5-XXL encoder
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from lipsync.model.devices import TORCH_DTYPES, torch_dtype
-from lipsync.model.pipio.random_weights import write_random_weights
-
+from lipsync.model.devices import TORCH_DTYPES, torch_dtype  # noqa: E402
+from lipsync.model.pipio.random_weights import write_random_weights  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

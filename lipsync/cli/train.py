@@ -14,6 +14,10 @@ def _prepare(args: argparse.Namespace) -> None:
     given = dict(crop_size=args.size, fps=args.fps, max_frames=args.max_frames, min_coverage=args.min_coverage,
                  clips_per_shard=args.clips_per_shard, val_fraction=args.val_fraction, identity=args.identity,
                  workers=args.workers)
+    from lipsync.contract.settings import get_settings
+
+    root = get_settings().insightface_root
+    given["insightface_root"] = str(root) if root else None
     options = PrepareOptions(**{k: v for k, v in given.items() if v is not None})  # None: PrepareOptions' default
     summary = prepare(args.src, args.out, options, progress=not args.no_progress)
     print(format_summary(summary))

@@ -13,7 +13,7 @@ from pathlib import Path
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_APP_ID = "pipio/lipsync"
@@ -181,6 +181,11 @@ class Settings(BaseSettings):
     insightface_root: Path | None = Field(
         default=None, description="Folder holding insightface's models/buffalo_l: faces and identity use it when present "
         "and the package imports; otherwise dlib.")
+
+    @field_validator("insightface_root", "weights_dir", "api_keys_file", mode="before")
+    @classmethod
+    def _empty_path_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value  # `VAR=` means unset, not the current folder
 
     def app(self, app_id: str) -> AppConfig | None:
         return self.apps.get(app_id)

@@ -73,7 +73,7 @@ class Evaluator:
     def __init__(self, options: EvalOptions, analyzer: FaceAnalyzer | None = None):
         self.options = options
         self.skipped: list[str] = []
-        self.analyzer = analyzer or default_face_analyzer()
+        self.analyzer = analyzer or default_face_analyzer(options.insightface_root)
         self.sync = self.stable = None
         if options.syncnet:
             self.sync = SyncScorer(options.syncnet, device=options.device, vshift=options.vshift,

@@ -20,7 +20,7 @@ from typing import get_args
 from lipsync.contract.settings import EngineName
 
 ENGINES: tuple[str, ...] = get_args(EngineName)
-"""Engine names (``contract.settings.EngineName``), in detection order; each is a package ``lipsync.model.<name>`` with
+"""Engine names (``lipsync.contract.settings.EngineName``), in detection order; each is a package ``lipsync.model.<name>`` with
 ``layout``, ``loading``, ``crop_rule``, ``engine`` and ``random_weights``."""
 
 

@@ -4,7 +4,7 @@ Objects live at ``<prefix><key>`` in one bucket, addressed path-style (``<endpoi
 every S3-compatible server supports). Users download them through presigned GET URLs that expire; the API's
 own signed ``/files/…`` URLs (upload ``file_url``s) answer a 307 redirect to such a URL.
 
-This module imports boto3: ``storage.make_storage`` imports it only when ``LIPSYNC_STORAGE_BACKEND=s3``,
+This module imports boto3: ``lipsync.storage.make_storage`` imports it only when ``LIPSYNC_STORAGE_BACKEND=s3``,
 so the API starts as fast as before with filesystem storage.
 """
 

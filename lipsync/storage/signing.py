@@ -80,7 +80,7 @@ class Signer:
             return False
         return hmac.compare_digest(self.sign(action, key, expires_at), signature)
 
-    # --- upload tokens (fal's lipsync/storage/auth/token flow) ------------------------------------------------
+    # --- upload tokens (fal's storage/auth/token flow) ------------------------------------------------
 
     def token(self, owner: str, ttl_s: int) -> tuple[str, int]:
         expires = int(time.time()) + int(ttl_s)

@@ -53,6 +53,8 @@ class PrepareOptions:
     val_fraction: float = 0.05
     identity: str = "file"
     workers: int = max(1, (os.cpu_count() or 2) - 1)
+    insightface_root: str | None = None
+    """insightface's pack for the face tracker (``LIPSYNC_INSIGHTFACE_ROOT``); None: dlib."""
 
 
 @dataclass
@@ -154,8 +156,8 @@ def prepare_shard(shard: Path, clips: list[str], options: PrepareOptions) -> Sha
     from lipsync.media.embedding import FaceEmbedder
     from lipsync.media.faces import default_face_analyzer
 
-    logging.getLogger("media").setLevel(logging.WARNING)
-    analyzer, embedder = default_face_analyzer(), FaceEmbedder()
+    logging.getLogger("lipsync.media").setLevel(logging.WARNING)
+    analyzer, embedder = default_face_analyzer(options.insightface_root), FaceEmbedder()
     report = ShardReport(shard=shard.name)
     samples = []
     for clip in clips:
