@@ -1,10 +1,16 @@
 """Hardening against hostile inputs, slow peers and faults (issue 27): each case with real processes.
 
 A request that kills its worker (a poison request) ends typed after two deaths instead of taking the fleet
-down; strings must be valid Unicode at submit.
+down; a download is cancelled while a server trickles its headers; slow webhook receivers delay only their
+own webhooks; a webhook redirect is permanent.
 """
 
 from __future__ import annotations
+
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 
@@ -38,3 +44,147 @@ def test_a_request_that_kills_its_worker_twice_ends_poison_request(tmp_path, med
         assert "error" not in done, done
     finally:
         stack.stop()
+
+
+class Trickler:
+    """A raw TCP server that reads a request and answers ``HTTP/1.1 200 OK`` then one byte every 0.3 s (30 s):
+    every read is quick, so only a deadline for the whole exchange stops it."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
+        self.calls = 0
+        self.open = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn: socket.socket) -> None:
+        self.calls += 1
+        self.open += 1
+        try:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            for _ in range(100):
+                conn.sendall(b"X")
+                time.sleep(0.3)
+        except OSError:
+            pass
+        finally:
+            self.open -= 1
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Receiver:
+    """An HTTP webhook receiver answering ``code``; records when each call arrived."""
+
+    def __init__(self, code: int = 200):
+        receiver = self
+        self.arrivals: list[float] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.arrivals.append(time.monotonic())
+                self.send_response(code)
+                if 300 <= code < 400:
+                    self.send_header("Location", "/elsewhere")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def _submit(stack, body: dict, **params) -> dict:
+    response = httpx.post(f"{stack.base_url}/pipio/lipsync", json=body, params=params, headers=AUTH)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _logs(sub: dict) -> list[str]:
+    return [e["message"] for e in _status(sub)["logs"]]
+
+
+def test_cancel_is_honoured_while_a_server_trickles_the_download(tmp_path, media):
+    trickler = Trickler()
+    stack = make_stack(tmp_path / "dl", allow_private_urls="true", download_timeout_s="120")
+    try:
+        stack.start_api()
+        stack.start_worker("dl-w1")
+        body = data_uri_body(media["video"], media["audio"], num_frames=2)
+        body["video"] = trickler.url
+        sub = _submit(stack, body)
+        wait_until(lambda: trickler.calls == 1, 30, "the download to start")
+        started = time.monotonic()
+        assert httpx.put(sub["cancel_url"], headers=AUTH).status_code == 202
+        final = wait_until(lambda: (s := _status(sub))["status"] == "COMPLETED" and s, 10, "the cancel")
+        assert final["error_type"] == "client_cancelled", final
+        assert time.monotonic() - started < 3
+        wait_until(lambda: trickler.open == 0, 5, "the connection to be closed")
+    finally:
+        stack.stop()
+        trickler.close()
+
+
+def test_slow_webhook_receivers_delay_only_their_own_webhooks(tmp_path, media):
+    tricklers = [Trickler() for _ in range(4)]
+    fast = Receiver()
+    stack = make_stack(tmp_path / "hooks", allow_private_urls="true", webhook_timeout_s="2",
+                       webhook_max_attempts="3", webhook_backoff_s="0.2")
+    try:
+        stack.start_api()
+        stack.start_worker("hooks-w1")
+        body = data_uri_body(media["video"], media["audio"], num_frames=2)
+        slow = [_submit(stack, body, fal_webhook=t.url) for t in tricklers]
+        wait_until(lambda: all(t.calls >= 1 for t in tricklers), 30, "the slow webhooks' first attempts")
+        # Each attempt ends at its 2 s deadline however the receiver trickles.
+        wait_until(lambda: all(any("attempt 1 failed" in m for m in _logs(s)) for s in slow), 10, "first attempts")
+        assert all("took longer than 2 s" in next(m for m in _logs(s) if "attempt 1 failed" in m) for s in slow)
+        # The slow destinations now share one thread: another user's webhook goes at once.
+        quick = _submit(stack, body, fal_webhook=fast.url)
+        done = wait_until(lambda: (s := _status(quick))["status"] == "COMPLETED" and s, 30, "the quick request")
+        completed = time.monotonic()
+        wait_until(lambda: fast.arrivals, 10, "the quick webhook")
+        assert fast.arrivals[0] - completed < 2.0, fast.arrivals[0] - completed
+        assert "error" not in done
+        wait_until(lambda: all(any("giving up" in m for m in _logs(s)) for s in slow), 40, "the slow ones to give up")
+        assert all(t.calls == 3 for t in tricklers)
+    finally:
+        stack.stop()
+        fast.close()
+        for t in tricklers:
+            t.close()
+
+
+def test_a_webhook_redirect_is_permanent(tmp_path, media):
+    redirecting = Receiver(code=302)
+    stack = make_stack(tmp_path / "redirect", allow_private_urls="true", webhook_backoff_s="0.2")
+    try:
+        stack.start_api()
+        stack.start_worker("redirect-w1")
+        sub = _submit(stack, data_uri_body(media["video"], media["audio"], num_frames=2), fal_webhook=redirecting.url)
+        wait_until(lambda: any("not retried" in m for m in _logs(sub)), 30, "the redirect to be refused")
+        time.sleep(1.0)
+        assert len(redirecting.arrivals) == 1
+        assert any("HTTP 302" in m and "not retried" in m for m in _logs(sub))
+    finally:
+        stack.stop()
+        redirecting.close()

@@ -40,6 +40,23 @@ class Files(BaseHTTPRequestHandler):
                     time.sleep(0.2)
             except OSError:
                 pass
+        elif self.path == "/slow-headers":  # the status line, then a header byte every 0.3 s
+            self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            try:
+                for _ in range(100):
+                    self.wfile.write(b"X")
+                    self.wfile.flush()
+                    time.sleep(0.3)
+            except OSError:
+                pass
+            self.close_connection = True
+        elif self.path.startswith("/slow-redirect/"):  # each hop takes 0.8 s
+            time.sleep(0.8)
+            n = int(self.path.rsplit("/", 1)[1])
+            self.send_response(302)
+            self.send_header("Location", f"/slow-redirect/{n - 1}" if n > 0 else "/small")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         elif self.path.startswith("/redirect/"):
             n = int(self.path.rsplit("/", 1)[1])
             self.send_response(302)
@@ -158,3 +175,33 @@ def _RedirectTo(location: str):
             pass
 
     return Handler
+
+
+@pytest.mark.parametrize("path", ["/slow-headers", "/slow-redirect/4", "/slow"])
+def test_one_deadline_covers_headers_redirects_and_body(server, tmp_path, path):
+    # Each read is quick, so per-read timeouts never fire: only a deadline for the whole download does.
+    http = SafeHttp(allow_private=True, timeout_s=1.5)
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match="took longer than 1.5 s"):
+        http.download(f"{server}{path}", tmp_path / "f", max_bytes=10_000_000)
+    assert time.monotonic() - started < 2.5
+    http.close()
+
+
+def test_a_download_stops_when_its_check_raises(server, tmp_path):
+    class Cancelled(Exception):
+        pass
+
+    calls = []
+
+    def check():
+        calls.append(time.monotonic())
+        if len(calls) > 3:
+            raise Cancelled
+
+    http = SafeHttp(allow_private=True, timeout_s=60)
+    started = time.monotonic()
+    with pytest.raises(Cancelled):
+        http.download(f"{server}/slow-headers", tmp_path / "f", max_bytes=10_000_000, check=check)
+    assert time.monotonic() - started < 3
+    http.close()

@@ -271,6 +271,13 @@ class JobStore:
     def webhook_done(self, rid: str) -> None:
         self.r.zrem(Keys.webhooks_inflight, rid)
 
+    def webhook_defer(self, rid: str, at: float) -> None:
+        """Put a claimed delivery back without counting an attempt (its destination was busy)."""
+        pipe = self.r.pipeline()
+        pipe.zrem(Keys.webhooks_inflight, rid)
+        pipe.zadd(Keys.webhooks_due, {rid: at})
+        pipe.execute()
+
     def webhook_retry(self, rid: str, at: float) -> int:
         """Schedule another attempt; returns the number of attempts made so far."""
         attempts = self.r.hincrby(Keys.request(rid), "webhook_attempts", 1)

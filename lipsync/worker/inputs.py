@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import filetype
@@ -15,7 +16,11 @@ from lipsync.worker.safe_http import DownloadError, SafeHttp
 MEDIA_KINDS = ("video/", "audio/", "image/")
 
 
-def fetch_input(field: str, file: File, dest_dir: Path, *, storage: Storage, http: SafeHttp, max_bytes: int) -> LocalFile:
+def fetch_input(
+    field: str, file: File, dest_dir: Path, *, storage: Storage, http: SafeHttp, max_bytes: int,
+    check: Callable[[], None] | None = None,
+) -> LocalFile:
+    """``check`` runs while a download waits (the request's cancel check): what it raises ends the fetch."""
     dest = dest_dir / f"input-{field}"
     if file.url.startswith(STORAGE_SCHEME):
         try:
@@ -25,7 +30,7 @@ def fetch_input(field: str, file: File, dest_dir: Path, *, storage: Storage, htt
         declared = obj.content_type
     else:
         try:
-            declared = http.download(file.url, dest, max_bytes=max_bytes).content_type
+            declared = http.download(file.url, dest, max_bytes=max_bytes, check=check).content_type
         except DownloadError as exc:
             raise FileDownloadError(f"could not download {field}: {exc}", field=field) from None
     return LocalFile(dest, sniff(field, dest, declared))

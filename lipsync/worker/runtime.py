@@ -156,7 +156,8 @@ class WorkerRuntime:
         inputs = {}
         for field, file in file_fields(params).items():
             inputs[field] = fetch_input(
-                field, file, workdir, storage=self.storage, http=self.http, max_bytes=self.settings.max_input_bytes
+                field, file, workdir, storage=self.storage, http=self.http, max_bytes=self.settings.max_input_bytes,
+                check=progress.check_cancel,
             )
         metrics["fetch_time"] = round(time.perf_counter() - started, 3)
         progress.check_cancel()

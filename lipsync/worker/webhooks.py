@@ -4,6 +4,13 @@ A finished request with a ``fal_webhook`` lands in the ``webhooks:due`` set (ato
 see lipsync.queue.jobs). Any worker's dispatcher claims due deliveries with a lease, POSTs the hosted payload
 shape, and on failure puts them back with exponential backoff, up to ``webhook_max_attempts``. A lease that
 runs out (the worker died mid-delivery) returns the delivery to the due set.
+
+Isolation: each attempt has one deadline (``webhook_timeout_s`` for connect, send and the whole reply), a
+destination (host:port) has at most one delivery in flight per worker, and destinations whose last attempt
+took more than half the deadline ("slow", for ``SLOW_FOR_S``) share one delivery thread between them: a
+receiver that trickles its reply delays its own webhooks, not everyone's. A delivery that cannot start for
+those reasons goes back to the due set for ``DEFER_S``, its attempt count untouched. A 3xx reply is
+permanent (redirects are not followed: the signed body is for the URL the user gave).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 from lipsync.queue.jobs import JobStore
 from lipsync.queue.records import LogLevel, RequestRecord
@@ -26,6 +34,18 @@ log = logging.getLogger("lipsync.webhooks")
 
 POLL_INTERVAL_S = 0.5
 MAX_BACKOFF_S = 3600.0
+SLOW_FOR_S = 600.0  # how long a destination that was slow shares the one slow-lane thread
+DEFER_S = 1.0
+ERROR_LOG_EVERY_S = 60.0  # a failing tick (Redis down) logs one line a minute, not one every poll
+
+
+def destination(url: str) -> str:
+    """host:port of a webhook URL: the unit of isolation."""
+    try:
+        parts = urlsplit(url)
+        return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+    except ValueError:
+        return url
 
 
 def webhook_payload(record: RequestRecord, storage: Storage, url_ttl_s: int) -> dict[str, Any]:
@@ -46,7 +66,11 @@ class WebhookDispatcher:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="webhook")
         self.workers = workers
         self._busy = 0  # deliveries running now; only the dispatcher thread adds, pool threads subtract
+        self._busy_destinations: set[str] = set()
+        self._slow_until: dict[str, float] = {}  # destination -> monotonic time it stops counting as slow
+        self._slow_busy = False  # the slow lane's one thread is in use
         self._lock = threading.Lock()
+        self._last_error_log = 0.0
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="webhook-dispatcher", daemon=True)
 
@@ -64,20 +88,49 @@ class WebhookDispatcher:
                 with self._lock:
                     free = self.workers - self._busy  # claim only what can start now; the rest is for others
                 for rid in self.store.claim_webhooks(limit=free, lease_s=lease) if free > 0 else []:
-                    with self._lock:
-                        self._busy += 1
-                    self.pool.submit(self._deliver_safely, rid)
-            except Exception:  # Redis down for a moment: try again next tick
-                log.exception("webhook dispatcher tick failed")
+                    record = self.store.get(rid)
+                    dest = destination(record.webhook_url) if record is not None and record.webhook_url else ""
+                    lane = self._take(dest)
+                    if lane is None:
+                        self.store.webhook_defer(rid, time.time() + DEFER_S)
+                        continue
+                    self.pool.submit(self._deliver_safely, rid, dest, lane)
+            except Exception as exc:  # Redis down for a moment: try again next tick, say so once a minute
+                now = time.monotonic()
+                if now - self._last_error_log >= ERROR_LOG_EVERY_S:
+                    self._last_error_log = now
+                    log.warning("webhook dispatcher: %s: %s (retrying every %.1f s; logged once a minute)",
+                                type(exc).__name__, exc, POLL_INTERVAL_S)
 
-    def _deliver_safely(self, rid: str) -> None:
+    def _take(self, dest: str) -> str | None:
+        """Reserve a thread for a delivery to ``dest``: its lane ("slow" or "normal"), or None when that
+        destination, or the slow lane it is in, is busy."""
+        with self._lock:
+            slow = self._slow_until.get(dest, 0.0) > time.monotonic()
+            if dest and (dest in self._busy_destinations or (slow and self._slow_busy)):
+                return None
+            self._busy += 1
+            if dest:
+                self._busy_destinations.add(dest)
+            self._slow_busy = self._slow_busy or slow
+            return "slow" if slow else "normal"
+
+    def _deliver_safely(self, rid: str, dest: str = "", lane: str = "normal") -> None:
+        started = time.monotonic()
         try:
             self.deliver(rid)
         except Exception:
             log.exception("webhook delivery for %s failed unexpectedly", rid)
         finally:
+            took = time.monotonic() - started
             with self._lock:
                 self._busy -= 1
+                self._busy_destinations.discard(dest)
+                if lane == "slow":
+                    self._slow_busy = False
+                if dest and took > self.settings.webhook_timeout_s / 2:
+                    self._slow_until[dest] = time.monotonic() + SLOW_FOR_S
+                self._slow_until = {d: t for d, t in self._slow_until.items() if t > time.monotonic()}
 
     def deliver(self, rid: str) -> None:
         record = self.store.get(rid)
@@ -90,6 +143,8 @@ class WebhookDispatcher:
         try:
             status = self.http.post_json(record.webhook_url, body, headers, self.settings.webhook_timeout_s)
             problem = None if 200 <= status < 300 else f"HTTP {status}"
+            if 300 <= status < 400:  # redirects are not followed: retrying gets the same answer
+                problem, permanent = f"HTTP {status} (a redirect; webhook URLs must answer directly)", True
         except DownloadError as exc:
             problem, permanent = str(exc), exc.permanent
         attempt = record.webhook_attempts + 1
