@@ -7,12 +7,16 @@ own webhooks; a webhook redirect is permanent.
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
+import pytest
 
 from tests.conftest import ALICE
 from lipsync.testing.media import data_uri_body
@@ -188,3 +192,73 @@ def test_a_webhook_redirect_is_permanent(tmp_path, media):
     finally:
         stack.stop()
         redirecting.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs inside the test's folder (root only): a disk that can really fill up, harming nothing."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)]).returncode:
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(disk) -> "os.PathLike":
+    filler = disk / "filler"
+    with open(filler, "wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def _typed_storage_refusal(response: httpx.Response, disk) -> None:
+    assert response.status_code == 507, (response.status_code, response.text)
+    assert response.json()["error_type"] == "storage_full" and response.headers["Retry-After"]
+    assert str(disk) not in response.text and "/" not in response.json()["detail"]
+
+
+def test_a_full_storage_disk_gives_typed_errors_and_the_service_recovers(tmp_path, media, small_disk):
+    stack = make_stack(tmp_path / "full", storage_dir=str(small_disk / "storage"))
+    try:
+        stack.start_api()
+        stack.start_worker("full-w1")
+        base = stack.base_url
+        video = httpx.post(f"{base}/files/upload", headers=AUTH | {"Content-Type": "video/mp4"},
+                           content=media["video"].read_bytes()).json()["access_url"]
+        audio = httpx.post(f"{base}/files/upload", headers=AUTH | {"Content-Type": "audio/wav"},
+                           content=media["audio"].read_bytes()).json()["access_url"]
+        filler = _fill(small_disk)
+
+        body = data_uri_body(media["video"], media["audio"], num_frames=2)
+        _typed_storage_refusal(httpx.post(f"{base}/pipio/lipsync", json=body, headers=AUTH), small_disk)
+        _typed_storage_refusal(httpx.post(f"{base}/files/upload", headers=AUTH, content=b"x" * 100_000), small_disk)
+        put = httpx.post(f"{base}/storage/upload/initiate", headers=AUTH,
+                         json={"file_name": "a.mp4", "content_type": "video/mp4"}).json()["upload_url"]
+        _typed_storage_refusal(httpx.put(put, content=b"x" * 100_000), small_disk)
+        multipart = httpx.post(f"{base}/files/upload/multipart", headers=AUTH | {"x-fal-file-name": "a.mp4"})
+        assert multipart.status_code in (200, 507), multipart.text  # a session may still fit; its parts cannot
+
+        # The worker's result write fails: a typed error without a server path, and the worker lives on.
+        sub = _submit(stack, {"video": video, "audio": audio, "num_frames": 12})
+        final = wait_until(lambda: (s := _status(sub))["status"] == "COMPLETED" and s, 60, "the request to end")
+        assert final["error_type"] == "storage_full", final
+        result = httpx.get(sub["response_url"], headers=AUTH)
+        assert result.status_code == 507 and str(small_disk) not in result.text and "/tmp" not in result.text
+
+        os.unlink(filler)  # space returns: everything works again, no restart
+        ok = _submit(stack, data_uri_body(media["video"], media["audio"], num_frames=2))
+        done = wait_until(lambda: (s := _status(ok))["status"] == "COMPLETED" and s, 60, "recovery")
+        assert "error" not in done, done
+        assert httpx.post(f"{base}/files/upload", headers=AUTH, content=b"x" * 1000).status_code == 200
+        assert stack.api.alive() and stack.workers[0].alive()
+    finally:
+        stack.stop()
+        shutil.rmtree(small_disk / "storage", ignore_errors=True)

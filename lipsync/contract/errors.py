@@ -11,6 +11,8 @@ Two body shapes exist in fal's protocol (reference/queue-protocol.md §3) and ``
 
 from __future__ import annotations
 
+import errno
+import os
 from typing import Any
 
 
@@ -132,10 +134,30 @@ class PoisonRequest(LipsyncError):
 
 
 class StorageError(LipsyncError):
-    """The result could not be written to storage."""
+    """Storage could not take a file (an upload, a data URI, a result): unavailable for now, so 503 with
+    ``Retry-After`` where the API answers it live. The message never names a server path."""
 
     error_type = "storage_error"
-    status_code = 500
+    status_code = 503
+    retry_after_s = 30
+
+
+class StorageFull(StorageError):
+    """Storage is out of space (or quota): 507 Insufficient Storage; writes work again once space returns."""
+
+    error_type = "storage_full"
+    status_code = 507
+
+
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def storage_error(exc: OSError, what: str) -> StorageError:
+    """An OSError from storage as a typed error that says what failed and why, without the path."""
+    if exc.errno in FULL_ERRNOS:
+        return StorageFull(f"{what}: the server's storage is full; retry later")
+    reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+    return StorageError(f"{what}: storage is unavailable ({reason}); retry later")
 
 
 class InternalError(LipsyncError):

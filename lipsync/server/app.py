@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from prometheus_client import CollectorRegistry
 
-from lipsync.contract.errors import LipsyncError
+from lipsync.contract.errors import LipsyncError, storage_error
 from lipsync.contract.schema import InputInvalid
 from lipsync.contract.settings import Settings, get_settings
 from lipsync.contract.webhook_signing import WebhookSigner
@@ -110,6 +110,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.warning("redis unavailable on %s %s: %s", request.method, request.url.path, exc)
         body = {"detail": "The queue is unavailable for a moment; retry shortly", "error_type": "service_unavailable"}
         return JSONResponse(body, status_code=503, headers={"Retry-After": str(REDIS_RETRY_AFTER_S)})
+
+    @app.exception_handler(OSError)
+    async def _storage_failed(request: Request, exc: OSError) -> JSONResponse:
+        # The API writes only to storage (uploads, data URIs, multipart parts): a full or failing disk is a
+        # typed 507/503 with Retry-After, never a 500, and the message names no server path.
+        err = storage_error(exc, "The file could not be stored")
+        log.warning("storage write failed on %s %s: %s", request.method, request.url.path, exc)
+        return error_response(err)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from lipsync.contract.errors import LipsyncError
 from lipsync.contract.schema import InputInvalid
-from lipsync.server.errors import PayloadTooLarge, TooManyRequests
+from lipsync.server.errors import PayloadTooLarge
 
 
 def base_url_of(request: Request) -> str:
@@ -26,8 +26,9 @@ def error_response(err: LipsyncError, *, request_id: str | None = None, status_c
     if request_id:
         headers["X-Fal-Request-Id"] = request_id
     code = status_code or err.status_code
-    if isinstance(err, TooManyRequests):
-        headers["Retry-After"] = str(err.retry_after_s)
+    retry_after_s = getattr(err, "retry_after_s", None)  # a live refusal; a stored request's error has none
+    if retry_after_s:
+        headers["Retry-After"] = str(retry_after_s)
     if code == 504:
         # "user": the caller's own deadline; both clients never retry it. "server": our limit; they may.
         headers["X-Fal-Request-Timeout-Type"] = err.timeout_type or "server"

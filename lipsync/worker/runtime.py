@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -21,7 +22,9 @@ from typing import Any
 import redis
 from rq.timeouts import JobTimeoutException
 
-from lipsync.contract.errors import InternalError, LipsyncError, RequestCancelled, RequestTimeout, StorageError
+from lipsync.contract.errors import (
+    FULL_ERRNOS, InternalError, LipsyncError, RequestCancelled, RequestTimeout, storage_error,
+)
 from lipsync.queue.jobs import JobStore
 from lipsync.queue.records import LogLevel, RequestRecord
 from lipsync.contract.schema import STORAGE_SCHEME, file_fields, validate_input
@@ -36,6 +39,7 @@ log = logging.getLogger("lipsync.worker")
 PROGRESS_LOG_INTERVAL_S = 1.0
 CANCEL_CHECK_INTERVAL_S = 0.1
 RECORD_RETRY_S = 30.0
+_PATH = re.compile(r"(?<![\w:/])/(?:[^\s'\"/]+/)+[^\s'\"]*")  # an absolute path in an exception's text
 WORKDIR_PREFIX = "lipsync-w"  # + "<pid>-<request id>-": a dead worker's folders are found by their pid
 
 
@@ -119,7 +123,11 @@ class WorkerRuntime:
                 finished = self._fail(rid, error, metrics)
             except Exception as exc:  # a bug or a crash in the pipeline: the request fails, the worker lives on
                 log.error("request %s crashed:\n%s", rid, traceback.format_exc())
-                finished = self._fail(rid, InternalError(f"Pipeline failed: {type(exc).__name__}: {exc}"), metrics)
+                if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:  # the worker's own disk: say so
+                    error = storage_error(exc, "The worker ran out of disk space")
+                else:  # the user sees what failed, not where on the server
+                    error = InternalError(f"Pipeline failed: {type(exc).__name__}: {_PATH.sub('<path>', str(exc))}")
+                finished = self._fail(rid, error, metrics)
             else:
                 finished = self._record(lambda: self.store.complete(rid, result=result, metrics=metrics, token=token))
                 if finished:
@@ -191,7 +199,7 @@ class WorkerRuntime:
             try:
                 stored = self.storage.put_file(key, out.path, out.content_type)
             except OSError as exc:
-                raise StorageError(f"Could not store the result: {exc}") from None
+                raise storage_error(exc, "Could not store the result") from None
             result[name] = {
                 "key": stored.key,
                 "content_type": stored.content_type,
