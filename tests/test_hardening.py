@@ -262,3 +262,42 @@ def test_a_full_storage_disk_gives_typed_errors_and_the_service_recovers(tmp_pat
     finally:
         stack.stop()
         shutil.rmtree(small_disk / "storage", ignore_errors=True)
+
+
+@pytest.mark.parametrize("field,value", [("custom_prompt", "\\ud800"), ("custom_prompt", "ok \\udfff end"),
+                                         ("video", "https://example.com/\\ud83d.mp4")])
+def test_a_lone_surrogate_is_422_naming_the_field(stack, field, value):
+    body = {"video": "https://example.com/v.mp4", "audio": "https://example.com/a.wav", "use_custom_prompt": True}
+    raw = '{"%s": "%s", %s}' % (field, value, ", ".join(f'"{k}": {__import__("json").dumps(v)}'
+                                                        for k, v in body.items() if k != field))
+    response = httpx.post(f"{stack.base_url}/pipio/lipsync", content=raw, headers=AUTH | {"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["body", field]
+    fine = httpx.post(f"{stack.base_url}/pipio/lipsync", headers=AUTH,
+                      json=body | {"custom_prompt": "caf\u00e9 \U0001F600", "num_frames": 2})
+    assert fine.status_code == 200, fine.text
+
+
+# IANA's special-purpose address registries (iana-ipv4-special-registry, iana-ipv6-special-registry): one
+# address of every block whose "Globally Reachable" is False or N/A, deprecated ones included.
+IANA_NOT_GLOBAL = [
+    "0.0.0.1", "10.0.0.1", "100.64.0.1", "127.0.0.2", "169.254.1.1", "172.16.0.1", "192.0.0.1", "192.0.0.170",
+    "192.0.2.1", "192.88.99.1", "192.168.0.1", "198.18.0.1",
+    "198.51.100.1", "203.0.113.1", "240.0.0.1", "255.255.255.255",
+    "::1", "::", "64:ff9b:1::1", "100::1", "2001::1", "2001:2::1", "2001:10::1", "2001:db8::1",
+    "fc00::1", "fe80::1", "fec0::1", "5f00::1",
+]
+
+
+@pytest.mark.parametrize("address", IANA_NOT_GLOBAL)
+def test_the_ssrf_guard_refuses_every_special_purpose_block(address):
+    from lipsync.worker.safe_http import is_public
+
+    assert not is_public(address)
+
+
+def test_the_ssrf_guard_keeps_public_addresses_public():
+    from lipsync.worker.safe_http import is_public
+
+    for address in ("8.8.8.8", "1.1.1.1", "192.0.0.9", "2606:4700::1111", "2a00:1450:4001::1", "::ffff:8.8.8.8"):
+        assert is_public(address), address

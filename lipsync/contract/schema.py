@@ -365,10 +365,38 @@ def file_fields(params: BaseModel) -> dict[str, File]:
 
 def validate_input(model: type[BaseModel], data: Any, context: dict[str, Any] | None = None) -> BaseModel:
     """Validate a request body; raise ``InputInvalid`` with fal/FastAPI-style ``detail`` entries, one per field."""
+    invalid = _not_unicode(data)
+    if invalid:
+        raise InputInvalid(invalid)
     try:
         return model.model_validate(data, context=context)
     except ValidationError as exc:
         raise InputInvalid(_details(exc)) from None
+
+
+def _not_unicode(data: Any) -> list[dict[str, Any]]:
+    """One 422 entry per top-level field holding a string that is not valid Unicode text (a lone surrogate
+    such as ``"\\ud800"``, which JSON can escape but nothing downstream can encode)."""
+
+    def bad(value: Any) -> bool:
+        if isinstance(value, str):
+            if value.isascii():
+                return False
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+            return False
+        if isinstance(value, dict):
+            return any(bad(k) or bad(v) for k, v in value.items())
+        if isinstance(value, list):
+            return any(bad(v) for v in value)
+        return False
+
+    if not isinstance(data, dict):
+        return []
+    return [{"loc": ["body", key if not bad(key) else "body"], "msg": "is not valid Unicode text (a lone surrogate)",
+             "type": "string_unicode"} for key, value in data.items() if bad(key) or bad(value)]
 
 
 def _details(exc: ValidationError) -> list[dict[str, Any]]:

@@ -148,6 +148,26 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
     return found
 
 
+# IANA "IPv6 Global Unicast Address Assignments": only 2000::/3 is allocated as global unicast. Anything
+# outside it (site-local fec0::/10, discard-only 100::/64, SRv6 SIDs 5f00::/16, and whatever is assigned
+# there later) is not a host on the internet.
+_IPV6_GLOBAL_UNICAST = ipaddress.ip_network("2000::/3")
+# The one IANA special-purpose entry the standard library still calls global: 6to4 relay anycast, deprecated
+# by RFC 7526 (a relay, not a host; 2002::/16 itself is judged by the IPv4 address it embeds).
+_IANA_DEPRECATED = [ipaddress.ip_network("192.88.99.0/24")]
+
+
+def _is_global_unicast(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """The standard library's reading of IANA's special-purpose registries, every flag of it, plus the above."""
+    if not ip.is_global or ip.is_multicast or ip.is_reserved or ip.is_link_local or ip.is_loopback:
+        return False
+    if ip.is_unspecified or ip.is_private or any(ip in net for net in _IANA_DEPRECATED):
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        return not ip.is_site_local and ip in _IPV6_GLOBAL_UNICAST
+    return True
+
+
 def is_public(address: str) -> bool:
     """A globally routable unicast address, and so is every IPv4 address it embeds."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
@@ -156,8 +176,9 @@ def is_public(address: str) -> bool:
         embedded = _embedded_ipv4(ip)
         if ip in ipaddress.ip_network("::/96") and int(ip) > 1:
             return False  # IPv4-compatible addresses are deprecated (RFC 4291): never a real public host
-        candidates += embedded
-    return all(c.is_global and not c.is_multicast for c in candidates)
+        if embedded:  # mapped, NAT64, 6to4, Teredo: the IPv4 address they lead to decides
+            return all(_is_global_unicast(c) for c in embedded) and (ip.ipv4_mapped is not None or ip.is_global)
+    return all(_is_global_unicast(c) for c in candidates)
 
 
 class GuardedBackend(httpcore.SyncBackend):
