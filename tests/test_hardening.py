@@ -301,3 +301,23 @@ def test_the_ssrf_guard_keeps_public_addresses_public():
 
     for address in ("8.8.8.8", "1.1.1.1", "192.0.0.9", "2606:4700::1111", "2a00:1450:4001::1", "::ffff:8.8.8.8"):
         assert is_public(address), address
+
+
+def test_multipart_size_holds_as_parts_arrive_and_abandoned_sessions_are_swept(tmp_path):
+    stack = make_stack(tmp_path / "parts", max_input_bytes=str(1 << 20), upload_ttl_s="2", retention_interval_s="0.5")
+    try:
+        base = stack.start_api()
+        started = httpx.post(f"{base}/files/upload/multipart", headers=AUTH | {"x-fal-file-name": "a.bin"}).json()
+        part_url = f"{started['access_url']}/multipart/{started['uploadId']}"
+        session = tmp_path / "parts" / "storage" / ".parts" / started["uploadId"]
+        assert httpx.put(f"{part_url}/1", headers=AUTH, content=b"a" * 600_000).status_code == 200
+        second = httpx.put(f"{part_url}/2", headers=AUTH, content=b"b" * 600_000)  # 1.2 MB > 1 MiB in total
+        assert second.status_code == 413 and second.json()["error_type"] == "payload_too_large"
+        assert httpx.put(f"{part_url}/3", headers=AUTH, content=b"c" * (2 << 20)).status_code == 413
+        assert sorted(p.name for p in session.iterdir() if "part" in p.name) == ["part-00001"]  # nothing else kept
+        assert httpx.put(f"{part_url}/2", headers=AUTH, content=b"b" * 400_000).status_code == 200  # what fits
+        wait_until(lambda: not session.exists(), 10, "the abandoned session to be swept")
+        gone = httpx.put(f"{part_url}/4", headers=AUTH, content=b"d")
+        assert gone.status_code == 404
+    finally:
+        stack.stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import redis
@@ -38,11 +39,18 @@ log = logging.getLogger("lipsync.api")
 REDIS_RETRY_AFTER_S = 2
 
 
-async def _housekeep_forever(housekeeper: Housekeeper, interval_s: float) -> None:
-    """Reap requests whose worker died or that waited too long; delete expired files (lipsync.queue.housekeeping)."""
+async def _housekeep_forever(housekeeper: Housekeeper, multipart: MultipartUploads, settings: Settings) -> None:
+    """Reap requests whose worker died or that waited too long; delete expired files (lipsync.queue.housekeeping)
+    and abandoned multipart sessions (they live on the API's disk, so only the API sweeps them)."""
+    next_sweep = 0.0
     while True:
         await asyncio.to_thread(housekeeper.tick)
-        await asyncio.sleep(interval_s)
+        if time.monotonic() >= next_sweep:
+            next_sweep = time.monotonic() + settings.retention_interval_s
+            removed = await asyncio.to_thread(multipart.sweep, settings.upload_ttl_s)
+            if removed:
+                log.info("retention: removed %d abandoned multipart upload sessions", removed)
+        await asyncio.sleep(settings.reaper_interval_s)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -70,7 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if app.state.keys.open:
             log.warning("no API keys configured (LIPSYNC_API_KEYS): the API is open to anyone who can reach it")
         housekeeper = Housekeeper(service.store, storage, settings, dispatcher=service.dispatcher)
-        reaper = asyncio.create_task(_housekeep_forever(housekeeper, settings.reaper_interval_s))
+        reaper = asyncio.create_task(_housekeep_forever(housekeeper, app.state.multipart, settings))
         try:
             yield
         finally:

@@ -2,7 +2,9 @@
 
 A multipart session lives in ``<storage_dir>/.parts/<upload id>/`` on the API host (a shared storage folder
 makes it work across API replicas): the target key, the content type, then one file a part. ``complete``
-joins the listed parts in order into one object and removes the session.
+joins the listed parts in order into one object and removes the session. The size limit holds as parts
+arrive (a part may take only what the others left), and ``sweep`` removes sessions nobody touched for the
+uploads' retention.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import re
 import secrets
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from fastapi import Request
@@ -77,7 +80,44 @@ class MultipartUploads:
     async def put_part(self, request: Request, upload_id: str, number: int) -> str:
         if not 1 <= number <= MAX_PARTS:
             raise InvalidInput(f"part number must be between 1 and {MAX_PARTS}", field="partNumber")
-        return await stream_to_file(request, self._dir(upload_id) / f"part-{number:05d}", self.limit)
+        session = self._dir(upload_id)
+        name = f"part-{number:05d}"
+        tmp = session / f".{name}.{secrets.token_hex(4)}"
+        try:
+            etag = await stream_to_file(request, tmp, self.limit - self._others(session, {name, tmp.name}))
+            if tmp.stat().st_size + self._others(session, {name, tmp.name}) > self.limit:  # parts sent at once
+                raise PayloadTooLarge(f"File is larger than {self.limit} bytes")
+            os.replace(tmp, session / name)
+            return etag
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    @staticmethod
+    def _others(session: Path, mine: set[str]) -> int:
+        """Bytes the session's other parts hold, those still arriving included."""
+        total = 0
+        for part in session.glob("*part-*"):
+            if part.name not in mine:
+                try:
+                    total += part.stat().st_size
+                except FileNotFoundError:  # renamed or removed as we looked
+                    pass
+        return total
+
+    def sweep(self, max_age_s: float) -> int:
+        """Remove sessions with no part written for ``max_age_s`` (abandoned uploads); returns how many."""
+        if not self.root.is_dir():
+            return 0
+        cutoff, removed = time.time() - max_age_s, 0
+        for session in self.root.iterdir():
+            try:
+                newest = max([session.stat().st_mtime, *(f.stat().st_mtime for f in session.iterdir())])
+            except OSError:
+                continue  # completed or swept meanwhile
+            if newest < cutoff:
+                shutil.rmtree(session, ignore_errors=True)
+                removed += 1
+        return removed
 
     def complete(self, upload_id: str, numbers: list[int]) -> StoredObject:
         session = self._dir(upload_id)
