@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import ALICE
 from lipsync.testing.media import data_uri_body
-from lipsync.testing.stack import make_stack, wait_until
+from lipsync.testing.stack import make_stack, spawn, wait_until
 
 AUTH = {"Authorization": f"Key {ALICE}"}
 
@@ -319,5 +319,56 @@ def test_multipart_size_holds_as_parts_arrive_and_abandoned_sessions_are_swept(t
         wait_until(lambda: not session.exists(), 10, "the abandoned session to be swept")
         gone = httpx.put(f"{part_url}/4", headers=AUTH, content=b"d")
         assert gone.status_code == 404
+    finally:
+        stack.stop()
+
+
+def _pings(r) -> bool:
+    try:
+        return bool(r.ping())
+    except Exception:
+        return False
+
+
+def test_redis_refusing_writes_is_ridden_out_like_an_outage(tmp_path, media, small_disk):
+    stack = make_stack(tmp_path / "misconf")
+    port = int(stack.redis_url.rsplit(":", 1)[1].split("/")[0])
+    stack.redis_proc.kill()  # the same redis-server, allowed to move its save folder (a protected setting)
+    stack.redis_proc = spawn("redis-misconf", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir",
+                                               str(tmp_path), "--save", "", "--enable-protected-configs", "yes"],
+                             dict(os.environ), tmp_path)
+    wait_until(lambda: _pings(stack.redis), 10, "redis-server")
+    try:
+        base = stack.start_api()
+        worker = stack.start_worker("misconf-w1")
+        r = stack.redis
+        home = r.config_get("dir")["dir"]
+        _fill(small_disk)
+        running = _submit(stack, data_uri_body(media["video"], media["audio"], use_custom_prompt=True,
+                                               custom_prompt="test:slow=0.3", num_frames=12))
+        wait_until(lambda: _status(running)["status"] == "IN_PROGRESS", 30, "a job to be running")
+        # An RDB save that fails for want of space: Redis then refuses every write (MISCONF) until one succeeds.
+        r.config_set("save", "3600 1")
+        r.config_set("dir", str(small_disk))
+        r.bgsave()
+        wait_until(lambda: r.info("persistence")["rdb_last_bgsave_status"] == "err", 10, "the failed save")
+        refused = httpx.post(f"{base}/pipio/lipsync", json=data_uri_body(media["video"], media["audio"], num_frames=2),
+                             headers=AUTH)
+        assert refused.status_code == 503 and refused.headers["Retry-After"], refused.text
+        time.sleep(6)  # the job ends, heartbeats, dequeues and housekeeping all hit the refusal meanwhile
+        assert worker.alive(), worker.log()[-3000:]
+        r.config_set("dir", home)
+        r.bgsave()
+        wait_until(lambda: r.info("persistence")["rdb_last_bgsave_status"] == "ok", 10, "a good save")
+        sub = _submit(stack, data_uri_body(media["video"], media["audio"], num_frames=2))
+        done = wait_until(lambda: (s := _status(sub))["status"] == "COMPLETED" and s, 30, "the worker to resume")
+        assert "error" not in done and worker.alive()
+        finished = wait_until(lambda: (s := _status(running))["status"] == "COMPLETED" and s, 30, "the running one")
+        assert "error" not in finished, finished
+        log = worker.log()
+        assert log.count("Traceback") == 0, log[-3000:]
+        # Failures that repeat every tick say so once a minute, not every 0.5 s.
+        for line in ("liveness beat failed", "housekeeping skipped a round", "webhook dispatcher"):
+            assert log.count(line) <= 1, (line, log[-3000:])
     finally:
         stack.stop()

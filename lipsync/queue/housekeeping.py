@@ -20,6 +20,7 @@ import redis
 from lipsync.queue.dispatch import Dispatcher
 from lipsync.queue.jobs import JobStore
 from lipsync.queue.records import RequestStatus
+from lipsync.queue.throttle import Throttled
 from lipsync.contract.settings import Settings
 from lipsync.storage.base import Storage
 
@@ -49,6 +50,7 @@ class Housekeeper:
         self.dispatcher = dispatcher
         self._next_sweep = 0.0
         self._orphans: dict[str, float] = {}  # queued request id -> when it was first seen off every RQ queue
+        self._warn = Throttled(log)
 
     def tick(self) -> None:
         """One round; call it every ``reaper_interval_s``. Never raises for Redis or storage trouble."""
@@ -68,7 +70,7 @@ class Housekeeper:
                 self._next_sweep = time.monotonic() + self.settings.retention_interval_s
                 sweep(self.store, self.storage, upload_ttl_s=self.settings.upload_ttl_s)
         except (redis.RedisError, OSError, NotImplementedError) as exc:
-            log.warning("housekeeping skipped a round: %s", exc)
+            self._warn.warning("skipped", "housekeeping skipped a round: %s", str(exc)[:200])
 
     def _redispatch_lost(self) -> None:
         """Queue again an IN_QUEUE request that is on no RQ queue for ``heartbeat_ttl_s``.

@@ -33,6 +33,14 @@ from lipsync.queue.records import (
 )
 
 
+def redis_unavailable(exc: BaseException) -> bool:
+    """An outage to wait out rather than a bug: Redis unreachable, or refusing writes for now (MISCONF: its
+    disk is full or a save failed; READONLY: a replica mid-failover). Both clear by themselves."""
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)):
+        return True
+    return isinstance(exc, redis.ResponseError) and ("MISCONF" in str(exc) or "READONLY" in str(exc))
+
+
 class JobStore:
     """Request records in Redis. Synchronous: workers call it directly, the API from its thread pool."""
 

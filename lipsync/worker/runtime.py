@@ -25,7 +25,7 @@ from rq.timeouts import JobTimeoutException
 from lipsync.contract.errors import (
     FULL_ERRNOS, InternalError, LipsyncError, RequestCancelled, RequestTimeout, storage_error,
 )
-from lipsync.queue.jobs import JobStore
+from lipsync.queue.jobs import JobStore, redis_unavailable
 from lipsync.queue.records import LogLevel, RequestRecord
 from lipsync.contract.schema import STORAGE_SCHEME, file_fields, validate_input
 from lipsync.contract.settings import Settings
@@ -219,13 +219,14 @@ class WorkerRuntime:
         return done
 
     def _record(self, complete: Callable[[], bool]) -> bool:
-        """Record an outcome, riding out a Redis restart of up to ``RECORD_RETRY_S`` (the work is done)."""
+        """Record an outcome, riding out a Redis restart or write refusal of up to ``RECORD_RETRY_S`` (the work
+        is done)."""
         deadline = time.monotonic() + RECORD_RETRY_S
         while True:
             try:
                 return complete()
-            except (redis.ConnectionError, redis.TimeoutError):
-                if time.monotonic() > deadline:
+            except redis.RedisError as exc:
+                if not redis_unavailable(exc) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
 

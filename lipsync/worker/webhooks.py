@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from lipsync.queue.jobs import JobStore
+from lipsync.queue.throttle import Throttled
 from lipsync.queue.records import LogLevel, RequestRecord
 from lipsync.contract.settings import Settings
 from lipsync.contract.webhook_signing import WebhookSigner
@@ -36,7 +37,6 @@ POLL_INTERVAL_S = 0.5
 MAX_BACKOFF_S = 3600.0
 SLOW_FOR_S = 600.0  # how long a destination that was slow shares the one slow-lane thread
 DEFER_S = 1.0
-ERROR_LOG_EVERY_S = 60.0  # a failing tick (Redis down) logs one line a minute, not one every poll
 
 
 def destination(url: str) -> str:
@@ -70,7 +70,7 @@ class WebhookDispatcher:
         self._slow_until: dict[str, float] = {}  # destination -> monotonic time it stops counting as slow
         self._slow_busy = False  # the slow lane's one thread is in use
         self._lock = threading.Lock()
-        self._last_error_log = 0.0
+        self._warn = Throttled(log)  # a failing tick (Redis down) logs one line a minute, not one every poll
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="webhook-dispatcher", daemon=True)
 
@@ -96,11 +96,8 @@ class WebhookDispatcher:
                         continue
                     self.pool.submit(self._deliver_safely, rid, dest, lane)
             except Exception as exc:  # Redis down for a moment: try again next tick, say so once a minute
-                now = time.monotonic()
-                if now - self._last_error_log >= ERROR_LOG_EVERY_S:
-                    self._last_error_log = now
-                    log.warning("webhook dispatcher: %s: %s (retrying every %.1f s; logged once a minute)",
-                                type(exc).__name__, exc, POLL_INTERVAL_S)
+                self._warn.warning("tick", "webhook dispatcher: %s: %s (retrying every %.1f s)",
+                                   type(exc).__name__, str(exc)[:200], POLL_INTERVAL_S)
 
     def _take(self, dest: str) -> str | None:
         """Reserve a thread for a delivery to ``dest``: its lane ("slow" or "normal"), or None when that

@@ -23,6 +23,9 @@ from rq.worker.base import BaseWorker
 from lipsync.queue.dispatch import Dispatcher, worker_queue_names
 from lipsync.contract.settings import Settings
 from lipsync.queue.housekeeping import Housekeeper
+from lipsync.queue.jobs import redis_unavailable
+from lipsync.queue.records import PREFIX
+from lipsync.queue.throttle import Throttled
 from lipsync.worker.runtime import WorkerRuntime
 from lipsync.worker.tasks import bind_runtime
 from lipsync.worker.webhooks import WebhookDispatcher
@@ -42,6 +45,7 @@ class LipsyncWorker(SimpleWorker):
         self.webhooks = WebhookDispatcher(settings, self.runtime.store, self.runtime.storage, self.runtime.http)
         self.webhooks.start()
         self._stop_maintenance = threading.Event()
+        self._warn = Throttled(log)  # beats fail every interval while Redis is away: one line a minute
         threading.Thread(target=self._housekeep, name="housekeeping", daemon=True).start()
         threading.Thread(target=self._liveness, name="liveness", daemon=True).start()
 
@@ -57,32 +61,52 @@ class LipsyncWorker(SimpleWorker):
             try:
                 self.runtime.store.worker_alive(self.name, self.settings.heartbeat_ttl_s)
             except redis.RedisError as exc:
-                log.warning("liveness beat failed: %s", exc)
+                self._warn.warning("liveness", "liveness beat failed: %s", str(exc)[:200])
             if self._stop_maintenance.wait(self.settings.heartbeat_interval_s):
                 return
 
-    # RQ's work loop retries a lost Redis only around dequeue; anywhere else a ConnectionError ends the worker.
-    # These wait for Redis instead: the request's record is the truth, and the reaper retries what was lost.
+    # RQ's work loop retries a lost Redis only around dequeue; anywhere else a ConnectionError ends the worker,
+    # and a Redis that refuses writes (MISCONF, a full disk) ends it everywhere. These wait for Redis instead:
+    # the request's record is the truth, and the reaper retries what was lost.
 
     def _ride_out(self, what: str, call: Any, *args: Any) -> Any:
         try:
             return call(*args)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            log.warning("redis unavailable during %s (%s); waiting for it", what, exc)
+        except redis.RedisError as exc:
+            if not redis_unavailable(exc):
+                raise
+            log.warning("redis unavailable during %s (%s); waiting for it", what, str(exc)[:200])
             self._wait_for_redis()
             return None
 
     def _wait_for_redis(self) -> None:
+        """Until Redis takes a write again (a ping alone passes while it refuses writes)."""
         delay = 0.5
         while not self._stop_requested:
             try:
-                if self.connection.ping():
-                    log.info("redis is back")
-                    return
-            except (redis.ConnectionError, redis.TimeoutError):
-                pass
+                self.connection.set(f"{PREFIX}:probe:{self.name}", 1, px=10_000)
+                log.info("redis is back")
+                return
+            except redis.RedisError as exc:
+                if not redis_unavailable(exc):
+                    raise
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+    def register_birth(self) -> None:
+        while self._ride_out("registration", lambda: super(LipsyncWorker, self).register_birth() or True) is None:
+            if self._stop_requested:
+                return
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        while True:
+            try:
+                return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            except redis.RedisError as exc:
+                if not redis_unavailable(exc) or self._stop_requested:
+                    raise
+                log.warning("redis refuses the dequeue (%s); waiting for it", str(exc)[:200])
+                self._wait_for_redis()
 
     def check_for_suspension(self, burst: bool) -> None:
         self._ride_out("the suspension check", super().check_for_suspension, burst)
@@ -119,7 +143,7 @@ class LipsyncWorker(SimpleWorker):
                     self.runtime.store.heartbeat(rid, self.name, ttl, self.runtime.token)
                 self.maintain_heartbeats(job, execution)
             except redis.RedisError as exc:
-                log.warning("heartbeat for %s failed: %s", rid, exc)
+                self._warn.warning("heartbeat", "heartbeat for %s failed: %s", rid, str(exc)[:200])
 
     def teardown(self) -> None:
         self._stop_maintenance.set()
@@ -127,7 +151,10 @@ class LipsyncWorker(SimpleWorker):
             self.runtime.store.worker_gone(self.name)
         self.webhooks.stop()
         self.runtime.http.close()
-        super().teardown()
+        try:
+            super().teardown()
+        except redis.RedisError as exc:  # registration lapses by its TTL
+            log.warning("could not unregister from redis: %s", str(exc)[:200])
 
 
 def run_worker(settings: Settings, *, name: str | None = None, queues: list[str] | None = None, burst: bool = False) -> None:
