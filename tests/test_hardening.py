@@ -372,3 +372,27 @@ def test_redis_refusing_writes_is_ridden_out_like_an_outage(tmp_path, media, sma
             assert log.count(line) <= 1, (line, log[-3000:])
     finally:
         stack.stop()
+
+
+def test_a_stalled_body_is_408_and_a_vanished_client_is_one_log_line(tmp_path):
+    stack = make_stack(tmp_path / "body", body_idle_timeout_s="1")
+    try:
+        base = stack.start_api()
+        port = int(base.rsplit(":", 1)[1])
+        head = (f"POST /files/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Key {ALICE}\r\n"
+                "Content-Type: video/mp4\r\nContent-Length: 100000\r\n\r\n").encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as stalled:
+            stalled.sendall(head + b"x" * 10)
+            started = time.monotonic()
+            reply = stalled.recv(65536).decode()
+            assert reply.startswith("HTTP/1.1 408"), reply
+            assert "body_timeout" in reply and time.monotonic() - started < 4
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as gone:
+                gone.sendall(head + b"x" * 1000)
+        wait_until(lambda: stack.api.log().count("client disconnected during POST /files/upload") == 3, 10,
+                   "the disconnects to be logged")
+        assert "Traceback" not in stack.api.log() and "unhandled error" not in stack.api.log()
+        assert httpx.get(f"{base}/healthz").status_code == 200
+    finally:
+        stack.stop()

@@ -101,7 +101,12 @@ class Settings(BaseSettings):
     )
     max_input_bytes: int = 512 * 1024 * 1024
     max_request_bytes: int = 64 * 1024 * 1024
-    download_timeout_s: float = 60.0
+    download_timeout_s: float = Field(
+        default=60.0, gt=0, description="One deadline per input download: DNS, connect, headers, redirects and body."
+    )
+    body_idle_timeout_s: float = Field(
+        default=30.0, gt=0, description="A request body that sends nothing for this long is refused (408)."
+    )
     max_num_frames: int = 10_000
     max_prompt_chars: int = 2_000
 
@@ -118,7 +123,9 @@ class Settings(BaseSettings):
     max_inflight_per_key: int = Field(default=0, description="Unfinished requests a key may have at once.")
 
     # --- webhooks ---------------------------------------------------------------------------------------
-    webhook_timeout_s: float = 15.0
+    webhook_timeout_s: float = Field(
+        default=15.0, gt=0, description="One deadline per webhook attempt: connect, send and the whole reply."
+    )
     webhook_max_attempts: int = 10
     webhook_backoff_s: float = 2.0
     webhook_signing_key: str | None = Field(

@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator
 import redis
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from prometheus_client import CollectorRegistry
 
 from lipsync.contract.errors import LipsyncError, storage_error
@@ -118,6 +119,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.warning("redis unavailable on %s %s: %s", request.method, request.url.path, exc)
         body = {"detail": "The queue is unavailable for a moment; retry shortly", "error_type": "service_unavailable"}
         return JSONResponse(body, status_code=503, headers={"Retry-After": str(REDIS_RETRY_AFTER_S)})
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # Ordinary (a closed tab, a cancelled upload): one line, no traceback; nobody reads the answer.
+        log.info("client disconnected during %s %s", request.method, request.url.path)
+        return Response(status_code=499)
 
     @app.exception_handler(OSError)
     async def _storage_failed(request: Request, exc: OSError) -> JSONResponse:

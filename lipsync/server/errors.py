@@ -45,3 +45,10 @@ class TooManyRequests(LipsyncError):
 class PayloadTooLarge(LipsyncError):
     error_type = "payload_too_large"
     status_code = 413
+
+
+class BodyTimeout(LipsyncError):
+    """The client stopped sending its request body (a stalled upload holds no server slot for long)."""
+
+    error_type = "body_timeout"
+    status_code = 408

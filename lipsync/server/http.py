@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Request
@@ -12,7 +14,7 @@ from fastapi.responses import JSONResponse
 
 from lipsync.contract.errors import LipsyncError
 from lipsync.contract.schema import InputInvalid
-from lipsync.server.errors import PayloadTooLarge
+from lipsync.server.errors import BodyTimeout, PayloadTooLarge
 
 
 def base_url_of(request: Request) -> str:
@@ -39,13 +41,27 @@ def validation_response(detail: list[dict[str, Any]]) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=422)
 
 
+async def iter_body(request: Request) -> AsyncIterator[bytes]:
+    """The request body's chunks; a client that sends nothing for ``body_idle_timeout_s`` gets a 408."""
+    idle_s = request.app.state.settings.body_idle_timeout_s
+    chunks = request.stream()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(chunks), idle_s)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise BodyTimeout(f"The request body sent nothing for {idle_s:g} s") from None
+        yield chunk
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing more than ``limit`` bytes (checked before and while reading)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"Request body is larger than {limit} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
+    async for chunk in iter_body(request):
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"Request body is larger than {limit} bytes")

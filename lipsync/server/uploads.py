@@ -23,6 +23,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from lipsync.contract.errors import InvalidInput
 from lipsync.server.errors import NotFound, PayloadTooLarge
+from lipsync.server.http import iter_body
 from lipsync.storage import Storage, StoredObject, safe_key
 
 MAX_PARTS = 10_000
@@ -36,7 +37,7 @@ async def stream_to_file(request: Request, dest: Path, limit: int) -> str:
         raise PayloadTooLarge(f"File is larger than {limit} bytes")
     digest, size = hashlib.md5(usedforsecurity=False), 0
     with open(dest, "wb") as fh:
-        async for chunk in request.stream():
+        async for chunk in iter_body(request):
             size += len(chunk)
             if size > limit:
                 raise PayloadTooLarge(f"File is larger than {limit} bytes")
