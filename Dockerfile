@@ -1,72 +1,78 @@
-# syntax=docker/dockerfile:1
-# lipsync-server: one image for the API (`lipsync api`) and the GPU workers (`lipsync worker`).
+# lipsync-server: one image for the API (`lipsync api`) and the workers (`lipsync worker`).
 #
-#   docker build -t lipsync-server .                                   # CUDA torch (GPU hosts)
+#   docker build -t lipsync-server .                                          # CUDA torch (GPU hosts)
 #   docker build -t lipsync-server:cpu \
-#     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu .  # CPU-only torch, a much smaller image
+#     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu .      # CPU torch, a much smaller image
 #
 # Build arguments:
-#   BASE_IMAGE       the CUDA runtime base. The NVIDIA container toolkit injects the host's driver; keep the
-#                    CUDA version at or below what that driver supports (`nvidia-smi` shows it).
-#   TORCH_VERSION    pinned, and installed FIRST: an unpinned torch requirement (accelerate's) would pull
-#                    another build.
-#   TORCH_INDEX_URL  where torch comes from: PyTorch's CUDA wheel index matching BASE_IMAGE's CUDA (cu128
-#                    for CUDA 12.8), or .../whl/cpu for a CPU image.
-# Configuration at run time: LIPSYNC_* environment variables only (see docs/deploy.md and compose.yaml).
+#   BASE_IMAGE       any Debian-like image with python3.11 on PATH. No CUDA base: torch's CUDA wheels bring
+#                    their own CUDA runtime (the nvidia-* wheels), and the NVIDIA Container Toolkit mounts
+#                    the host's driver, so a CUDA base would ship those libraries twice.
+#   TORCH_VERSION    the project's pin (pyproject.toml's model extra).
+#   TORCH_INDEX_URL  where torch comes from: PyTorch's CUDA index (cu128 needs a driver >= 570) or .../whl/cpu.
+#   PIP_INDEX_URL    where everything else comes from (deploy/requirements.txt pins every version).
+# Configuration at run time: LIPSYNC_* environment variables only (docs/deploy.md).
 
-ARG BASE_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu22.04
-FROM ${BASE_IMAGE}
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE} AS deps
 
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+ARG PIP_INDEX_URL=https://pypi.org/simple
 
-ENV DEBIAN_FRONTEND=noninteractive \
-    PYTHONUNBUFFERED=1 \
+ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv \
-    PATH=/opt/venv/bin:$PATH \
-    NVIDIA_VISIBLE_DEVICES=all \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+    PATH=/opt/venv/bin:$PATH
 
-SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# torch first and alone: the biggest layer, and the one the CPU and GPU images differ in.
+RUN python3.11 -m venv "$VIRTUAL_ENV" \
+    && pip install --index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}"
 
-# Python 3.11 (Ubuntu 22.04's universe), ffmpeg (the audio fallbacks use its CLI), tini-less: compose sets
-# `init: true`. Versions float with the base image's release, on purpose.
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends \
-        python3.11 python3.11-venv ca-certificates ffmpeg libglib2.0-0 \
-    && rm -rf /var/lib/apt/lists/* \
-    && python3.11 -m venv "$VIRTUAL_ENV"
+# Then every other dependency, pinned, before any source: a source change reuses these layers.
+# --no-deps + pip check: a requirement missing from the lock fails the build instead of floating.
+COPY deploy/requirements.txt /opt/requirements.txt
+RUN pip install --no-deps -r /opt/requirements.txt && pip check
 
-# torch first, pinned, from the chosen index (its own layer: it is the big one and rarely changes).
-RUN pip install --index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}" \
-    && echo "torch==${TORCH_VERSION}" > /opt/constraints.txt
+# The project as a wheel, built in its own stage: the image gets the installed package, not the source.
+FROM deps AS wheel
+COPY pyproject.toml README.md /src/
+COPY lipsync /src/lipsync
+RUN pip wheel --no-deps --no-build-isolation --wheel-dir /wheel /src
 
-WORKDIR /app
-COPY pyproject.toml README.md ./
-# One import package (lipsync/: model configs and the playground are package data), and the benchmark scripts,
-# which need nothing but the package (`python scripts/bench_gpu.py` runs inside the image).
-COPY lipsync ./lipsync
-COPY scripts ./scripts
-# The project with the model extra; boto3 for LIPSYNC_STORAGE_BACKEND=s3. The constraint keeps the torch
-# installed above (2.13.0+cuXXX satisfies ==2.13.0) instead of a PyPI build.
-RUN pip install -c /opt/constraints.txt ".[model]" "boto3==1.44.5" \
-    && python -c "import torch, lipsync.server.app, lipsync.worker.worker; print('torch', torch.__version__)"
+FROM deps
+ENV NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility,video \
+    LIPSYNC_STORAGE_DIR=/data/storage \
+    LIPSYNC_WEIGHTS_DIR=/weights
 
-# Non-root. /data holds filesystem storage (a volume shared by the API and the workers); /weights the
-# model weights (mount them read-only; left empty, the worker runs random weights and says so in every log).
+COPY --from=wheel /wheel /tmp/wheel
+# Smoke test, with no source tree anywhere: the installed `lipsync` starts, finds its model configs (package
+# data) and builds a model, and both roles import.
+WORKDIR /
+RUN pip install --no-deps /tmp/wheel/*.whl && rm -rf /tmp/wheel \
+    && lipsync --help > /dev/null \
+    && python -c "import lipsync, lipsync.server.app, lipsync.worker.worker; assert '/site-packages/' in lipsync.__file__" \
+    && lipsync weights random pipio /tmp/smoke && rm -rf /tmp/smoke
+
+# Non-root. /data/storage: filesystem storage (a volume shared by the API and the workers); /weights: where
+# workers mount the model weights (left empty, they run random weights and say so in every log). No VOLUME:
+# the API would get an anonymous /weights volume of its own.
 RUN useradd --create-home --uid 10001 --user-group lipsync \
     && mkdir -p /data/storage /weights \
     && chown -R lipsync:lipsync /data /weights
+
+# The benchmark scripts (they need only the package): `python scripts/bench_gpu.py` runs in the image.
+WORKDIR /app
+COPY scripts ./scripts
+COPY deploy/healthcheck.py /opt/lipsync/healthcheck.py
 USER 10001:10001
 
-ENV LIPSYNC_STORAGE_DIR=/data/storage \
-    LIPSYNC_WEIGHTS_DIR=/weights
-
-VOLUME ["/weights"]
+# API: /readyz answers; worker: its liveness beat in Redis is current (deploy/healthcheck.py).
+HEALTHCHECK --interval=15s --timeout=10s --start-period=120s --retries=3 \
+    CMD ["python", "/opt/lipsync/healthcheck.py"]
 EXPOSE 8000
 
 ENTRYPOINT ["lipsync"]
