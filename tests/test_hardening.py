@@ -396,3 +396,30 @@ def test_a_stalled_body_is_408_and_a_vanished_client_is_one_log_line(tmp_path):
         assert httpx.get(f"{base}/healthz").status_code == 200
     finally:
         stack.stop()
+
+
+def test_an_idle_worker_stops_promptly_on_sigterm(tmp_path, media):
+    # RQ joined its pubsub thread with no timeout at stop, and that thread could sit out a 60 s poll: about
+    # one SIGTERM in three took 30-60 s (serve's stop then waited for it). Every stop now takes ~1 s at most.
+    import random
+    import signal
+
+    stack = make_stack(tmp_path / "stop")
+    try:
+        stack.start_api()
+        took = []
+        for i in range(8):
+            worker = stack.start_worker(f"stop-w{i}")
+            if i % 2:
+                sub = _submit(stack, data_uri_body(media["video"], media["audio"], num_frames=2))
+                wait_until(lambda: _status(sub)["status"] == "COMPLETED", 30, "a job first")
+            time.sleep(random.uniform(0, 1.5))
+            started = time.monotonic()
+            worker.popen.send_signal(signal.SIGTERM)
+            try:
+                worker.popen.wait(10)
+            finally:
+                took.append(time.monotonic() - started)
+        assert max(took) < 3, took
+    finally:
+        stack.stop()
