@@ -14,6 +14,12 @@ Each scenario prints its recovery times and ``lost / duplicated / stuck`` (all m
    SIGKILL of its Redis (seconds of 503 answers, until ready, until the queued requests completed), SIGTERM
    (seconds to exit, processes left).
 5. Hostile input on one kept-alive connection: every payload answered 4xx and the connection kept.
+6. Storage disk full (a 4 MiB tmpfs; root only): submits and uploads answered 507, requests whose result
+   could not be written end ``storage_full``; seconds from freeing space to the first request done.
+7. Slow downloads (a server that trickles its headers) with LIPSYNC_DOWNLOAD_TIMEOUT_S=5: seconds each one
+   took to end ``file_download_error``, and a normal request's time alongside them.
+8. Slow webhook receivers (trickling replies) with LIPSYNC_WEBHOOK_TIMEOUT_S=3: seconds an attempt took,
+   and the delay of another user's webhook to a fast receiver meanwhile.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from lipsync.queue.jobs import JobStore  # noqa: E402
 from lipsync.queue.records import RequestStatus
 from lipsync.testing.serve import Serve  # noqa: E402
 from lipsync.testing.media import data_uri_body, make_video, make_wav  # noqa: E402
+from lipsync.testing.slow_peers import Receiver, Trickler, fill, mount_small_disk, unmount  # noqa: E402
 from lipsync.testing.stack import API_KEYS, make_stack, wait_until
 
 AUTH = {"Authorization": f"Key alice:{API_KEYS['alice']}"}
@@ -234,7 +241,112 @@ def hostile_input(tmp: Path) -> None:
         stack.stop()
 
 
+def _done(sub: dict) -> dict | bool:
+    return (s := status(sub))["status"] == "COMPLETED" and s
+
+
+def disk_full(tmp: Path) -> None:
+    disk = tmp / "small-disk"
+    if not mount_small_disk(disk):
+        print("6. disk full: skipped (needs root to mount a small tmpfs)")
+        return
+    stack = make_stack(tmp / "full", storage_dir=str(disk / "storage"), **DEFAULTS)
+    try:
+        base = stack.start_api("--log-level", "WARNING")
+        stack.start_worker("full-w1")
+        video, audio = make_video(tmp / "fv.mp4", frames=30), make_wav(tmp / "fa.wav", seconds=1.2)
+        urls = [httpx.post(f"{base}/files/upload", headers=AUTH, content=p.read_bytes()).json()["access_url"]
+                for p in (video, audio)]
+        filler = fill(disk)
+        codes = [httpx.post(f"{base}/pipio/lipsync", headers=AUTH, json=body(tmp, num_frames=4)).status_code
+                 for _ in range(3)]
+        codes += [httpx.post(f"{base}/files/upload", headers=AUTH, content=b"x" * 200_000).status_code for _ in range(3)]
+        during = [submit(base, {"video": urls[0], "audio": urls[1], "num_frames": 30}) for _ in range(3)]
+        ends = [wait_until(lambda s=s: _done(s), 60, "an end")["error_type"] for s in during]
+        filler.unlink()
+        t0 = time.monotonic()
+        after = [submit(base, body(tmp, num_frames=4)) for _ in range(3)]
+        for sub in after:
+            wait_until(lambda sub=sub: _done(sub), 60, "recovery")
+        print(f"6. disk full: submits/uploads answered {sorted(set(codes))} ({len(codes)} tries), requests ended "
+              f"{sorted(set(ends))}; after freeing space 3 requests done in {time.monotonic() - t0:.1f} s; during: "
+              + audit(JobStore(stack.redis), [s["request_id"] for s in during], ok_expected=False) + "; after: "
+              + audit(JobStore(stack.redis), [s["request_id"] for s in after]))
+    finally:
+        stack.stop()
+        unmount(disk)
+
+
+def slow_download(tmp: Path) -> None:
+    tricklers = [Trickler() for _ in range(4)]
+    stack = make_stack(tmp / "slowdl", allow_private_urls="true", download_timeout_s="5", **DEFAULTS)
+    try:
+        base = stack.start_api("--log-level", "WARNING")
+        stack.start_worker("slowdl-w1")
+        stack.start_worker("slowdl-w2")
+        t0 = time.monotonic()
+        slow_subs = [submit(base, body(tmp, num_frames=4) | {"video": t.url}) for t in tricklers]
+        normal = submit(base, body(tmp, num_frames=4))
+        took, ends = [], []
+        for sub in slow_subs:
+            ends.append(wait_until(lambda sub=sub: _done(sub), 120, "an end")["error_type"])
+            took.append(time.monotonic() - t0)
+        wait_until(lambda: _done(normal), 120, "the normal one")
+        store = JobStore(stack.redis)
+        durations = [round((r.completed_at or 0) - (r.started_at or r.created_at), 1)
+                     for r in (store.get(s["request_id"]) for s in slow_subs)]
+        print(f"7. slow downloads (deadline 5 s): each ran {durations} s and ended {sorted(set(ends))}; all ended "
+              f"{max(took):.1f} s after submit (2 workers); a normal request alongside: done; "
+              + audit(store, [s["request_id"] for s in slow_subs], ok_expected=False) + "; normal: "
+              + audit(store, [normal["request_id"]]))
+    finally:
+        stack.stop()
+        for t in tricklers:
+            t.close()
+
+
+def slow_webhook(tmp: Path) -> None:
+    tricklers, fast = [Trickler() for _ in range(4)], Receiver()
+    stack = make_stack(tmp / "slowhook", allow_private_urls="true", webhook_timeout_s="3", webhook_max_attempts="2",
+                       webhook_backoff_s="0.5", **DEFAULTS)
+    try:
+        base = stack.start_api("--log-level", "WARNING")
+        stack.start_worker("slowhook-w1")
+        payload = body(tmp, num_frames=4)
+        hooked = [httpx.post(f"{base}/pipio/lipsync", headers=AUTH, json=payload, params={"fal_webhook": t.url}).json()
+                  for t in tricklers]
+        wait_until(lambda: all(t.calls for t in tricklers), 60, "the slow attempts")
+        t_first = time.monotonic()
+        wait_until(lambda: all(t.open == 0 for t in tricklers), 30, "the first attempts to end")
+        attempt_s = time.monotonic() - t_first
+        delays = []
+        for _ in range(3):
+            n = len(fast.arrivals)
+            quick = httpx.post(f"{base}/pipio/lipsync", headers=AUTH, json=payload,
+                               params={"fal_webhook": fast.url}).json()
+            wait_until(lambda quick=quick: _done(quick), 60, "a quick request")
+            done_at = time.monotonic()
+            wait_until(lambda n=n: len(fast.arrivals) > n, 30, "its webhook")
+            delays.append(max(0.0, fast.arrivals[n] - done_at))
+        for sub in hooked:
+            wait_until(lambda sub=sub: any("giving up" in e["message"] for e in
+                                           httpx.get(sub["status_url"], params={"logs": 1}, headers=AUTH).json()["logs"]),
+                       60, "the slow webhooks to be given up")
+        print(f"8. slow webhooks (4 trickling receivers, deadline 3 s): first attempts all ended within "
+              f"{attempt_s:.1f} s; another user's webhook arrived {max(delays):.2f} s (max of 3) after its request "
+              f"completed; slow receivers' attempts: {[t.calls for t in tricklers]}; "
+              + audit(JobStore(stack.redis), [s["request_id"] for s in hooked]))
+    finally:
+        stack.stop()
+        fast.close()
+        for t in tricklers:
+            t.close()
+
+
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
-        for scenario in (killed_worker, stalled_worker, redis_crash, serve_faults, hostile_input):
+        only = sys.argv[1:]
+        scenarios = (killed_worker, stalled_worker, redis_crash, serve_faults, hostile_input, disk_full, slow_download,
+                     slow_webhook)
+        for scenario in [s for s in scenarios if not only or s.__name__ in only]:
             scenario(Path(tmp))

@@ -10,16 +10,14 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 
 from tests.conftest import ALICE
 from lipsync.testing.media import data_uri_body
+from lipsync.testing.slow_peers import Receiver, Trickler, fill, mount_small_disk, unmount
 from lipsync.testing.stack import make_stack, spawn, wait_until
 
 AUTH = {"Authorization": f"Key {ALICE}"}
@@ -48,73 +46,6 @@ def test_a_request_that_kills_its_worker_twice_ends_poison_request(tmp_path, med
         assert "error" not in done, done
     finally:
         stack.stop()
-
-
-class Trickler:
-    """A raw TCP server that reads a request and answers ``HTTP/1.1 200 OK`` then one byte every 0.3 s (30 s):
-    every read is quick, so only a deadline for the whole exchange stops it."""
-
-    def __init__(self):
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
-        self.calls = 0
-        self.open = 0
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
-
-    def _trickle(self, conn: socket.socket) -> None:
-        self.calls += 1
-        self.open += 1
-        try:
-            conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 OK\r\n")
-            for _ in range(100):
-                conn.sendall(b"X")
-                time.sleep(0.3)
-        except OSError:
-            pass
-        finally:
-            self.open -= 1
-            conn.close()
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-class Receiver:
-    """An HTTP webhook receiver answering ``code``; records when each call arrived."""
-
-    def __init__(self, code: int = 200):
-        receiver = self
-        self.arrivals: list[float] = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.arrivals.append(time.monotonic())
-                self.send_response(code)
-                if 300 <= code < 400:
-                    self.send_header("Location", "/elsewhere")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
 
 
 def _submit(stack, body: dict, **params) -> dict:
@@ -198,25 +129,12 @@ def test_a_webhook_redirect_is_permanent(tmp_path, media):
 def small_disk(tmp_path):
     """A 4 MiB tmpfs inside the test's folder (root only): a disk that can really fill up, harming nothing."""
     mount = tmp_path / "small-disk"
-    mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)]).returncode:
+    if not mount_small_disk(mount):
         pytest.skip("needs root to mount a small tmpfs")
     try:
         yield mount
     finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def _fill(disk) -> "os.PathLike":
-    filler = disk / "filler"
-    with open(filler, "wb") as fh:
-        try:
-            while True:
-                fh.write(b"\0" * 65536)
-                fh.flush()
-        except OSError:
-            pass
-    return filler
+        unmount(mount)
 
 
 def _typed_storage_refusal(response: httpx.Response, disk) -> None:
@@ -235,7 +153,7 @@ def test_a_full_storage_disk_gives_typed_errors_and_the_service_recovers(tmp_pat
                            content=media["video"].read_bytes()).json()["access_url"]
         audio = httpx.post(f"{base}/files/upload", headers=AUTH | {"Content-Type": "audio/wav"},
                            content=media["audio"].read_bytes()).json()["access_url"]
-        filler = _fill(small_disk)
+        filler = fill(small_disk)
 
         body = data_uri_body(media["video"], media["audio"], num_frames=2)
         _typed_storage_refusal(httpx.post(f"{base}/pipio/lipsync", json=body, headers=AUTH), small_disk)
@@ -343,7 +261,7 @@ def test_redis_refusing_writes_is_ridden_out_like_an_outage(tmp_path, media, sma
         worker = stack.start_worker("misconf-w1")
         r = stack.redis
         home = r.config_get("dir")["dir"]
-        _fill(small_disk)
+        fill(small_disk)
         running = _submit(stack, data_uri_body(media["video"], media["audio"], use_custom_prompt=True,
                                                custom_prompt="test:slow=0.3", num_frames=12))
         wait_until(lambda: _status(running)["status"] == "IN_PROGRESS", 30, "a job to be running")
@@ -412,7 +330,7 @@ def test_an_idle_worker_stops_promptly_on_sigterm(tmp_path, media):
             worker = stack.start_worker(f"stop-w{i}")
             if i % 2:
                 sub = _submit(stack, data_uri_body(media["video"], media["audio"], num_frames=2))
-                wait_until(lambda: _status(sub)["status"] == "COMPLETED", 30, "a job first")
+                wait_until(lambda sub=sub: _status(sub)["status"] == "COMPLETED", 30, "a job first")
             time.sleep(random.uniform(0, 1.5))
             started = time.monotonic()
             worker.popen.send_signal(signal.SIGTERM)
