@@ -11,6 +11,8 @@ feature steps, so the projection sees the same shape at any fps.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from transformers import WhisperConfig, WhisperFeatureExtractor
@@ -45,7 +47,10 @@ def encode_audio(encoder: WhisperEncoder, waveform: np.ndarray, sample_rate: int
     padded = np.zeros(num_windows * window, dtype=np.float32)
     padded[: len(waveform)] = waveform
     param = next(encoder.parameters())
-    with torch.autocast(param.device.type, enabled=False):  # the mel (torch.stft) stays fp32 under autocast
+    device_type = param.device.type
+    no_autocast = torch.autocast(device_type, enabled=False) if torch.amp.is_autocast_available(device_type) else \
+        contextlib.nullcontext()
+    with no_autocast:  # the mel (torch.stft) stays fp32 under autocast
         mels = extractor(list(padded.reshape(num_windows, window)), sampling_rate=sample_rate, return_tensors="pt",
                          padding="max_length").input_features
     out = encoder(mels.to(param.device, param.dtype), output_hidden_states=True)
@@ -70,5 +75,8 @@ def latent_frame_windows(features: torch.Tensor, num_latent_frames: int, fps: fl
     pos = (times * feature_rate - 0.5).clamp(0, features.shape[0] - 1)  # feature i is centred on (i + 0.5) / rate
     lo = pos.floor().long()
     hi = (lo + 1).clamp(max=features.shape[0] - 1)
-    w = (pos - lo).to(features.dtype)[..., None, None]
+    # The window arithmetic runs in float64 on the host (exact, tiny); indices and weights then go to the
+    # features' device: a CUDA tensor may not be mixed with a non-scalar CPU one.
+    w = (pos - lo).to(features.device, features.dtype)[..., None, None]
+    lo, hi = lo.to(features.device), hi.to(features.device)
     return features[lo] * (1 - w) + features[hi] * w

@@ -482,7 +482,9 @@ class LipSyncPipeline:
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler.config)  # per call: no shared state
         sc = scheduler.config
         mu = shift_mu(sc, (blocks[0].end - blocks[0].start) * hw)
-        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1.0 / steps, steps), mu=mu, device=device)
+        # The schedule stays on the host (as the scheduler keeps its sigmas): finding a step's index is then no
+        # device-to-host sync; each block takes its timestep to the device.
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1.0 / steps, steps), mu=mu, device="cpu")
 
         # 7. Denoising loop: per step, every block predicts, overlaps are blended, one Euler step
         for i, t in enumerate(scheduler.timesteps):
@@ -512,7 +514,7 @@ class LipSyncPipeline:
                 reference_coords=place_references(conditioning.reference_coords, video_coords, block.start * hw))
             pred = self.transformer(
                 latents[:, tokens].expand(batch, -1, -1).to(dtype), cond[:, tokens].expand(batch, -1, -1).to(dtype),
-                t.expand(batch).float(),  # the timestep stays fp32: its sinusoidal embedding needs the precision
+                t.to(latents.device, torch.float32).expand(batch),  # fp32: the sinusoidal embedding needs it
                 video_coords[:, :, tokens].expand(batch, -1, -1), block.end - block.start, block_conditioning,
                 ff_num_splits=ff_num_splits).float()
             if batch == 2:  # audio classifier-free guidance: [conditional, null audio]
