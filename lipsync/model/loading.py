@@ -24,6 +24,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from lipsync.model.devices import cast_module
+
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
 
 
@@ -220,7 +222,7 @@ def load_weights(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]
         if transient:  # non-persistent buffers are computed at init: they would stay uninitialised here
             raise ValueError(f"{component}: cannot build on meta, non-persistent buffers {transient}")
         if dtype is not None:
-            module.to(dtype=dtype)  # on meta: no memory is touched
+            cast_module(module, dtype)  # on meta: no memory is touched
         module.to_empty(device=device or "cpu")
         _retie(module, [names for names in groups.values() if len(names) > 1])
         targets = {**dict(module.named_parameters(remove_duplicate=False)),
@@ -275,5 +277,7 @@ def build_and_load(factory: Callable[[], torch.nn.Module], state_dict: Mapping[s
     report = load_weights(module, state_dict, component=component, source=source, allow_new=allow_new,
                           rename=rename, device=device, dtype=dtype)
     if allow_new and (device is not None or dtype is not None):
-        module.to(device=device, dtype=dtype)
+        module.to(device=device)
+        if dtype is not None:
+            cast_module(module, dtype)
     return module, report

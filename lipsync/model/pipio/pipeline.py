@@ -33,6 +33,7 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from lipsync.contract.errors import InvalidInput
 from lipsync.media.frame_store import FrameStore
+from lipsync.model.devices import cast_module
 from lipsync.model.loading import LoadReport
 
 from .audio_encoder import build_audio_encoder
@@ -145,14 +146,18 @@ class LipSyncPipeline:
         """Randomly initialised pipeline of a preset (``"tiny"``, ``"base"``) or config file. On CPU the weights
         are a function of ``init_seed`` (the global RNG is left untouched); on a GPU they are drawn there."""
         config = name_or_path if isinstance(name_or_path, LipSyncConfig) else load_config(name_or_path)
-        # Built directly on the target device (a GPU initialises the base sizes in seconds, not minutes).
+        # Built directly on the target device (a GPU initialises the base sizes in seconds, not minutes) and in
+        # the target dtype: nothing is ever held in fp32 first (T5-XXL alone would be 19 GB of it).
+        default_dtype = torch.get_default_dtype()
         with torch.random.fork_rng(devices=[]), torch.device(device):
             torch.manual_seed(init_seed)
-            # each component is cast as soon as it is built (only one is ever in fp32; the draws are unchanged)
-            cast = lambda module: module.to(dtype=dtype) if dtype != torch.float32 else module  # noqa: E731
-            pipe = cls(cast(LipSyncTransformer3DModel(**config.transformer)), cast(AutoencoderKLLTXVideo(**config.vae)),
-                       cast(build_audio_encoder(config.audio_encoder)), cast(build_text_encoder(config.text_encoder)),
-                       build_tokenizer(None), FlowMatchEulerDiscreteScheduler(**config.scheduler), config.pipeline)
+            torch.set_default_dtype(dtype)
+            try:
+                pipe = cls(LipSyncTransformer3DModel(**config.transformer), AutoencoderKLLTXVideo(**config.vae),
+                           build_audio_encoder(config.audio_encoder), build_text_encoder(config.text_encoder),
+                           build_tokenizer(None), FlowMatchEulerDiscreteScheduler(**config.scheduler), config.pipeline)
+            finally:
+                torch.set_default_dtype(default_dtype)
         return pipe.to(device, dtype)
 
     @classmethod
@@ -238,8 +243,7 @@ class LipSyncPipeline:
             if module is None:  # the text encoder after place_text_encoder("drop")
                 continue
             module.to(device="cpu" if module is self.text_encoder and self.text_encoder_placement == "cpu" else device)
-            if next(module.parameters()).dtype != dtype:  # (diffusers warns on every dtype .to(), even a no-op)
-                module.to(dtype=dtype)
+            cast_module(module, dtype)  # a no-op where the dtypes already match
         self._prompt_cache.clear()
         return self
 
