@@ -91,7 +91,9 @@ class Mp4Writer:
         if nvenc and use_nvenc():
             try:
                 self._video = self._add_video("h264_nvenc", width, height,
-                                              {"rc": "vbr", "cq": str(crf), "preset": NVENC_PRESET})
+                                              # b=0: constant quality at `cq`; with FFmpeg's default
+                                              # bitrate the VBR would stay capped at 2 Mb/s whatever cq says
+                                              {"rc": "vbr", "cq": str(crf), "b": "0", "preset": NVENC_PRESET})
                 self._video.codec_context.open()  # fail here (no device, driver too old), not at the first frame
                 self.encoder_name = "h264_nvenc"
             except Exception as exc:  # a GPU that cannot encode must not fail the request
