@@ -10,7 +10,8 @@
 #                    the host's driver, so a CUDA base would ship those libraries twice.
 #   TORCH_VERSION    the project's pin (pyproject.toml's model extra).
 #   TORCH_INDEX_URL  where torch comes from: PyTorch's CUDA index (cu128 needs a driver >= 570) or .../whl/cpu.
-#   PIP_INDEX_URL    where everything else comes from (deploy/requirements.txt pins every version).
+#   INDEX_URL        where everything else comes from, when not pip's default index (deploy/requirements.txt
+#                    pins every version).
 # Configuration at run time: LIPSYNC_* environment variables only (docs/deploy.md).
 
 ARG BASE_IMAGE=python:3.11-slim-bookworm
@@ -18,7 +19,7 @@ FROM ${BASE_IMAGE} AS deps
 
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
-ARG PIP_INDEX_URL=https://pypi.org/simple
+ARG INDEX_URL=
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -34,7 +35,7 @@ RUN python3.11 -m venv "$VIRTUAL_ENV" \
 # Then every other dependency, pinned, before any source: a source change reuses these layers.
 # --no-deps + pip check: a requirement missing from the lock fails the build instead of floating.
 COPY deploy/requirements.txt /opt/requirements.txt
-RUN pip install --no-deps -r /opt/requirements.txt && pip check
+RUN pip install --no-deps ${INDEX_URL:+--index-url "$INDEX_URL"} -r /opt/requirements.txt && pip check
 
 # The project as a wheel, built in its own stage: the image gets the installed package, not the source.
 FROM deps AS wheel
