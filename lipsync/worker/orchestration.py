@@ -226,6 +226,7 @@ class LipSyncWorkerPipeline:
             early.close()  # the timeline is not the source's after all
             early = None
         with clock("pass2_time"), Stages(threaded=self.settings.stage_threads) as stages:
+            request.progress = stages.guard(job.progress)  # a timeout stops the engine at its next step
             if early is not None:
                 decoded = early.batches(chunk)
                 batches = stages.run(self._crop_batches(job, decoded, affines, present, crop_landmarks, num_out,

@@ -9,21 +9,27 @@ the GIL in their heavy calls) while memory stays bounded by the queue sizes.
 
 An exception in any stage (a cancel raised by ``job.progress``, a decode error) reaches the consumer of that
 stage as itself; leaving the ``with`` block (normally or by an exception) stops every stage and closes their
-iterators (so their files and codecs are closed) before it returns.
+iterators (so their files and codecs are closed) before it returns. A stage that works long between items (the
+model: a whole denoise before its first chunk) learns of the stop through ``guard``: its progress callback
+raises ``StagesStopped`` at its next step, so a timeout or a failed stage frees the GPU within one step.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 _ITEM, _END, _ERROR = range(3)
 _POLL_S = 0.1
+JOIN_TIMEOUT_S = 60.0
+"""Longest wait for a stage thread at exit; every stage checks the stop far more often (a chunk or a step)."""
 
 
 class StagesStopped(RuntimeError):
@@ -68,6 +74,15 @@ class Stages:
         thread.start()
         return self._consume(q)
 
+    def guard(self, progress: Callable[[str, int, int], None]) -> Callable[[str, int, int], None]:
+        """``progress`` that first raises ``StagesStopped`` once the pipeline is stopped (a timeout or an error
+        elsewhere), for stages that report progress between their items."""
+        def guarded(stage: str, done: int, total: int) -> None:
+            if self._stop.is_set():
+                raise StagesStopped("the pipeline was stopped")
+            progress(stage, done, total)
+        return guarded
+
     def _put(self, q: queue.Queue, entry: tuple) -> bool:
         while not self._stop.is_set():
             try:
@@ -97,4 +112,6 @@ class Stages:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         for thread in self._threads:
-            thread.join()
+            thread.join(JOIN_TIMEOUT_S)
+            if thread.is_alive():  # a daemon thread: it cannot keep the worker alive, but say so
+                log.error("stage thread %s still running %.0f s after the stop", thread.name, JOIN_TIMEOUT_S)
