@@ -48,4 +48,9 @@ def worker_alive() -> None:
 
 if __name__ == "__main__":
     role, args = (sys.argv[1], []) if len(sys.argv) > 1 else running_role()
-    api_ready(args) if role == "api" else worker_alive()
+    if role == "api":
+        api_ready(args)
+    elif role == "worker":
+        worker_alive()
+    else:
+        sys.exit(f"usage: {sys.argv[0]} [api|worker]")
