@@ -29,7 +29,7 @@ from lipsync.client import point_fal_client
 from lipsync.testing.media import make_face_video, make_speech
 from lipsync.testing.stack import free_port, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # about 4 min here; more with a cold pip cache
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "lipsync-imagetest"
 BASE, REDIS, IMAGE = "lipsync-test-base:bookworm", "lipsync-test-redis:7", "lipsync-server:cpu"
