@@ -176,28 +176,46 @@ def load_engine(root: Path | None, layout: WeightsLayout, options: EngineOptions
     return engine
 
 
-def compile_blocks(model) -> None:
-    """``torch.compile`` each transformer block in place (the repeated part: all of a step's FLOPs but the
-    projections). Dynamic shapes: the token count changes with the request length and the last frame block,
-    so one compiled graph serves every request instead of one recompile per length."""
+def compile_blocks(model, backend: str = "inductor") -> None:
+    """``torch.compile`` each transformer block's repeated part in place: ``attend`` (everything before the
+    feed-forward) and the feed-forward ``ff``, each on its own, while the block's ``feed_forward_num_splits``
+    loop stays in Python, so a new split count is only a new chunk length. Dynamic shapes: the token count
+    changes with the request length, the last frame block, the references and the split, so one graph serves
+    them all. The reference bias and the identity scale reach the graph as symbolic floats (dynamo does not
+    specialise floats), so their values never recompile; whether there is a bias or an identity at all does
+    (another code path): ``warm_up`` compiles both. ``backend``: tests use ``eager`` (traces the same graphs)."""
+    import torch
+    from torch.fx.experimental import _config as fx_config
+
     for block in model.transformer.transformer_blocks:
-        block.compile(dynamic=True)
-    log.info("pipio: %d transformer blocks compiled (torch.compile, dynamic shapes)",
-             len(model.transformer.transformer_blocks))
+        block.attend = torch.compile(block.attend, dynamic=True, backend=backend)
+        block.ff.compile(dynamic=True, backend=backend)
+        # Traced with duck sizing, sizes equal by chance become one symbol, guarded equal from then on (the
+        # warm-up's 4 latent frames = tiny's 4 audio tokens per frame: every other length recompiled).
+        block.forward = fx_config.patch(use_duck_shape=False)(block.forward)
+    log.info("pipio: %d transformer blocks compiled (torch.compile %s, dynamic shapes)",
+             len(model.transformer.transformer_blocks), backend)
 
 
 def warm_up(engine: PipioEngine, num_frames: int = 25) -> float:
-    """One throw-away generation at the working size (a second of blank frames, one step, with guidance), so
-    compilation happens at worker start and no request pays for it. Returns its seconds."""
+    """Throw-away generations at the working size, one step each with the engine's guidance, so compilation
+    happens at worker start and no request pays for it. They take the paths every request takes: a face-ID
+    embedding (the worker always computes one), and the references both without a logit bias (strength <= the
+    references: a second) and with one (strength above them: a second generation, short). Returns seconds."""
     import time
 
     size = engine.info.crop_size
     started = time.perf_counter()
-    frames = np.full((num_frames, size, size, 3), 127, np.uint8)
-    masks = np.zeros((num_frames, size, size), np.float32)
-    masks[:, size // 2 :] = 1.0
-    engine.model(frames, masks, np.zeros(num_frames, bool), np.zeros(16000, np.float32), 25.0,
-                 reference_frames=frames[:1], num_inference_steps=1, guidance_scale=engine.guidance_scale)
+    identity = np.full(engine.model.transformer.config.id_embed_dim, 0.1, np.float32)
+    # (frames, ff splits, strength): one reference, so strength 2 gives a bias of log(2); one split hands the
+    # feed-forward a contiguous input, more a strided view (a guard on strides: both are compiled)
+    for frames_count, splits, strength in ((num_frames, 2, 1), (9, 1, 2)):
+        frames = np.full((frames_count, size, size, 3), 127, np.uint8)
+        masks = np.zeros((frames_count, size, size), np.float32)
+        masks[:, size // 2 :] = 1.0
+        engine.model(frames, masks, np.zeros(frames_count, bool), np.zeros(16000, np.float32), 25.0,
+                     face_id_embedding=identity, reference_frames=frames[:1], appearance_cond_strength=strength,
+                     feed_forward_num_splits=splits, num_inference_steps=1, guidance_scale=engine.guidance_scale)
     seconds = time.perf_counter() - started
-    log.info("pipio: warm-up generation (compile) took %.1f s", seconds)
+    log.info("pipio: warm-up generations (compile) took %.1f s", seconds)
     return seconds

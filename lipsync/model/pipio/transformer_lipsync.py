@@ -148,6 +148,25 @@ class LipSyncTransformerBlock(LTXVideoTransformerBlock):
                 num_video_tokens: int, num_frames: int, id_tokens: torch.Tensor | None = None,
                 id_scale: float = 0.0, reference_bias: tuple[int, float] | None = None,
                 ff_num_splits: int = 1) -> torch.Tensor:
+        hidden_states, ff_input, gate_mlp = self.attend(
+            hidden_states, encoder_hidden_states, temb, image_rotary_emb, encoder_attention_mask,
+            audio_tokens=audio_tokens, num_video_tokens=num_video_tokens, num_frames=num_frames,
+            id_tokens=id_tokens, id_scale=id_scale, reference_bias=reference_bias)
+        # The feed-forward is per token, so splitting the sequence gives the same result with ~1/k of the
+        # 4x-wide hidden activation alive at once (tensor_split: no divisibility constraint). The split loop
+        # stays outside ``attend`` so that ``torch.compile`` (pipio/engine.py) sees no split count: each
+        # chunk goes through ``self.ff``, compiled on its own, and a new count never recompiles.
+        chunks = [chunk for chunk in ff_input.tensor_split(ff_num_splits, dim=1) if chunk.shape[1]]
+        ff_out = torch.cat([self.ff(chunk) for chunk in chunks], dim=1)
+        return hidden_states + ff_out * gate_mlp
+
+    def attend(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, temb: torch.Tensor,
+               image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+               encoder_attention_mask: torch.Tensor | None = None, *, audio_tokens: torch.Tensor,
+               num_video_tokens: int, num_frames: int, id_tokens: torch.Tensor | None = None,
+               id_scale: float = 0.0, reference_bias: tuple[int, float] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Everything before the feed-forward: (hidden states, the feed-forward's normalised input, its gate)."""
         batch_size = hidden_states.size(0)
         ada = self.scale_shift_table[None, None].to(temb.device) + temb.reshape(batch_size, temb.size(1), 6, -1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = ada.unbind(dim=2)
@@ -169,11 +188,7 @@ class LipSyncTransformerBlock(LTXVideoTransformerBlock):
             video = video + id_scale * torch.tanh(self.id_gate) * self.attn_id(self.norm_id(video), id_tokens)
         hidden_states = torch.cat([video, refs], dim=1)
 
-        norm_hidden_states = self.norm2(hidden_states) * (1 + scale_mlp) + shift_mlp
-        # The feed-forward is per token, so splitting the sequence gives the same result with ~1/k of the
-        # 4x-wide hidden activation alive at once (tensor_split: no divisibility constraint).
-        ff_out = torch.cat([self.ff(chunk) for chunk in norm_hidden_states.tensor_split(ff_num_splits, dim=1)], dim=1)
-        return hidden_states + ff_out * gate_mlp
+        return hidden_states, self.norm2(hidden_states) * (1 + scale_mlp) + shift_mlp, gate_mlp
 
 
 class LipSyncTransformer3DModel(ModelMixin, ConfigMixin):
