@@ -133,6 +133,16 @@ class PoisonRequest(LipsyncError):
     status_code = 500
 
 
+class DeviceOutOfMemory(LipsyncError):
+    """The accelerator ran out of memory for this request even at half the batch: the request ends, the worker
+    frees what it held and serves the next one. Smaller knobs (``vae_chunk_size``, ``frame_block_width``) or
+    another worker may do."""
+
+    error_type = "device_out_of_memory"
+    status_code = 503
+    retry_after_s = 30
+
+
 class StorageError(LipsyncError):
     """Storage could not take a file (an upload, a data URI, a result): unavailable for now, so 503 with
     ``Retry-After`` where the API answers it live. The message never names a server path."""

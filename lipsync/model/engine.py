@@ -42,7 +42,8 @@ class EngineOptions:
     device: str = "cpu"
     """Torch device name, already resolved (``cuda``, ``cuda:1``, ``cpu``)."""
     dtype: str = "fp32"
-    """``fp32``, ``fp16`` or ``bf16``, already resolved."""
+    """``fp32``, ``fp16``, ``bf16``, or ``auto``: each engine resolves it with its own preference
+    (``lipsync.model.devices.resolve_dtype``: what its authors' inference uses; fp16 on GPUs without bf16)."""
     num_inference_steps: int | None = None
     """Diffusion engines: steps override (``LIPSYNC_NUM_INFERENCE_STEPS``); None = the engine's default."""
     guidance_scale: float | None = None
@@ -71,6 +72,8 @@ class EngineInfo:
     """Set when the engine runs untrained weights: logged at start and as a WARN in every request."""
     needs_identity: bool = False
     """The worker computes a face-ID embedding (``EngineRequest.identity``) only for engines that use one."""
+    dtype: str = ""
+    """The dtype it runs in (``auto`` resolved by the device policy, ``lipsync.model.devices``)."""
     affines_per_frame: bool = False
     """``face_affines(track)[i]`` depends on row ``i`` of the track alone (no smoothing across frames): the
     worker may then crop each frame during the tracking pass, as soon as its row is final, instead of

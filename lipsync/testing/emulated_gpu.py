@@ -15,7 +15,7 @@ Data that never exists needs a few stand-ins, all at the host/device boundary:
   shape-checked stand-ins (attention's output is ``(..., L, Ev)``, as flash attention allocates).
 
 The ledger counts the bytes of every live device storage and keeps the peak, so memory caps can be checked
-against a given card size. Nothing here is for production: tests and ``scripts/gpu_check.py --emulate``.
+against a given card size; past the card's free memory an allocation raises CUDA's out-of-memory error. Nothing here is for production: tests and ``scripts/gpu_check.py --emulate``.
 """
 
 from __future__ import annotations
@@ -47,6 +47,9 @@ class DeviceLedger:
     """What ``torch.cuda.mem_get_info`` reports free before anything is allocated (another process may hold
     the rest)."""
     capability: tuple[int, int] = (9, 0)
+    limit_bytes: int | None = None
+    """Allocations past this many live bytes raise CUDA's out-of-memory error (None: ``free_at_start``). A test
+    may lower it mid-request: another process taking memory after a request sized its batches."""
     peak_bytes: int = 0
     _live: WeakIdKeyDictionary = field(default_factory=WeakIdKeyDictionary)
 
@@ -60,7 +63,14 @@ class DeviceLedger:
                 storage = t.untyped_storage()
                 if storage not in self._live:
                     self._live[storage] = storage.nbytes()
-                    self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+                    live = self.live_bytes
+                    limit = self.free_at_start if self.limit_bytes is None else self.limit_bytes
+                    if self.device_type == "cuda" and live > limit:
+                        del self._live[storage]
+                        raise torch.OutOfMemoryError(
+                            f"CUDA out of memory (emulated): {storage.nbytes() / 2**20:.1f} MiB more with "
+                            f"{(live - storage.nbytes()) / 2**20:.1f} MiB live, {limit / 2**20:.1f} MiB available")
+                    self.peak_bytes = max(self.peak_bytes, live)
 
     def reset_peak(self) -> None:
         self.peak_bytes = self.live_bytes

@@ -40,6 +40,7 @@ import numpy as np
 
 from lipsync.queue.records import LogLevel
 from lipsync.contract.settings import Settings
+from lipsync.model.devices import typed_out_of_memory
 from lipsync.model.engine import CropBatch, EngineOptions, EngineRequest, Knobs, LipSyncEngine, landmarks_to_crop
 from lipsync.worker.job import OutputFile, PipelineJob, PipelineOutput
 from lipsync.worker.stages import Stages
@@ -61,10 +62,10 @@ FACE_ID_FRAMES = 4
 
 
 def engine_options(settings: Settings) -> EngineOptions:
-    from lipsync.model.devices import resolve_device, resolve_dtype
+    from lipsync.model.devices import resolve_device
 
     device = resolve_device(settings.device)
-    return EngineOptions(device=device, dtype=resolve_dtype(settings.dtype, device),
+    return EngineOptions(device=device, dtype=settings.dtype.value,  # "auto": each engine's own preference
                          num_inference_steps=settings.num_inference_steps, guidance_scale=settings.guidance_scale,
                          random_weights_config=settings.random_weights_config, face_crop_size=settings.face_crop_size,
                          compile=settings.compile, text_encoder=settings.text_encoder)
@@ -88,7 +89,7 @@ class LipSyncWorkerPipeline:
         self.analyzer = default_face_analyzer(settings.insightface_root)
         self.embedder = FaceEmbedder() if self.info.needs_identity else None
         log.info("lip-sync pipeline: engine %s (weights %s) on %s/%s, face crops %d px, faces %s; loaded in %.1f s",
-                 self.info.name, self.info.weights, self.options.device, self.options.dtype, self.info.crop_size,
+                 self.info.name, self.info.weights, self.options.device, self.info.dtype or self.options.dtype, self.info.crop_size,
                  self.analyzer.name, time.perf_counter() - started)
 
     # ------------------------------------------------------------------------------------------------------
@@ -236,8 +237,8 @@ class LipSyncWorkerPipeline:
                 batches = stages.run(self._crop_batches(job, decoded, affines, present, crop_landmarks, num_out,
                                                         clock, still=is_image), name="crop")
             waited = _timed(batches, clock, "model_wait_time")  # the engine waiting for crops is not model time
-            generated = stages.run(rebatch(_timed(self.engine.generate(request, waited), clock, "model_time"),
-                                           chunk), name="model")
+            engine_chunks = typed_out_of_memory(self.engine.generate(request, waited), what=self.info.name)
+            generated = stages.run(rebatch(_timed(engine_chunks, clock, "model_time"), chunk), name="model")
             background_frames = stages.run(frames(i420=True), name="decode_paste")
             pasted = stages.run(self._pasted(job, background_frames, generated, request, affines,
                                              present, crop_landmarks, colour, clock), name="paste")

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from lipsync.media.faces import FaceTrack
-from lipsync.model.devices import torch_dtype
+from lipsync.model.devices import configure_backends, resolve_dtype, torch_dtype
 from lipsync.model.engine import CropBatch, EngineInfo, EngineOptions, EngineRequest
 from lipsync.model.latentsync import crop_rule
 from lipsync.model.latentsync.config import LatentSyncConfig, folder_config, scheduler_config
@@ -190,7 +190,9 @@ def load_engine(root: Path | None, layout: WeightsLayout, options: EngineOptions
     if root is None:
         raise WeightsFolderError("LatentSync needs a weights folder (lipsync weights fetch latentsync DIR)")
     config = folder_config(root, layout.variant)
-    dtype = torch_dtype(options.dtype)
+    dtype_name = resolve_dtype(options.dtype, options.device, prefer="fp16")  # the authors' inference: fp16
+    dtype = torch_dtype(dtype_name)
+    configure_backends(options.device, repeated_shapes=True)
     unet = load_unet(root / UNET_FILE, config.unet, device=options.device, dtype=dtype)
     vae = load_vae(root / VAE_DIR, device=options.device, dtype=dtype)
     whisper = load_whisper_encoder(root / WHISPER_FILE, device=options.device)
@@ -199,7 +201,7 @@ def load_engine(root: Path | None, layout: WeightsLayout, options: EngineOptions
                                  f"cross_attention_dim is {config.unet.cross_attention_dim}")
     steps = options.num_inference_steps or config.inference_steps
     _check_steps(steps)
-    info = EngineInfo(name=config.variant, crop_size=config.resolution, weights=root.name)
+    info = EngineInfo(name=config.variant, crop_size=config.resolution, weights=root.name, dtype=dtype_name)
     log.info("LatentSync %s from %s (UNet step %s, config %s)", config.variant, root, unet.global_step,
              config.source)
     return LatentSyncEngine(config, unet, vae, whisper, info, device=options.device, dtype=dtype,

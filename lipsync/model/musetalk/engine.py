@@ -29,7 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lipsync.model.devices import torch_dtype
+from lipsync.model.devices import (
+    BatchFit, bytes_per_item, configure_backends, fit_batch, in_halves_on_oom, resolve_dtype, torch_dtype,
+)
 from lipsync.model.engine import CropBatch, EngineInfo, EngineOptions, EngineRequest
 from lipsync.model.musetalk import audio_features as af
 from lipsync.model.musetalk.crop_rule import CROP_SIZE, BoxRule, box_affines, crop_boxes, lower_face_masks
@@ -87,6 +89,8 @@ class MuseTalkEngine:
         self.scaling = float(nets.vae.config.scaling_factor)
         self.latent_side = CROP_SIZE // (2 ** (len(nets.vae.config.block_out_channels) - 1))
         self.lut = _LUT.to(self.device)
+        self.group_bytes_per_frame = self.vae_bytes_per_frame = 0.0  # a CPU: no caps
+        self._calibrate()
 
     # ---------------------------------------------------------------------------------------- face rule
     def face_affines(self, track) -> np.ndarray:
@@ -141,9 +145,24 @@ class MuseTalkEngine:
 
     def generate(self, request: EngineRequest, batches: Iterable[CropBatch]) -> Iterator[np.ndarray]:
         k = request.knobs
-        unet_batch, vae_batch = max(1, k.frame_block_width), max(1, k.vae_chunk_size)
+        device = str(self.device)
+        # The VAE runs over a UNet batch's frames, so its batch is at most the UNet batch, and both are live
+        # together: a UNet batch of n frames costs n * (group + vae) while the VAE batch asked is larger.
+        group, vae = self.group_bytes_per_frame, self.vae_bytes_per_frame
+        vae_asked = max(1, k.vae_chunk_size)
+        what = "MuseTalk UNet batch (frame_block_width)"
+        unet_fit = fit_batch(k.frame_block_width, group + vae, device, what=what)
+        if vae_asked < unet_fit.size:
+            unet_fit = fit_batch(k.frame_block_width, group, device, what=what, reserve_bytes=vae_asked * vae)
+        unet_batch, vae_batch = unet_fit.size, min(vae_asked, unet_fit.size)
+        vae_fit = BatchFit(vae_batch, vae_asked, "" if vae_batch == vae_asked else
+                           f"MuseTalk VAE batch (vae_chunk_size): {vae_asked} asked, {vae_batch} used: at most the "
+                           f"UNet batch")
         splits = feed_forward_chunks(self.nets.unet, k.feed_forward_num_splits, self.latent_side)
         self._say_knobs(request, unet_batch, vae_batch, splits)
+        for fit in (unet_fit, vae_fit):
+            if fit.bound:
+                request.log(fit.why)
         with torch.inference_mode():
             padded, starts = self.audio_tokens(request.audio, request.num_frames, request.fps)
             tokens_per_frame = af.WINDOW * padded.shape[1]
@@ -151,28 +170,65 @@ class MuseTalkEngine:
         request.metrics.update(unet_batch=unet_batch, vae_batch=vae_batch, feed_forward_splits=splits,
                                posterior="sample", seed=int(k.seed))
         generator = torch.Generator(self.device).manual_seed(int(k.seed))
-        still_latent = None
+        still: dict[str, torch.Tensor] = {}
         done = 0
         for start, crops, present in _regroup(batches, unet_batch):
             out = np.array(crops, copy=True)
             idx = np.flatnonzero(present)
             if idx.size:
-                with torch.inference_mode():
-                    if request.is_image:
-                        if still_latent is None:
-                            first = torch.from_numpy(np.ascontiguousarray(crops[idx[:1]])).to(self.device)
-                            still_latent = self.encode(first, generator, vae_batch)
-                        latents = still_latent.expand(idx.size, -1, -1, -1).contiguous()
-                    else:
-                        x = torch.from_numpy(np.ascontiguousarray(crops[idx])).to(self.device, non_blocking=True)
-                        latents = self.encode(x, generator, vae_batch)
-                    frame_starts = starts[torch.from_numpy(start + idx).to(self.device)]
-                    tokens = af.frame_windows(padded, frame_starts).to(self.dtype) + pe
-                    pred = self.unet(latents, tokens)
-                    out[idx] = self.decode(pred, vae_batch).cpu().numpy()
+                state = generator.get_state()  # an out-of-memory retry draws the same noise again
+
+                def render(part: np.ndarray) -> list[np.ndarray]:
+                    if len(part) < len(idx) and part[0] == idx[0]:
+                        generator.set_state(state)
+                    return [self._render(request, crops, start, part, generator, vae_batch, padded, starts, pe, still)]
+
+                out[idx] = np.concatenate(in_halves_on_oom(render, idx, what="MuseTalk", say=request.log))
             done += len(out)
             request.progress("MuseTalk: frame", done, request.num_frames)
             yield out
+
+    @torch.inference_mode()
+    def _render(self, request: EngineRequest, crops: np.ndarray, start: int, idx: np.ndarray,
+                generator: torch.Generator, vae_batch: int, padded, starts, pe, still: dict) -> np.ndarray:
+        """Frames ``idx`` of a UNet batch: encode (masked, reference), one UNet pass, decode; on the host."""
+        if request.is_image:
+            if "latent" not in still:
+                first = torch.from_numpy(np.ascontiguousarray(crops[idx[:1]])).to(self.device)
+                still["latent"] = self.encode(first, generator, vae_batch)
+            latents = still["latent"].expand(idx.size, -1, -1, -1).contiguous()
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(crops[idx])).to(self.device, non_blocking=True)
+            latents = self.encode(x, generator, vae_batch)
+        frame_starts = starts[torch.from_numpy(start + idx).to(self.device)]
+        tokens = af.frame_windows(padded, frame_starts).to(self.dtype) + pe
+        pred = self.unet(latents, tokens)
+        return self.decode(pred, vae_batch).cpu().numpy()
+
+    def _calibrate(self) -> None:
+        """Device memory a frame costs, measured once at load on this GPU: in a UNet batch (its crops on the
+        device, the encode's inputs, latents, the UNet pass; the VAE one frame at a time) and in a VAE batch
+        (the larger of encode and decode). Requests size their batches from them and the memory free then."""
+        device = str(self.device)
+        side, width = self.latent_side, self.nets.unet.config.cross_attention_dim
+        generator = torch.Generator(self.device).manual_seed(0)
+
+        def crops(n: int) -> torch.Tensor:
+            return torch.zeros(n, CROP_SIZE, CROP_SIZE, 3, dtype=torch.uint8, device=self.device)
+
+        def group(n: int) -> None:
+            latents = self.encode(crops(n), generator, 1)
+            pred = self.unet(latents, torch.zeros(n, 50, width, device=self.device, dtype=self.dtype))
+            self.decode(pred, 1)
+
+        with torch.inference_mode():
+            self.group_bytes_per_frame = bytes_per_item(group, device)
+            self.vae_bytes_per_frame = max(
+                bytes_per_item(lambda n: self.encode(crops(1).expand(n, -1, -1, -1), generator, n), device),
+                bytes_per_item(lambda n: self.decode(torch.zeros(n, 4, side, side, device=self.device), n), device))
+        if self.group_bytes_per_frame:
+            log.info("MuseTalk on %s: %.0f MiB a frame of a UNet batch, %.0f MiB a frame of a VAE batch", device,
+                     self.group_bytes_per_frame / 2**20, self.vae_bytes_per_frame / 2**20)
 
     @staticmethod
     def _say_knobs(request: EngineRequest, unet_batch: int, vae_batch: int, splits: int) -> None:
@@ -211,7 +267,9 @@ def load_engine(root: Path | None, layout: WeightsLayout, options: EngineOptions
     if root is None:
         raise WeightsFolderError("the MuseTalk engine needs its weights folder (LIPSYNC_WEIGHTS_DIR)")
     variant = VARIANTS[layout.variant]
-    dtype = torch_dtype(options.dtype)
+    dtype_name = resolve_dtype(options.dtype, options.device, prefer="fp16")  # the authors' inference: fp16
+    dtype = torch_dtype(dtype_name)
+    configure_backends(options.device, repeated_shapes=True)
     nets = load_networks(root, variant.unet_config, variant.unet_weights).to(options.device, dtype)
     for name, value in (("num_inference_steps", options.num_inference_steps),
                         ("guidance_scale", options.guidance_scale)):
@@ -220,6 +278,6 @@ def load_engine(root: Path | None, layout: WeightsLayout, options: EngineOptions
     if any((root / p).is_file() for p in ("face-parse-bisent/79999_iter.pth",)):
         log.info("%s: face-parse-bisent weights found; the blend mask is drawn from the landmarks "
                  "(face-parsing 'jaw' mode is not implemented)", variant.name)
-    info = EngineInfo(name=variant.name, crop_size=CROP_SIZE, weights=root.name)
-    log.info("%s loaded from %s on %s/%s", variant.name, root, options.device, options.dtype)
+    info = EngineInfo(name=variant.name, crop_size=CROP_SIZE, weights=root.name, dtype=dtype_name)
+    log.info("%s loaded from %s on %s/%s", variant.name, root, options.device, dtype_name)
     return MuseTalkEngine(nets, variant, info, options.device, dtype)

@@ -21,7 +21,7 @@ import numpy as np
 from lipsync.media.embedding import EMBEDDING_DIM, FaceEmbedder
 from lipsync.media.faces import FaceTrack
 from lipsync.model.pipio import crop_rule
-from lipsync.model.devices import torch_dtype
+from lipsync.model.devices import configure_backends, resolve_dtype, torch_dtype
 from lipsync.model.engine import CropBatch, EngineInfo, EngineOptions, EngineRequest
 from lipsync.media.frame_store import FrameStore
 from lipsync.model.weights import WeightsLayout
@@ -147,7 +147,10 @@ def load_engine(root: Path | None, layout: WeightsLayout, options: EngineOptions
     """Load the pipeline from ``root`` (``save_pretrained`` layout), or random weights of the configured preset."""
     from lipsync.model.pipio.pipeline import LipSyncPipeline
 
-    device, dtype = options.device, torch_dtype(options.dtype)
+    device = options.device
+    dtype_name = resolve_dtype(options.dtype, device, prefer="bf16")  # pipio is trained in bf16
+    dtype = torch_dtype(dtype_name)
+    configure_backends(device, repeated_shapes=False)  # token counts change with every request's length
     warning = None
     if root is not None:
         model = LipSyncPipeline.from_pretrained(root, device=device, dtype=dtype)
@@ -165,7 +168,7 @@ def load_engine(root: Path | None, layout: WeightsLayout, options: EngineOptions
     multiple = model.config.vae_spatial_multiple
     if crop % multiple:
         raise ValueError(f"face_crop_size {crop} must be a multiple of {multiple}")
-    info = EngineInfo(name="pipio", crop_size=crop, weights=weights, random_weights_warning=warning,
+    info = EngineInfo(name="pipio", crop_size=crop, weights=weights, random_weights_warning=warning, dtype=dtype_name,
                       needs_identity=True, affines_per_frame=True)
     model.place_text_encoder(options.text_encoder)  # the default prompt's embedding is cached from here on
     engine = PipioEngine(model, info, steps=options.num_inference_steps or model.config.num_inference_steps,
