@@ -9,7 +9,8 @@
 #                    their own CUDA runtime (the nvidia-* wheels), and the NVIDIA Container Toolkit mounts
 #                    the host's driver, so a CUDA base would ship those libraries twice.
 #   TORCH_VERSION    the project's pin (pyproject.toml's model extra).
-#   TORCH_INDEX_URL  where torch comes from: PyTorch's CUDA index (cu128 needs a driver >= 570) or .../whl/cpu.
+#   TORCH_INDEX_URL  where torch comes from: PyTorch's CUDA index (cu128: CUDA 12.8, which the host's driver
+#                    must support; `nvidia-smi` shows it) or .../whl/cpu.
 #   INDEX_URL        where everything else comes from, when not pip's default index (deploy/requirements.txt
 #                    pins every version).
 # Configuration at run time: LIPSYNC_* environment variables only (docs/deploy.md).
