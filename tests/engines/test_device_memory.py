@@ -87,3 +87,29 @@ def test_musetalk_caps_bind_and_an_out_of_memory_is_halved_then_typed(musetalk_s
         ledger.limit_bytes = None
         request, batches = _request(8, 256, big, [])
         assert _frames(engine, request, batches) == 8
+
+
+@pytest.fixture(scope="module")
+def latentsync_small(tmp_path_factory) -> Path:
+    return write_random_weights("latentsync", tmp_path_factory.mktemp("w") / "latentsync", size="small")
+
+
+def test_latentsync_segments_per_call_fit_the_memory_free_at_the_request(latentsync_small):
+    from lipsync.model.latentsync.config import variant_config
+    from lipsync.model.latentsync.engine import segments_limit
+
+    assert segments_limit(variant_config("latentsync-1.6"), guided=True) == 7  # 2 x 7 x 64² < 65,536
+    with emulated_cuda(free_bytes=4096 * MiB) as ledger:
+        engine = load_engine(latentsync_small, EngineOptions(device="cuda", dtype="auto", num_inference_steps=2),
+                             "latentsync")
+        assert engine.info.dtype == "fp16" and engine.segment_bytes > 0
+        weights = ledger.live_bytes
+        ledger.free_at_start = weights + int(2.5 * engine.segment_bytes / 0.8)  # room for two segments a call
+        ledger.reset_peak()
+        logs: list[str] = []
+        request, batches = _request(64, engine.info.crop_size, Knobs(frame_block_width=10_000, vae_chunk_size=1025),
+                                    logs)
+        assert _frames(engine, request, batches) == 64
+        assert request.metrics["segments_per_call"] == 2
+        assert any("frame_block_width): 625 asked, 2 used" in line for line in logs), logs
+        assert ledger.peak_bytes <= ledger.free_at_start

@@ -153,12 +153,12 @@ def test_seeded_and_batched_output(engine):
     request = _request(n, audio, seed=5, frame_block_width=40, vae_chunk_size=65)  # asks 2 segments per call
     assert np.array_equal(_generate(engine, request, crops), one)
     assert request.metrics["segments_per_call"] == 1  # capped: a CPU gains nothing from batching segments
-    engine.max_segments = 8  # what a large GPU's free memory allows
+    engine.cpu_segments_per_call = 8  # as a large GPU's free memory allows
     try:
         request = _request(n, audio, seed=5, frame_block_width=40, vae_chunk_size=65)
         both = _generate(engine, request, crops)
     finally:
-        engine.max_segments = 1
+        engine.cpu_segments_per_call = 1
     assert request.metrics["segments_per_call"] == 2
     assert np.abs(both.astype(int) - one).max() <= 1  # the same draws; batched kernels may round differently
 

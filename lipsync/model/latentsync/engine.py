@@ -8,8 +8,9 @@ interface.
   and yields each call's frames: memory is flat in the video's length. Cancel (``request.progress`` raising)
   takes effect between denoising steps.
 - Knobs: ``seed`` seeds the noise; ``frame_block_width`` is frames per UNet call, in whole segments
-  (``max(1, frame_block_width // 16)``), capped by memory (``max_segments_per_call``: the schema's default 136
-  would ask 8 segments, ~40 GB of activations at 512² in fp16); ``vae_chunk_size`` is the VAE's batch; ``feed_forward_num_splits``
+  (``max(1, frame_block_width // 16)``), capped per request by the memory free then and the cost of a segment
+  measured at load (``lipsync.model.devices.fit_batch``), and below the fused attention kernels' batch limit;
+  an out-of-memory is retried once in halves; ``vae_chunk_size`` is the VAE's batch; ``feed_forward_num_splits``
   chunks the feed-forward layers. ``vae_overlap_window_width``, ``face_id_cond_strength``,
   ``appearance_cond_strength`` and a custom prompt have no counterpart in this model: accepted, said in the log.
 """
@@ -24,7 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from lipsync.media.faces import FaceTrack
-from lipsync.model.devices import configure_backends, resolve_dtype, torch_dtype
+from lipsync.model.devices import (
+    BatchFit, bytes_per_item, configure_backends, fit_batch, in_halves_on_oom, resolve_dtype, torch_dtype,
+)
 from lipsync.model.engine import CropBatch, EngineInfo, EngineOptions, EngineRequest
 from lipsync.model.latentsync import crop_rule
 from lipsync.model.latentsync.config import LatentSyncConfig, folder_config, scheduler_config
@@ -33,25 +36,14 @@ from lipsync.model.weights import WeightsFolderError, WeightsLayout
 log = logging.getLogger(__name__)
 
 UNUSED_KNOBS = ("vae_overlap_window_width", "face_id_cond_strength", "appearance_cond_strength")
-ACTIVATION_BYTES_PER_FRAME = 0.305e9
-"""Peak activation memory of the 1.6 UNet per frame and per batch item at 64² latents in fp32, measured
-(``scripts/bench_latentsync.py``: 0.61 GB for a guided call of one frame); scaled by latent area and dtype."""
-MEMORY_HEADROOM = 0.8
-"""Share of the accelerator's free memory (after loading) that batched segments may take."""
+SDPA_BATCH_LIMIT = 65535
+"""PyTorch's fused attention kernels fail on a batch of 65,536 or more (pytorch#146704, #142228); the temporal
+attention's batch is (2 with guidance) x segments x latent h x w, so segments per call stay below it."""
 
 
-def max_segments_per_call(device: str, config: LatentSyncConfig, itemsize: int, guided: bool) -> tuple[int, str]:
-    """How many 16-frame segments one UNet call may batch, and why. A CPU gains no speed from batching
-    segments, only memory: 1. On CUDA: as many as fit in ``MEMORY_HEADROOM`` of the free memory."""
-    if not device.startswith("cuda"):
-        return 1, "on a CPU batching segments gains nothing"
-    import torch
-
-    free, _ = torch.cuda.mem_get_info(torch.device(device))
-    per_segment = (ACTIVATION_BYTES_PER_FRAME * (config.latent_size / 64) ** 2 * itemsize / 4
-                   * config.num_frames * (2 if guided else 1))
-    cap = max(1, int(MEMORY_HEADROOM * free // per_segment))
-    return cap, f"~{per_segment / 1e9:.1f} GB of activations a segment, {free / 1e9:.0f} GB free"
+def segments_limit(config: LatentSyncConfig, guided: bool) -> int:
+    """Segments one UNet call may batch within ``SDPA_BATCH_LIMIT`` (7 at 64² latents with guidance)."""
+    return max(1, SDPA_BATCH_LIMIT // ((2 if guided else 1) * config.latent_size ** 2))
 
 
 class LatentSyncEngine:
@@ -64,10 +56,12 @@ class LatentSyncEngine:
         self.unet, self.whisper = unet, whisper
         self.steps, self.guidance_scale = steps, guidance_scale
         self.size = config.resolution
-        self.max_segments, self._cap_reason = max_segments_per_call(device, config, dtype.itemsize,
-                                                                     guidance_scale > 1.0)
+        self.device = device
         self.sampler = LatentSyncSampler(unet, vae, scheduler_config(), crop_rule.mouth_mask(self.size), device=device,
                                          dtype=dtype)
+        self.segment_bytes = self._measure_segment()  # 0 on a CPU
+        self.cpu_segments_per_call = 1
+        """On a CPU batching gains nothing; tests raise it to check batched numerics there."""
         self._restore = crop_rule.restore_mask(self.size)
 
     # ---------------------------------------------------------------------------------------- face rule
@@ -90,8 +84,16 @@ class LatentSyncEngine:
 
         k = request.knobs
         seg_len = self.config.num_frames
-        asked = max(1, k.frame_block_width // seg_len)
-        per_call = min(asked, self.max_segments)
+        guided = self.guidance_scale > 1.0
+        if self.device.startswith("cuda"):  # sized now, from the memory free now and the cost measured at load
+            fit = fit_batch(max(1, k.frame_block_width // seg_len), self.segment_bytes, self.device,
+                            what="LatentSync segments per UNet call (frame_block_width)",
+                            limit=segments_limit(self.config, guided),
+                            limit_why=f"the fused attention kernels' batch limit ({SDPA_BATCH_LIMIT + 1})")
+        else:  # a CPU gains no speed from batching segments, only memory
+            asked = max(1, k.frame_block_width // seg_len)
+            fit = BatchFit(min(asked, self.cpu_segments_per_call), asked, "")
+        per_call = fit.size
         self.unet.set_feed_forward_splits(k.feed_forward_num_splits)
         num_segments = -(-request.num_frames // seg_len)
         request.metrics.update(num_inference_steps=self.steps, guidance_scale=self.guidance_scale,
@@ -99,10 +101,13 @@ class LatentSyncEngine:
                                vae_batch=k.vae_chunk_size, feed_forward_num_splits=k.feed_forward_num_splits,
                                seed=k.seed)
         request.log(f"LatentSync ({self.info.name}): {request.num_frames} frames in {num_segments} segments of "
-                    f"{seg_len} (fixed by training), {per_call} segment(s) per UNet call (frame_block_width "
-                    f"{k.frame_block_width}" + (f" asks {asked}; capped: {self._cap_reason}" if per_call < asked
-                                                else "") + f"), {self.steps} DDIM steps, audio guidance {self.guidance_scale:g}, seed "
-                    f"{k.seed}")
+                    f"{seg_len} (fixed by training), {per_call} segment(s) per UNet call, {self.steps} DDIM steps, "
+                    f"audio guidance {self.guidance_scale:g}, seed {k.seed}")
+        if fit.why:
+            request.log(fit.why)
+        elif per_call < fit.asked:
+            request.log(f"LatentSync segments per UNet call (frame_block_width): {fit.asked} asked, {per_call} used: "
+                        f"on a CPU batching segments gains nothing")
         unused = [f"{name}={getattr(k, name)}" for name in UNUSED_KNOBS]
         if k.prompt:
             unused.append("custom_prompt")
@@ -132,14 +137,39 @@ class LatentSyncEngine:
         results: dict[int, np.ndarray] = {}
         if todo:
             stage = f"denoising frames {first}-{last} (segments {done + 1}-{done + len(group)} of {total}), step"
-            outs = run.segments([SegmentInput(g.crops, audio.frames(g.start, len(g.crops))) for g in todo],
-                                on_step=lambda step, steps: request.progress(stage, step, steps))
+            state = run.generator.get_state()  # an out-of-memory retry draws the same noise again
+
+            def sample(part: list[Segment]) -> list[np.ndarray]:
+                if part[0] is todo[0]:
+                    run.generator.set_state(state)
+                return run.segments([SegmentInput(g.crops, audio.frames(g.start, len(g.crops))) for g in part],
+                                    on_step=lambda step, steps: request.progress(stage, step, steps))
+
+            outs = in_halves_on_oom(sample, todo, what="LatentSync", say=request.log)
             results = {g.start: o for g, o in zip(todo, outs)}
         for g in group:
             out = results.get(g.start, g.crops)
             if g.start in results and not g.present.all():  # frames without a face keep their input crop
                 out = np.where(g.present[:, None, None, None], out, g.crops)
             yield out
+
+
+    def _measure_segment(self) -> float:
+        """Device memory one more segment in a UNet call costs (a guided step, the VAE in and out), measured
+        once at load on this GPU."""
+        if not self.device.startswith("cuda"):
+            return 0.0
+        from lipsync.model.latentsync.sampling import SegmentInput
+
+        n, width = self.config.num_frames, self.unet.config.cross_attention_dim
+        crops = np.zeros((n, self.size, self.size, 3), np.uint8)
+        import torch
+
+        audio = torch.zeros(n, 50, width)
+        run = self.sampler.run(seed=0, steps=1, guidance_scale=self.guidance_scale, vae_batch=n)
+        cost = bytes_per_item(lambda k: run.segments([SegmentInput(crops, audio)] * k), self.device)
+        log.info("%s on %s: %.2f GiB a segment per UNet call", self.info.name, self.device, cost / 2**30)
+        return cost
 
 
 @dataclass
