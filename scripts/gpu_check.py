@@ -1,0 +1,230 @@
+"""The GPU check: every engine on random weights through the worker path, as a GPU host runs it; one table.
+
+    python scripts/gpu_check.py                  # on a GPU host: published sizes, bf16 and fp16, figures
+    python scripts/gpu_check.py --emulate        # here: the same paths on the emulated CUDA device, no figures
+
+For each engine (``lipsync.model.weights.ENGINES``), with random weights written in its published layout
+(``lipsync weights random``: ``--size published`` on a GPU, ``small`` when emulating):
+
+1. in bf16 and in fp16: the engine loaded as a worker loads it (``lipsync.worker.orchestration``), then
+   - **alone**: ``engine.generate`` on ready crops (``--frames``), frames/s and peak device memory;
+   - **end to end**: one request through the whole worker pipeline on a 1080x1920 face clip (decode, track,
+     crops, engine, paste-back, encode), frames/s, with NVENC on and off;
+   - pipio also with ``torch.compile`` (``LIPSYNC_COMPILE``: warm-up, then the same request);
+2. one request through ``lipsync serve`` with the official Python client (on the CPU when emulating: the
+   serving path is device-independent, and a worker process cannot share this process's emulated device).
+
+It prints one table (Markdown, also written to ``--out``) and exits non-zero if any row failed. On an H100 the
+defaults take about 8 minutes (predicted: no GPU has run it yet); ``--frames`` and ``--steps`` trade time for
+precision. Random weights: the output is noise; the speed and memory are the trained model's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+from bench_engines import end_to_end, engine_alone  # noqa: E402  (this folder's stage timers)
+
+from lipsync.model.weights import ENGINES, write_random_weights  # noqa: E402
+
+GiB = 1 << 30
+
+
+@dataclass
+class Row:
+    engine: str
+    dtype: str
+    what: str
+    fps: str = "-"
+    peak_gib: str = "-"
+    status: str = "ok"
+
+
+def _peak_reset() -> None:
+    import torch
+
+    torch.cuda.reset_peak_memory_stats()
+
+
+def _peak() -> str:
+    import torch
+
+    return f"{torch.cuda.max_memory_allocated() / GiB:.1f}"
+
+
+def _clip(workdir: Path, frames: int) -> tuple[Path, Path]:
+    from lipsync.testing.media import make_face_video, make_speech
+
+    video = make_face_video(workdir / "face-1080x1920.mp4", frames=frames, size=(1080, 1920))
+    return video, make_speech(workdir / "speech.wav", "This is the GPU check of the lip sync server.")
+
+
+def check_engine(engine: str, folder: Path, dtype: str, args, workdir: Path, clip: tuple[Path, Path]) -> list[Row]:
+    from lipsync.contract.settings import Settings
+    from lipsync.worker.orchestration import load_lipsync_pipeline
+
+    rows: list[Row] = []
+    figures = not args.emulate
+
+    def attempt(what: str, run) -> None:
+        row = Row(engine, dtype, what)
+        try:
+            _peak_reset()
+            fps = run()
+            if figures:
+                row.fps, row.peak_gib = f"{fps:.2f}", _peak()
+        except Exception as exc:  # one failed path must not hide the others
+            row.status = f"FAILED: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+            traceback.print_exc()
+        rows.append(row)
+        print(f"  {engine} {dtype} {what}: {row.status} {row.fps} frames/s, peak {row.peak_gib} GiB", flush=True)
+
+    compiles = (False, True) if engine == "pipio" else (False,)
+    for compiled in compiles:
+        # the emulated device is this thread's (torch's modes are per thread): its stages run inline
+        settings = Settings(weights_dir=folder, device="cuda", dtype=dtype, num_inference_steps=args.steps,
+                            compile=compiled and not args.emulate, stage_threads=not args.emulate)
+        try:
+            pipeline = load_lipsync_pipeline(settings)
+            if compiled and args.emulate:  # the compile path, traced by dynamo without code generation
+                from lipsync.model.pipio.engine import compile_blocks, warm_up
+
+                compile_blocks(pipeline.engine.model, backend="eager")
+                warm_up(pipeline.engine)
+        except Exception as exc:
+            rows.append(Row(engine, dtype, "load" + (" (compiled)" if compiled else ""),
+                            status=f"FAILED: {type(exc).__name__}: {exc}"))
+            traceback.print_exc()
+            continue
+        tag = " compiled" if compiled else ""
+        attempt(f"alone{tag}", lambda: engine_alone(pipeline.engine, args.frames, args.batch, "cuda"))
+        for nvenc in (True, False) if not compiled else (True,):
+            pipeline.settings = pipeline.settings.model_copy(update={"nvenc": nvenc})
+            name = f"1080p end to end{tag}, " + ("NVENC" if nvenc else "x264")
+            attempt(name, lambda: end_to_end(pipeline, *clip, args.frames, args.batch, workdir)["wall_fps"])
+    return rows
+
+
+def check_serve(engine: str, folder: Path, args, workdir: Path, clip: tuple[Path, Path]) -> Row:
+    """One request through ``lipsync serve`` and fal-client, the weights in LIPSYNC_WEIGHTS_DIR."""
+    import fal_client
+    import httpx
+
+    from lipsync.client import point_fal_client
+    from lipsync.testing.stack import free_port, wait_until
+
+    row = Row(engine, "auto", "lipsync serve + fal-client" + (" (CPU)" if args.emulate else ""))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIPSYNC_")}
+    env.update(LIPSYNC_WEIGHTS_DIR=str(folder), LIPSYNC_DEVICE="cpu" if args.emulate else "cuda",
+               LIPSYNC_NUM_INFERENCE_STEPS=str(args.steps or 2 if args.emulate else args.steps or ""))
+    env = {k: v for k, v in env.items() if v != ""}
+    log = open(workdir / f"serve-{engine}.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "lipsync", "serve", "--port", str(port), "--data-dir",
+                             str(workdir / f"serve-{engine}")], env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"lipsync serve exited ({workdir / f'serve-{engine}.log'})")
+            try:
+                return httpx.get(f"{base}/readyz", timeout=1).json().get("workers") == 1
+            except (httpx.HTTPError, ValueError):
+                return False
+
+        wait_until(ready, 600, "lipsync serve")
+        point_fal_client(base)
+        client = fal_client.SyncClient(key="local")
+        t0 = time.perf_counter()
+        result = client.subscribe("pipio/lipsync", arguments={
+            "video": client.upload_file(str(clip[0])), "audio": fal_client.encode_file(str(clip[1])),
+            "num_frames": args.frames})
+        if not result.get("video", {}).get("url"):
+            raise RuntimeError(f"no video in {result}")
+        if not args.emulate:
+            row.fps = f"{args.frames / (time.perf_counter() - t0):.2f}"
+    except Exception as exc:
+        row.status = f"FAILED: {type(exc).__name__}: {str(exc)[:120]}"
+    finally:
+        proc.terminate()
+        proc.wait(120)
+    print(f"  {engine} serve: {row.status}", flush=True)
+    return row
+
+
+def table(rows: list[Row], args) -> str:
+    import torch
+
+    device = "emulated CUDA device (no figures)" if args.emulate else torch.cuda.get_device_name()
+    lines = [f"GPU check on {device}, `{args.size}` random weights, {args.frames} frames, steps "
+             f"{args.steps or 'the model default'}", "",
+             "| engine | dtype | path | frames/s | peak GiB | status |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r.engine} | {r.dtype} | {r.what} | {r.fps} | {r.peak_gib} | {r.status} |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--emulate", action="store_true", help="run every path on the emulated CUDA device")
+    parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
+    parser.add_argument("--size", choices=["small", "published"], help="default: published, small with --emulate")
+    parser.add_argument("--frames", type=int, help="frames per run (default 100; 12 with --emulate)")
+    parser.add_argument("--batch", type=int, default=16, help="frames per UNet/VAE call (frame_block_width)")
+    parser.add_argument("--steps", type=int, help="denoising steps (default: each model's own)")
+    parser.add_argument("--weights", default=str(Path(tempfile.gettempdir()) / "lipsync-gpu-check"),
+                        help="where the random weights are written (kept for a rerun)")
+    parser.add_argument("--no-serve", action="store_true", help="skip the lipsync serve request")
+    parser.add_argument("--out", help="also write the table to this Markdown file")
+    args = parser.parse_args(argv)
+    args.size = args.size or ("small" if args.emulate else "published")
+    args.frames = args.frames or (12 if args.emulate else 100)
+    if args.emulate:
+        args.steps = args.steps or 2
+    else:
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("no CUDA device: run on a GPU host, or pass --emulate")
+
+    workdir = Path(tempfile.mkdtemp(prefix="gpu-check-"))
+    clip = _clip(workdir, args.frames)
+    folders = {}
+    for engine in args.engines:
+        folder = Path(args.weights) / f"{engine}-{args.size}"
+        if not (folder / ".complete").exists():
+            write_random_weights(engine, folder, size=args.size)
+            (folder / ".complete").write_text("ok")
+        folders[engine] = folder
+
+    from lipsync.testing.emulated_gpu import emulated_cuda
+
+    rows: list[Row] = []
+    for engine in args.engines:
+        for dtype in ("bf16", "fp16"):
+            print(f"{engine} in {dtype}:", flush=True)
+            with emulated_cuda() if args.emulate else contextlib.nullcontext():
+                rows += check_engine(engine, folders[engine], dtype, args, workdir, clip)
+        if not args.no_serve:
+            rows.append(check_serve(engine, folders[engine], args, workdir, clip))
+    report = table(rows, args)
+    print("\n" + report)
+    if args.out:
+        Path(args.out).write_text(report + "\n")
+    failed = [r for r in rows if r.status != "ok"]
+    print(f"\n{len(rows) - len(failed)} of {len(rows)} paths ok")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
