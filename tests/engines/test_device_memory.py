@@ -113,3 +113,28 @@ def test_latentsync_segments_per_call_fit_the_memory_free_at_the_request(latents
         assert request.metrics["segments_per_call"] == 2
         assert any("frame_block_width): 625 asked, 2 used" in line for line in logs), logs
         assert ledger.peak_bytes <= ledger.free_at_start
+
+
+def test_pipio_vae_chunk_fits_the_memory_free_at_the_request(tmp_path):
+    root = write_random_weights("pipio", tmp_path / "pipio", size="small")
+    with emulated_cuda(free_bytes=8192 * MiB) as ledger:
+        engine = load_engine(root, EngineOptions(device="cuda", dtype="auto", num_inference_steps=1,
+                                                 face_crop_size=128), "pipio")
+        assert engine.info.dtype == "bf16" and engine.vae_bytes_per_latent_frame > 0
+        weights, per_latent = ledger.live_bytes, engine.vae_bytes_per_latent_frame
+        knobs = Knobs(vae_chunk_size=1025, vae_overlap_window_width=16)
+        request, batches = _request(81, 128, Knobs(vae_chunk_size=17, vae_overlap_window_width=0), [])
+        request.identity = np.full(128, 0.1, np.float32)
+        ledger.reset_peak()
+        assert _frames(engine, request, batches) == 81
+        rest = ledger.peak_bytes - weights  # the request with a 2-latent-frame VAE chunk
+        ledger.free_at_start = weights + int((rest + 4 * per_latent) / 0.8)  # room for a few more latent frames
+        logs: list[str] = []
+        request, batches = _request(81, 128, knobs, logs)
+        request.identity = np.full(128, 0.1, np.float32)
+        ledger.reset_peak()
+        assert _frames(engine, request, batches) == 81
+        used = request.metrics["vae_chunk_size_used"]
+        assert 9 <= used < 1025 and (used - 1) % 8 == 0
+        assert any(f"vae_chunk_size 1025 -> {used}" in line for line in logs), logs
+        assert ledger.peak_bytes <= ledger.free_at_start

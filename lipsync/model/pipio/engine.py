@@ -21,7 +21,7 @@ import numpy as np
 from lipsync.media.embedding import EMBEDDING_DIM, FaceEmbedder
 from lipsync.media.faces import FaceTrack
 from lipsync.model.pipio import crop_rule
-from lipsync.model.devices import configure_backends, resolve_dtype, torch_dtype
+from lipsync.model.devices import bytes_per_item, configure_backends, fit_batch, resolve_dtype, torch_dtype
 from lipsync.model.engine import CropBatch, EngineInfo, EngineOptions, EngineRequest
 from lipsync.media.frame_store import FrameStore
 from lipsync.model.weights import WeightsLayout
@@ -42,6 +42,7 @@ class PipioEngine:
         self.info = info
         self.steps = steps
         self.guidance_scale = guidance_scale  # None: the pipeline config's
+        self.vae_bytes_per_latent_frame = 0.0  # measured on a GPU (measure_vae); 0: no cap
 
     # ---------------------------------------------------------------------------------------- crop rule
     def face_affines(self, track: FaceTrack) -> np.ndarray:
@@ -120,14 +121,50 @@ class PipioEngine:
         k = request.knobs
         request.log(f"Lip-sync model: {len(generate)} frames ({int(generate.sum())} generated), {steps} denoising "
                     f"steps, seed {k.seed}")
+        vae_chunk, vae_overlap = self._fit_vae_chunk(request)
         return self.model.stream(
             crops, masks, generate, request.audio, request.fps, prompt=k.prompt,
             face_id_embedding=self._identity(request.identity), reference_frames=references,
-            vae_chunk_size=k.vae_chunk_size, vae_overlap_window_width=k.vae_overlap_window_width,
-            frame_block_width=k.frame_block_width, feed_forward_num_splits=k.feed_forward_num_splits,
+            vae_chunk_size=vae_chunk, vae_overlap_window_width=vae_overlap, frame_block_width=k.frame_block_width, feed_forward_num_splits=k.feed_forward_num_splits,
             face_id_cond_strength=k.face_id_cond_strength, appearance_cond_strength=k.appearance_cond_strength,
             seed=k.seed, num_inference_steps=steps, guidance_scale=self.guidance_scale, callback=callback,
         )
+
+
+    def _fit_vae_chunk(self, request: EngineRequest) -> tuple[int, int]:
+        """``vae_chunk_size`` (8m+1 pixel frames) as the device's free memory allows now, at the cost of a latent
+        frame measured at load; the overlap stays below the chunk. Logged when it binds."""
+        k = request.knobs
+        asked = max(1, (k.vae_chunk_size - 1) // 8)
+        fit = fit_batch(asked, self.vae_bytes_per_latent_frame, str(self.model.device),
+                        what="pipio VAE chunk in latent frames of 8 (vae_chunk_size)")
+        if not fit.bound:
+            return k.vae_chunk_size, k.vae_overlap_window_width
+        chunk = 8 * fit.size + 1
+        request.log(f"{fit.why}: vae_chunk_size {k.vae_chunk_size} -> {chunk}")
+        request.metrics["vae_chunk_size_used"] = chunk
+        return chunk, min(k.vae_overlap_window_width, chunk - 1)
+
+    def measure_vae(self) -> None:
+        """Device memory one more latent frame (8 pixel frames) costs the VAE, the larger of its encoder and its
+        decoder, measured once at load on a GPU (0 elsewhere: no cap)."""
+        import torch
+
+        vae, device = self.model.vae, str(self.model.device)
+        if not device.startswith("cuda"):
+            return
+        side = self.info.crop_size // vae.spatial_compression_ratio
+        dtype = self.model.dtype
+        temb = torch.zeros(1, device=device, dtype=dtype) if vae.config.timestep_conditioning else None
+        with torch.no_grad():
+            decode = bytes_per_item(lambda m: vae.decoder(
+                torch.zeros(1, vae.config.latent_channels, m + 1, side, side, device=device, dtype=dtype), temb), device)
+            encode = bytes_per_item(lambda m: vae.encoder(
+                torch.zeros(1, 3, 8 * m + 1, self.info.crop_size, self.info.crop_size, device=device, dtype=dtype)),
+                device)
+        # + what the decoded chunk costs on its way out: 8 frames in fp32, blended and composited (two copies)
+        self.vae_bytes_per_latent_frame = max(decode, encode) + 8 * 3 * self.info.crop_size ** 2 * 4 * 2
+        log.info("pipio on %s: %.0f MiB a latent frame in the VAE", device, self.vae_bytes_per_latent_frame / 2**20)
 
 
 class FaceIdEmbedderMismatch(ValueError):
@@ -173,6 +210,7 @@ def load_engine(root: Path | None, layout: WeightsLayout, options: EngineOptions
     model.place_text_encoder(options.text_encoder)  # the default prompt's embedding is cached from here on
     engine = PipioEngine(model, info, steps=options.num_inference_steps or model.config.num_inference_steps,
                          guidance_scale=options.guidance_scale)
+    engine.measure_vae()
     if options.compile:
         compile_blocks(model)
         warm_up(engine)
