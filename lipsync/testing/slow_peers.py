@@ -51,16 +51,20 @@ class Trickler:
 
 
 class Receiver:
-    """A webhook receiver answering ``code``; ``arrivals`` holds when each call came (time.monotonic)."""
+    """A webhook receiver answering ``code``; ``arrivals`` holds when each call came (time.monotonic),
+    ``received`` the same times each with the body that came then."""
 
     def __init__(self, code: int = 200):
         receiver = self
         self.arrivals: list[float] = []
+        self.received: list[tuple[float, bytes]] = []
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
-                self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.arrivals.append(time.monotonic())
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                now = time.monotonic()
+                receiver.received.append((now, body))
+                receiver.arrivals.append(now)
                 self.send_response(code)
                 if 300 <= code < 400:
                     self.send_header("Location", "/elsewhere")
