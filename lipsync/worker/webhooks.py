@@ -5,11 +5,13 @@ see lipsync.queue.jobs). Any worker's dispatcher claims due deliveries with a le
 shape, and on failure puts them back with exponential backoff, up to ``webhook_max_attempts``. A lease that
 runs out (the worker died mid-delivery) returns the delivery to the due set.
 
-Isolation: each attempt has one deadline (``webhook_timeout_s`` for connect, send and the whole reply), a
-destination (host:port) has at most one delivery in flight per worker, and destinations whose last attempt
-took more than half the deadline ("slow", for ``SLOW_FOR_S``) share one delivery thread between them: a
-receiver that trickles its reply delays its own webhooks, not everyone's. A delivery that cannot start for
-those reasons goes back to the due set for ``DEFER_S``, its attempt count untouched. A 3xx reply is
+Isolation: each attempt has one deadline (``webhook_timeout_s`` for connect, send and the whole reply); a
+destination (host:port) may use all of a worker's delivery threads but one (another destination always finds
+one), and destinations whose last attempt took more than half the deadline ("slow", for ``SLOW_FOR_S``) share
+one delivery thread between them: a receiver that trickles its reply delays its own webhooks, not everyone's.
+A delivery that cannot start for those reasons goes back to the due set for ``DEFER_S``, its attempt count
+untouched. The dispatcher claims new deliveries as soon as a thread frees, not only every ``POLL_INTERVAL_S``:
+one busy destination gets its webhooks at the rate its receiver answers. A 3xx reply is
 permanent (redirects are not followed: the signed body is for the URL the user gave).
 """
 
@@ -19,6 +21,7 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
@@ -66,7 +69,8 @@ class WebhookDispatcher:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="webhook")
         self.workers = workers
         self._busy = 0  # deliveries running now; only the dispatcher thread adds, pool threads subtract
-        self._busy_destinations: set[str] = set()
+        self._busy_destinations: Counter[str] = Counter()  # deliveries in flight per destination
+        self._wake = threading.Event()  # a thread freed: claim again now
         self._slow_until: dict[str, float] = {}  # destination -> monotonic time it stops counting as slow
         self._slow_busy = False  # the slow lane's one thread is in use
         self._lock = threading.Lock()
@@ -79,11 +83,16 @@ class WebhookDispatcher:
 
     def stop(self) -> None:
         self.stop_event.set()
+        self._wake.set()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def _loop(self) -> None:
         lease = self.settings.webhook_timeout_s * 2 + 10
-        while not self.stop_event.wait(POLL_INTERVAL_S):
+        while not self.stop_event.is_set():
+            self._wake.wait(POLL_INTERVAL_S)
+            self._wake.clear()
+            if self.stop_event.is_set():
+                return
             try:
                 with self._lock:
                     free = self.workers - self._busy  # claim only what can start now; the rest is for others
@@ -104,11 +113,12 @@ class WebhookDispatcher:
         destination, or the slow lane it is in, is busy."""
         with self._lock:
             slow = self._slow_until.get(dest, 0.0) > time.monotonic()
-            if dest and (dest in self._busy_destinations or (slow and self._slow_busy)):
+            per_destination = max(1, self.workers - 1)
+            if dest and (self._busy_destinations[dest] >= per_destination or (slow and self._slow_busy)):
                 return None
             self._busy += 1
             if dest:
-                self._busy_destinations.add(dest)
+                self._busy_destinations[dest] += 1
             self._slow_busy = self._slow_busy or slow
             return "slow" if slow else "normal"
 
@@ -122,12 +132,16 @@ class WebhookDispatcher:
             took = time.monotonic() - started
             with self._lock:
                 self._busy -= 1
-                self._busy_destinations.discard(dest)
+                if dest:
+                    self._busy_destinations[dest] -= 1
+                    if self._busy_destinations[dest] <= 0:
+                        del self._busy_destinations[dest]
                 if lane == "slow":
                     self._slow_busy = False
                 if dest and took > self.settings.webhook_timeout_s / 2:
                     self._slow_until[dest] = time.monotonic() + SLOW_FOR_S
                 self._slow_until = {d: t for d, t in self._slow_until.items() if t > time.monotonic()}
+            self._wake.set()
 
     def deliver(self, rid: str) -> None:
         record = self.store.get(rid)

@@ -154,7 +154,9 @@ class MuseTalkEngine:
         unet_fit = fit_batch(k.frame_block_width, group + vae, device, what=what)
         if vae_asked < unet_fit.size:
             unet_fit = fit_batch(k.frame_block_width, group, device, what=what, reserve_bytes=vae_asked * vae)
-        unet_batch, vae_batch = unet_fit.size, min(vae_asked, unet_fit.size)
+        unet_batch = unet_fit.size
+        # on the GPU the VAE batch is at most the UNet batch (the memory plan above); elsewhere as asked
+        vae_batch = min(vae_asked, unet_batch) if device.startswith("cuda") else vae_asked
         vae_fit = BatchFit(vae_batch, vae_asked, "" if vae_batch == vae_asked else
                            f"MuseTalk VAE batch (vae_chunk_size): {vae_asked} asked, {vae_batch} used: at most the "
                            f"UNet batch")
