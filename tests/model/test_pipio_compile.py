@@ -4,8 +4,10 @@ Counted with dynamo's own counter (``counters["stats"]["unique_graphs"]``: one p
 requests that vary what real traffic varies: the length (token counts, frame blocks), identity (every real
 request carries a face-ID embedding; strength 4 or 8 by the auto rule, 1 and 3 by hand), feed-forward splits
 (1, 2, 4) and the appearance strength (1: no reference bias; 3 and 5: a bias, two different values). The cheap
-``eager`` backend traces exactly what inductor would be handed, so the counts are inductor's too; it also runs
-the traced ops as written, so compiled output must equal the uncompiled engine's bit for bit.
+``aot_eager`` backend traces exactly what inductor would be handed, so the counts are inductor's too; it also runs
+the traced ops as written, so compiled output must equal the uncompiled engine's bit for bit. ``aot_eager``,
+not ``eager``: it runs AOTAutograd as inductor does, where a Python float that cannot become a graph input is
+specialised (``eager`` keeps floats symbolic and would miss the reference bias recompiling per value).
 """
 
 from __future__ import annotations
@@ -24,13 +26,13 @@ from lipsync.model.pipio.engine import compile_blocks, warm_up
 from lipsync.model.weights import load_engine
 from lipsync.testing.media import make_face_video
 
-MAX_FRAMES = 41
+MAX_FRAMES = 33
 REQUESTS = [  # (frames, knobs, bridge): the traffic after the warm-up
     (17, Knobs(feed_forward_num_splits=2, appearance_cond_strength=1), False),
     (25, Knobs(feed_forward_num_splits=1, appearance_cond_strength=3), False),
-    (41, Knobs(feed_forward_num_splits=4, appearance_cond_strength=1, frame_block_width=24), True),
+    (33, Knobs(feed_forward_num_splits=4, appearance_cond_strength=1, frame_block_width=24), True),
     (9, Knobs(feed_forward_num_splits=4, appearance_cond_strength=5, face_id_cond_strength=1), False),
-    (33, Knobs(feed_forward_num_splits=1, appearance_cond_strength=3, face_id_cond_strength=3), True),
+    (29, Knobs(feed_forward_num_splits=1, appearance_cond_strength=3, face_id_cond_strength=3), True),
 ]
 
 
@@ -81,7 +83,7 @@ def graphs() -> int:
 
 def test_no_request_recompiles_after_the_warm_up(clip):
     engine = pipio_engine()
-    compile_blocks(engine.model, backend="eager")
+    compile_blocks(engine.model, backend="aot_eager")
     warm_up(engine)
     warmed = graphs()
     assert warmed > 0  # the warm-up did compile
@@ -93,8 +95,8 @@ def test_no_request_recompiles_after_the_warm_up(clip):
 
 def test_compiled_output_equals_the_uncompiled_engine(clip):
     eager, compiled = pipio_engine(), pipio_engine()
-    compile_blocks(compiled.model, backend="eager")
-    for num_frames, knobs, bridge in REQUESTS[1:4]:
+    compile_blocks(compiled.model, backend="aot_eager")
+    for num_frames, knobs, bridge in REQUESTS[1:3]:  # a bias and no bias, 1 and 4 splits, a bridge
         expected = run(eager, clip, num_frames, knobs, bridge)
         np.testing.assert_array_equal(run(compiled, clip, num_frames, knobs, bridge), expected)
     assert graphs() > 0  # the compiled engine really ran compiled blocks

@@ -222,9 +222,9 @@ def compile_blocks(model, backend: str = "inductor") -> None:
     feed-forward) and the feed-forward ``ff``, each on its own, while the block's ``feed_forward_num_splits``
     loop stays in Python, so a new split count is only a new chunk length. Dynamic shapes: the token count
     changes with the request length, the last frame block, the references and the split, so one graph serves
-    them all. The reference bias and the identity scale reach the graph as symbolic floats (dynamo does not
-    specialise floats), so their values never recompile; whether there is a bias or an identity at all does
-    (another code path): ``warm_up`` compiles both. ``backend``: tests use ``eager`` (traces the same graphs)."""
+    them all. The reference bias reaches the graph as a tensor and the identity scale as a float the backend
+    turns into one, so their values never recompile; whether there is a bias at all does (another code path):
+    ``warm_up`` compiles both. ``backend``: tests use ``aot_eager`` (the graphs inductor gets, run as written)."""
     import torch
     from torch.fx.experimental import _config as fx_config
 

@@ -27,12 +27,15 @@ PAD = 8
 
 class ReferenceBiasAttnProcessor(LTXVideoAttnProcessor):
     """``LTXVideoAttnProcessor`` with ``reference_bias=(first_reference_token, bias)``: that bias added to the
-    logits of the keys from that token on, without an attention mask (module docstring)."""
+    logits of the keys from that token on, without an attention mask (module docstring). ``bias``: a float, or
+    a 0-dim tensor (what the transformer passes: torch.compile then takes it as an input, no recompile per
+    value); a tensor is never compared with zero here (no host sync): the caller passes None for no bias."""
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, image_rotary_emb: torch.Tensor | None = None,
-                 reference_bias: tuple[int, float] | None = None) -> torch.Tensor:
-        if reference_bias is None or reference_bias[1] == 0.0 or attention_mask is not None:
+                 reference_bias: tuple[int, float | torch.Tensor] | None = None) -> torch.Tensor:
+        if reference_bias is None or attention_mask is not None or (
+                not isinstance(reference_bias[1], torch.Tensor) and reference_bias[1] == 0.0):
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         start, bias = reference_bias
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states

@@ -146,7 +146,7 @@ class LipSyncTransformerBlock(LTXVideoTransformerBlock):
                 image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
                 encoder_attention_mask: torch.Tensor | None = None, *, audio_tokens: torch.Tensor,
                 num_video_tokens: int, num_frames: int, id_tokens: torch.Tensor | None = None,
-                id_scale: float = 0.0, reference_bias: tuple[int, float] | None = None,
+                id_scale: float = 0.0, reference_bias: tuple[int, float | torch.Tensor] | None = None,
                 ff_num_splits: int = 1) -> torch.Tensor:
         hidden_states, ff_input, gate_mlp = self.attend(
             hidden_states, encoder_hidden_states, temb, image_rotary_emb, encoder_attention_mask,
@@ -164,7 +164,7 @@ class LipSyncTransformerBlock(LTXVideoTransformerBlock):
                image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
                encoder_attention_mask: torch.Tensor | None = None, *, audio_tokens: torch.Tensor,
                num_video_tokens: int, num_frames: int, id_tokens: torch.Tensor | None = None,
-               id_scale: float = 0.0, reference_bias: tuple[int, float] | None = None
+               id_scale: float = 0.0, reference_bias: tuple[int, float | torch.Tensor] | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Everything before the feed-forward: (hidden states, the feed-forward's normalised input, its gate)."""
         batch_size = hidden_states.size(0)
@@ -288,7 +288,10 @@ class LipSyncTransformer3DModel(ModelMixin, ConfigMixin):
             # Clean conditioning tokens carry timestep 0 (LTXConditionPipeline's per-token timestep).
             timesteps = torch.cat([timesteps, timesteps.new_zeros(batch_size, refs.shape[1])], dim=1)
             if conditioning.reference_bias != 0.0:
-                reference_bias = (num_video_tokens, float(conditioning.reference_bias))
+                # A tensor, not a float: torch.compile's backends specialise a float used this way, so every
+                # strength / reference count recompiled. fp64 keeps the exact value the float had.
+                bias = torch.full((), float(conditioning.reference_bias), dtype=torch.float64, device=x.device)
+                reference_bias = (num_video_tokens, bias)
 
         image_rotary_emb = self.rope(x, video_coords=coords)
         text_bias = (1 - conditioning.text_mask.to(x.dtype)) * -10000.0  # as LTX: padded text tokens masked out
