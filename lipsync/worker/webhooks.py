@@ -5,10 +5,11 @@ see lipsync.queue.jobs). Any worker's dispatcher claims due deliveries with a le
 shape, and on failure puts them back with exponential backoff, up to ``webhook_max_attempts``. A lease that
 runs out (the worker died mid-delivery) returns the delivery to the due set.
 
-Isolation: each attempt has one deadline (``webhook_timeout_s`` for connect, send and the whole reply); a
-destination (host:port) may use all of a worker's delivery threads but one (another destination always finds
-one), and destinations whose last attempt took more than half the deadline ("slow", for ``SLOW_FOR_S``) share
-one delivery thread between them: a receiver that trickles its reply delays its own webhooks, not everyone's.
+Isolation: each attempt has one deadline (``webhook_timeout_s`` for connect, send and the whole reply), and
+destinations (host:port) go in lanes (``_take``): one proven fast may use all of a worker's delivery threads
+but one; a new one gets one delivery at a time until it answers fast, and new ones together never take the
+last thread; those whose last attempt took more than half the deadline ("slow", for ``SLOW_FOR_S``) share
+one thread between them. A receiver that trickles its reply delays its own webhooks, not everyone's.
 A delivery that cannot start for those reasons goes back to the due set for ``DEFER_S``, its attempt count
 untouched. The dispatcher claims new deliveries as soon as a thread frees, not only every ``POLL_INTERVAL_S``:
 one busy destination gets its webhooks at the rate its receiver answers. A 3xx reply is
@@ -73,6 +74,8 @@ class WebhookDispatcher:
         self._wake = threading.Event()  # a thread freed: claim again now
         self._slow_until: dict[str, float] = {}  # destination -> monotonic time it stops counting as slow
         self._slow_busy = False  # the slow lane's one thread is in use
+        self._fast_until: dict[str, float] = {}  # destination -> until when it counts as proven fast
+        self._unproven = 0  # deliveries in flight to destinations not yet proven fast
         self._lock = threading.Lock()
         self._warn = Throttled(log)  # a failing tick (Redis down) logs one line a minute, not one every poll
         self.stop_event = threading.Event()
@@ -80,6 +83,10 @@ class WebhookDispatcher:
 
     def start(self) -> None:
         self.thread.start()
+
+    def wake(self) -> None:
+        """Claim due deliveries now (a request this worker ran just completed)."""
+        self._wake.set()
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -109,18 +116,35 @@ class WebhookDispatcher:
                                    type(exc).__name__, str(exc)[:200], POLL_INTERVAL_S)
 
     def _take(self, dest: str) -> str | None:
-        """Reserve a thread for a delivery to ``dest``: its lane ("slow" or "normal"), or None when that
-        destination, or the slow lane it is in, is busy."""
+        """Reserve a thread for a delivery to ``dest`` and name its lane, or None when it must wait:
+        - "slow": a destination slow within ``SLOW_FOR_S``; all of them share one thread;
+        - "new": one not yet seen answering fast: one delivery at a time each, and with the slow lane never
+          more than all threads but one, so a destination proven fast always finds a thread;
+        - "fast": proven fast: up to all threads but one."""
         with self._lock:
-            slow = self._slow_until.get(dest, 0.0) > time.monotonic()
-            per_destination = max(1, self.workers - 1)
-            if dest and (self._busy_destinations[dest] >= per_destination or (slow and self._slow_busy)):
-                return None
+            now = time.monotonic()
+            slow = self._slow_until.get(dest, 0.0) > now
+            fast = not slow and self._fast_until.get(dest, 0.0) > now
+            busy = self._busy_destinations[dest] if dest else 0
+            spare = max(1, self.workers - 1)
+            if slow:
+                if self._slow_busy:
+                    return None
+                lane = "slow"
+            elif fast or not dest:
+                if busy >= spare:
+                    return None
+                lane = "fast"
+            else:
+                if busy or self._unproven >= spare - (1 if self._slow_busy else 0):
+                    return None
+                lane = "new"
+                self._unproven += 1
             self._busy += 1
             if dest:
                 self._busy_destinations[dest] += 1
             self._slow_busy = self._slow_busy or slow
-            return "slow" if slow else "normal"
+            return lane
 
     def _deliver_safely(self, rid: str, dest: str = "", lane: str = "normal") -> None:
         started = time.monotonic()
@@ -138,9 +162,15 @@ class WebhookDispatcher:
                         del self._busy_destinations[dest]
                 if lane == "slow":
                     self._slow_busy = False
+                elif lane == "new":
+                    self._unproven -= 1
+                if dest and took <= self.settings.webhook_timeout_s / 2:
+                    self._fast_until[dest] = time.monotonic() + SLOW_FOR_S
                 if dest and took > self.settings.webhook_timeout_s / 2:
                     self._slow_until[dest] = time.monotonic() + SLOW_FOR_S
+                    self._fast_until.pop(dest, None)
                 self._slow_until = {d: t for d, t in self._slow_until.items() if t > time.monotonic()}
+                self._fast_until = {d: t for d, t in self._fast_until.items() if t > time.monotonic()}
             self._wake.set()
 
     def deliver(self, rid: str) -> None:

@@ -141,6 +141,7 @@ class LipsyncWorker(SimpleWorker):
         finally:
             stop.set()
             beat.join()
+            self.webhooks.wake()  # this request's webhook (if any) is due now: no wait for the next poll
         self.set_state("idle")
 
     def _heartbeat(self, job: Job, execution: Any, stop: threading.Event) -> None:
