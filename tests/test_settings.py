@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from lipsync.contract.settings import DType, Settings
 from lipsync.model.devices import resolve_dtype, torch_dtype
 from lipsync.model.weights import ENGINES
+from lipsync.testing.emulated_gpu import emulated_cuda
 
 
 @pytest.mark.parametrize("command", [["worker"], ["api"], ["serve", "--port", "1"]])
@@ -48,7 +49,10 @@ def test_typed_fields_and_their_aliases(monkeypatch):
 def test_one_dtype_map():
     assert torch_dtype("bf16") is torch.bfloat16 and torch_dtype(DType.FP16) is torch.float16
     assert torch_dtype("float32") is torch.float32
-    assert resolve_dtype("auto", "cpu") == "fp32" and resolve_dtype("auto", "cuda:0") == "bf16"
-    assert resolve_dtype("half", "cuda") == "fp16"
+    assert resolve_dtype("auto", "cpu") == "fp32" and resolve_dtype("half", "cuda") == "fp16"
+    with emulated_cuda(capability=(9, 0)):  # an H100: each engine's preference
+        assert resolve_dtype("auto", "cuda:0") == "bf16" and resolve_dtype("auto", "cuda", prefer="fp16") == "fp16"
+    with emulated_cuda(capability=(7, 5)):  # a T4: no bf16
+        assert resolve_dtype("auto", "cuda") == "fp16" and resolve_dtype("bf16", "cuda") == "bf16"
     with pytest.raises(ValueError):
         torch_dtype("fp8")
