@@ -118,3 +118,19 @@ def make_stretched_video(path: Path, *, frames: int = 200, hours: float = 10.0, 
         for packet in stream.encode():
             out.mux(packet)
     return path
+
+
+def tracked_face_clip(path: Path, *, frames: int, size: tuple[int, int]):
+    """``make_face_video`` decoded and face-tracked: (frames (T, H, W, 3) uint8, FaceTrack) with the face in
+    every frame, for tests that run an engine's crop rule on a real face."""
+    from lipsync.media.faces import default_face_analyzer, track_faces
+    from lipsync.media.probe import probe_video, resolve_output_spec
+    from lipsync.media.video import iter_video_chunks
+
+    make_face_video(path, frames=frames, size=size)
+    spec = resolve_output_spec(probe_video(path), num_frames=frames)
+    decoded = np.concatenate(list(iter_video_chunks(path, spec)))
+    track = track_faces(iter_video_chunks(path, spec), default_face_analyzer())
+    if not track.present.all():
+        raise AssertionError("the face was lost in a frame of the test clip")
+    return decoded, track

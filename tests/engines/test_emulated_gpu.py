@@ -14,13 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from lipsync.media.faces import default_face_analyzer, track_faces
-from lipsync.media.probe import probe_video, resolve_output_spec
-from lipsync.media.video import iter_video_chunks
 from lipsync.model.engine import CropBatch, EngineOptions, EngineRequest, Knobs, landmarks_to_crop
 from lipsync.model.weights import ENGINES, load_engine, write_random_weights
 from lipsync.testing.emulated_gpu import emulated_cuda, emulated_meta
-from lipsync.testing.media import make_face_video
+from lipsync.testing.media import tracked_face_clip
 
 FRAMES = 20
 
@@ -28,12 +25,7 @@ FRAMES = 20
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     """A real face (the astronaut, panning) decoded and tracked once, outside any emulation."""
-    path = make_face_video(tmp_path_factory.mktemp("clip") / "face.mp4", frames=FRAMES, size=(320, 240))
-    spec = resolve_output_spec(probe_video(path), num_frames=FRAMES)
-    frames = np.concatenate(list(iter_video_chunks(path, spec)))
-    track = track_faces(iter_video_chunks(path, spec), default_face_analyzer())
-    assert track.present.all()
-    return frames, track
+    return tracked_face_clip(tmp_path_factory.mktemp("clip") / "face.mp4", frames=FRAMES, size=(320, 240))
 
 
 @pytest.fixture(scope="module")

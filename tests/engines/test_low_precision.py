@@ -18,13 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from lipsync.media.faces import default_face_analyzer, track_faces
 from lipsync.media.paste import paste_face
-from lipsync.media.probe import probe_video, resolve_output_spec
-from lipsync.media.video import iter_video_chunks
 from lipsync.model.engine import CropBatch, EngineOptions, EngineRequest, Knobs, landmarks_to_crop
 from lipsync.model.weights import ENGINES, load_engine, write_random_weights
-from lipsync.testing.media import make_face_video
+from lipsync.testing.media import tracked_face_clip
 
 FRAMES = 16  # one LatentSync segment
 ENGINE_FRAMES = {"musetalk": 4}  # frame by frame: a few say as much as many
@@ -42,12 +39,7 @@ STEPS = 1  # diffusion steps: the rounding of one step is what every step adds
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    path = make_face_video(tmp_path_factory.mktemp("clip") / "face.mp4", frames=FRAMES, size=(320, 240))
-    spec = resolve_output_spec(probe_video(path), num_frames=FRAMES)
-    frames = np.concatenate(list(iter_video_chunks(path, spec)))
-    track = track_faces(iter_video_chunks(path, spec), default_face_analyzer())
-    assert track.present.all()
-    return frames, track
+    return tracked_face_clip(tmp_path_factory.mktemp("clip") / "face.mp4", frames=FRAMES, size=(320, 240))
 
 
 @pytest.fixture(scope="module")

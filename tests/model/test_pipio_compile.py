@@ -18,13 +18,10 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
-from lipsync.media.faces import default_face_analyzer, track_faces
-from lipsync.media.probe import probe_video, resolve_output_spec
-from lipsync.media.video import iter_video_chunks
 from lipsync.model.engine import CropBatch, EngineOptions, EngineRequest, Knobs, landmarks_to_crop
 from lipsync.model.pipio.engine import compile_blocks, warm_up
 from lipsync.model.weights import load_engine
-from lipsync.testing.media import make_face_video
+from lipsync.testing.media import tracked_face_clip
 
 MAX_FRAMES = 33
 REQUESTS = [  # (frames, knobs, bridge): the traffic after the warm-up
@@ -39,12 +36,7 @@ REQUESTS = [  # (frames, knobs, bridge): the traffic after the warm-up
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     """A real face (the astronaut, panning), decoded and tracked once."""
-    path = make_face_video(tmp_path_factory.mktemp("clip") / "face.mp4", frames=MAX_FRAMES, size=(192, 144))
-    spec = resolve_output_spec(probe_video(path), num_frames=MAX_FRAMES)
-    frames = np.concatenate(list(iter_video_chunks(path, spec)))
-    track = track_faces(iter_video_chunks(path, spec), default_face_analyzer())
-    assert track.present.all()
-    return frames, track
+    return tracked_face_clip(tmp_path_factory.mktemp("clip") / "face.mp4", frames=MAX_FRAMES, size=(192, 144))
 
 
 @pytest.fixture(autouse=True)
