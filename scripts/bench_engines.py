@@ -151,7 +151,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default=None, help="fp32 | fp16 | bf16 (default: fp32 on CPU, fp16 on CUDA)")
+    parser.add_argument("--dtype", default="auto",
+                        help="auto | fp32 | fp16 | bf16 (default auto: what a worker runs, each engine's own on CUDA)")
     parser.add_argument("--batch", type=int, default=16, help="frames per UNet and VAE call")
     parser.add_argument("--frames", type=int, default=None,
                         help="output frames timed (default: 4 on CPU, the whole clip on a GPU)")
@@ -171,7 +172,7 @@ def main() -> None:
 
     import torch
 
-    dtype = args.dtype or ("fp16" if args.device.startswith("cuda") else "fp32")
+    dtype = args.dtype
     frames = args.frames or (args.seconds * FPS if args.device.startswith("cuda") else 4)
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
