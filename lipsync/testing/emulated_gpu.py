@@ -193,7 +193,8 @@ def _attention(device_type: str, args: tuple, kwargs: dict) -> object:
     return torch.empty((*query.shape[:-1], value.shape[-1]), dtype=query.dtype, device=query.device)
 
 
-_HOST_READS = ("item", "tolist", "__int__", "__float__", "__bool__", "__index__", "numpy")
+_HOST_READS = ("item", "tolist", "__int__", "__float__", "__bool__", "__index__")
+"""What CUDA lets the host read off a device tensor (a sync); ``.numpy()`` it refuses, and so does the emulation."""
 _TENSOR_METHODS = ("to", "cuda", "cpu", "new_tensor", "pin_memory", "contiguous", "uniform_", "record_stream",
                    "__getitem__", "__setitem__", "copy_", *_HOST_READS)
 
@@ -344,5 +345,6 @@ def emulated_meta() -> Iterator[DeviceLedger]:
     """The ``meta`` device as the accelerator: engines loaded with ``device="meta"`` run every op for its
     shapes and device checks only; ``.cpu()`` gives zeros."""
     ledger = DeviceLedger("meta")
-    with _patched([*_host_patches()[5:], *_boundary_patches("meta")]), _Ledger(ledger):
+    # meta tensors are ordinary tensors: only generators and the host/device boundary need stand-ins
+    with _patched([(torch, "Generator", _Generator), *_boundary_patches("meta")]), _Ledger(ledger):
         yield ledger

@@ -9,7 +9,6 @@ ends the request with ``device_out_of_memory``, and the worker's next request co
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,15 +17,11 @@ import torch
 from lipsync.contract.errors import DeviceOutOfMemory
 from lipsync.model.devices import typed_out_of_memory
 from lipsync.model.engine import CropBatch, EngineOptions, EngineRequest, Knobs
-from lipsync.model.weights import load_engine, write_random_weights
+from lipsync.model.weights import load_engine
 from lipsync.testing.emulated_gpu import emulated_cuda
 
 MiB = 1 << 20
 
-
-@pytest.fixture(scope="module")
-def musetalk_small(tmp_path_factory) -> Path:
-    return write_random_weights("musetalk", tmp_path_factory.mktemp("w") / "musetalk", size="small")
 
 
 def _request(n: int, size: int, knobs: Knobs, logs: list[str]) -> tuple[EngineRequest, list[CropBatch]]:
@@ -46,10 +41,10 @@ def _frames(engine, request, batches) -> int:
         return sum(len(c) for c in typed_out_of_memory(engine.generate(request, batches), what=engine.info.name))
 
 
-def test_musetalk_caps_bind_and_an_out_of_memory_is_halved_then_typed(musetalk_small):
+def test_musetalk_caps_bind_and_an_out_of_memory_is_halved_then_typed(small_weights):
     big = Knobs(frame_block_width=10_000, vae_chunk_size=1025)
     with emulated_cuda(free_bytes=2048 * MiB) as ledger:
-        engine = load_engine(musetalk_small, EngineOptions(device="cuda", dtype="auto"), "musetalk")
+        engine = load_engine(small_weights["musetalk"], EngineOptions(device="cuda", dtype="auto"), "musetalk")
         assert engine.info.dtype == "fp16"  # the authors' inference dtype, on a GPU with bf16 too
         per_frame = engine.group_bytes_per_frame
         assert per_frame > 0 and engine.vae_bytes_per_frame > 0
@@ -89,18 +84,14 @@ def test_musetalk_caps_bind_and_an_out_of_memory_is_halved_then_typed(musetalk_s
         assert _frames(engine, request, batches) == 8
 
 
-@pytest.fixture(scope="module")
-def latentsync_small(tmp_path_factory) -> Path:
-    return write_random_weights("latentsync", tmp_path_factory.mktemp("w") / "latentsync", size="small")
 
-
-def test_latentsync_segments_per_call_fit_the_memory_free_at_the_request(latentsync_small):
+def test_latentsync_segments_per_call_fit_the_memory_free_at_the_request(small_weights):
     from lipsync.model.latentsync.config import variant_config
     from lipsync.model.latentsync.engine import segments_limit
 
     assert segments_limit(variant_config("latentsync-1.6"), guided=True) == 7  # 2 x 7 x 64² < 65,536
     with emulated_cuda(free_bytes=4096 * MiB) as ledger:
-        engine = load_engine(latentsync_small, EngineOptions(device="cuda", dtype="auto", num_inference_steps=2),
+        engine = load_engine(small_weights["latentsync"], EngineOptions(device="cuda", dtype="auto", num_inference_steps=2),
                              "latentsync")
         assert engine.info.dtype == "fp16" and engine.segment_bytes > 0
         weights = ledger.live_bytes
@@ -115,8 +106,8 @@ def test_latentsync_segments_per_call_fit_the_memory_free_at_the_request(latents
         assert ledger.peak_bytes <= ledger.free_at_start
 
 
-def test_pipio_vae_chunk_fits_the_memory_free_at_the_request(tmp_path):
-    root = write_random_weights("pipio", tmp_path / "pipio", size="small")
+def test_pipio_vae_chunk_fits_the_memory_free_at_the_request(small_weights):
+    root = small_weights["pipio"]
     with emulated_cuda(free_bytes=8192 * MiB) as ledger:
         engine = load_engine(root, EngineOptions(device="cuda", dtype="auto", num_inference_steps=1,
                                                  face_crop_size=128), "pipio")

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from lipsync.model.engine import CropBatch, EngineOptions, EngineRequest, Knobs, landmarks_to_crop
-from lipsync.model.weights import ENGINES, load_engine, write_random_weights
+from lipsync.model.weights import ENGINES, load_engine
 from lipsync.testing.emulated_gpu import emulated_cuda, emulated_meta
 from lipsync.testing.media import tracked_face_clip
 
@@ -27,11 +27,6 @@ def clip(tmp_path_factory):
     """A real face (the astronaut, panning) decoded and tracked once, outside any emulation."""
     return tracked_face_clip(tmp_path_factory.mktemp("clip") / "face.mp4", frames=FRAMES, size=(320, 240))
 
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("weights")
-    return {engine: write_random_weights(engine, root / engine, size="small") for engine in ENGINES}
 
 
 def run_request(engine_name: str, root: Path, device: str, dtype: str, frames: np.ndarray, track,
@@ -56,11 +51,11 @@ def run_request(engine_name: str, root: Path, device: str, dtype: str, frames: n
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 @pytest.mark.parametrize("device", ["cuda", "meta"])
 @pytest.mark.parametrize("engine_name", ENGINES)
-def test_the_request_path_runs_on_an_emulated_gpu(engine_name, device, dtype, weights, clip):
+def test_the_request_path_runs_on_an_emulated_gpu(engine_name, device, dtype, small_weights, clip):
     frames, track = clip
     emulation = emulated_cuda() if device == "cuda" else emulated_meta()
     with emulation as ledger:
-        chunks, masks, size = run_request(engine_name, weights[engine_name], device, dtype, frames, track)
+        chunks, masks, size = run_request(engine_name, small_weights[engine_name], device, dtype, frames, track)
     assert sum(len(c) for c in chunks) == FRAMES
     assert all(c.dtype == np.uint8 and c.shape[1:] == (size, size, 3) for c in chunks)
     assert masks.shape == (FRAMES, size, size) and masks.dtype == np.float32
@@ -82,6 +77,8 @@ def test_the_emulated_device_refuses_what_cuda_refuses():
             assert ledger.live_bytes >= 4 << 20 and ledger.peak_bytes >= 4 << 20
             del big
             assert ledger.live_bytes < 4 << 20
+            with pytest.raises((RuntimeError, TypeError)):
+                x.numpy()  # CUDA wants the copy to the host first
             host = x.float().cpu().numpy()
             assert host.shape == (4, 3) and not host.any()  # the data never existed: zeros on the host
     with emulated_cuda(free_bytes=24 << 30, capability=(7, 5)):

@@ -20,7 +20,7 @@ import torch
 
 from lipsync.media.paste import paste_face
 from lipsync.model.engine import CropBatch, EngineOptions, EngineRequest, Knobs, landmarks_to_crop
-from lipsync.model.weights import ENGINES, load_engine, write_random_weights
+from lipsync.model.weights import ENGINES, load_engine
 from lipsync.testing.media import tracked_face_clip
 
 FRAMES = 16  # one LatentSync segment
@@ -41,11 +41,6 @@ STEPS = 1  # diffusion steps: the rounding of one step is what every step adds
 def clip(tmp_path_factory):
     return tracked_face_clip(tmp_path_factory.mktemp("clip") / "face.mp4", frames=FRAMES, size=(320, 240))
 
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("weights")
-    return {engine: write_random_weights(engine, root / engine, size="small") for engine in ENGINES}
 
 
 class NonFinite:
@@ -97,8 +92,8 @@ def generate(engine_name: str, root: Path, dtype: str, clip) -> dict:
 
 
 @pytest.fixture(scope="module")
-def fp32(weights, clip) -> dict[str, dict]:
-    return {engine: generate(engine, weights[engine], "fp32", clip) for engine in ENGINES}
+def fp32(small_weights, clip) -> dict[str, dict]:
+    return {engine: generate(engine, small_weights[engine], "fp32", clip) for engine in ENGINES}
 
 
 def outside_the_mask(mask: np.ndarray, affine: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -111,9 +106,9 @@ def outside_the_mask(mask: np.ndarray, affine: np.ndarray, shape: tuple[int, int
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 @pytest.mark.parametrize("engine_name", ENGINES)
-def test_low_precision_stays_near_fp32_inside_the_mask_and_changes_nothing_outside(engine_name, dtype, weights,
+def test_low_precision_stays_near_fp32_inside_the_mask_and_changes_nothing_outside(engine_name, dtype, small_weights,
                                                                                      clip, fp32):
-    reference, low = fp32[engine_name], generate(engine_name, weights[engine_name], dtype, clip)
+    reference, low = fp32[engine_name], generate(engine_name, small_weights[engine_name], dtype, clip)
     assert reference["non_finite"] == [] and low["non_finite"] == [], f"inf/NaN in {low['non_finite']}"
     np.testing.assert_array_equal(low["masks"], reference["masks"])  # masks come from landmarks, not the model
     masks = reference["masks"]
