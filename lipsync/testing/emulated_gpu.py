@@ -143,13 +143,14 @@ def _boundary(name: str, original, device_type: str, args: tuple, kwargs: dict) 
             return first if dtype in (None, first.dtype) else original(first, dtype=dtype)
         return _PASS
     if name in ("tensor", "as_tensor", "new_tensor"):
-        device = kwargs.get("device")
+        # no device given: a ``with torch.device("cuda")`` block's (models are built in one)
+        device = kwargs.get("device") or (None if name == "new_tensor" else _context_device())
         if device is None or torch.device(device).type not in ("cuda", device_type):
             return _PASS
         data = args[1] if name == "new_tensor" else args[0]
         dtype = kwargs.get("dtype") or (first.dtype if name == "new_tensor" else None)
         with unset_fake_temporarily():
-            host = torch.as_tensor(data.cpu() if isinstance(data, torch.Tensor) else data, dtype=dtype)
+            host = torch.as_tensor(data.cpu() if isinstance(data, torch.Tensor) else data, dtype=dtype, device="cpu")
         return torch.empty(host.shape, dtype=host.dtype, device=device_type)
     if name == "scaled_dot_product_attention":
         return _attention(device_type, args, kwargs)
@@ -173,6 +174,15 @@ def _boundary(name: str, original, device_type: str, args: tuple, kwargs: dict) 
     if name == "__setitem__":
         return None
     return _PASS
+
+
+def _context_device() -> torch.device | None:
+    """The device of an enclosing ``with torch.device(...)`` block (a function mode on torch's stack), if any."""
+    from torch.overrides import _get_current_function_mode_stack
+    from torch.utils._device import DeviceContext
+
+    modes = [m for m in _get_current_function_mode_stack() if isinstance(m, DeviceContext)]
+    return modes[-1].device if modes else None
 
 
 def _attention(device_type: str, args: tuple, kwargs: dict) -> object:
