@@ -169,6 +169,8 @@ class LipsyncInput(BaseModel):
         default_factory=list, description="Generated bridge length per removal; 0 = jump cut."
     )
     seed: int = Field(42, description="Same seed + same inputs = same output.")
+    skip_video_cache: bool = Field(False, description="Neither read nor fill the worker's video-side cache for this "
+                                   "request (the output is the same either way; it only costs time).")
 
     @field_validator("custom_prompt")
     @classmethod

@@ -185,11 +185,18 @@ class Settings(BaseSettings):
         "false runs them inline (profiling, debugging).")
     nvenc: bool = Field(
         default=True, description="Encode with h264_nvenc when FFmpeg has it and an NVIDIA GPU is visible; false: libx264.")
+    cache_dir: Path | None = Field(
+        default=None, description="Folder of the worker's video-side cache (probe, face track, crops, encoder outputs "
+        "of a video, reused by later requests with the same video); default: lipsync-cache in the system's temporary "
+        "folder. Workers on one host may share it.")
+    cache_bytes: int = Field(
+        default=0, ge=0, description="Byte budget of the video-side cache (least recently used entries go first); "
+        "0 turns the cache off.")
     insightface_root: Path | None = Field(
         default=None, description="Folder holding insightface's models/buffalo_l: faces and identity use it when present "
         "and the package imports; otherwise dlib.")
 
-    @field_validator("insightface_root", "weights_dir", "api_keys_file", mode="before")
+    @field_validator("insightface_root", "weights_dir", "api_keys_file", "cache_dir", mode="before")
     @classmethod
     def _empty_path_is_none(cls, value: Any) -> Any:
         return None if value == "" else value  # `VAR=` means unset, not the current folder
