@@ -178,6 +178,14 @@ class Settings(BaseSettings):
         default="device", description="Where the prompt encoder (T5) lives: device "
         "(with the model), cpu (host memory; encodes a new prompt there), drop (the default prompt is encoded at "
         "start, then T5 is freed; custom prompts are refused). Prompt embeddings are cached in every case.")
+    deep_cache: bool = Field(
+        default=True, description="LatentSync: DeepCache as its authors' published inference runs it (the UNet "
+        "whole on every third denoising step, its shallow branch in between: 7 of 20 steps whole); false runs "
+        "every step whole (slower, not the published result).")
+    paste_colour_match: bool = Field(
+        default=False, description="Paste-back: shift each generated face's colour so its mean along the blend "
+        "mask's seam equals the frame's (hides a tone or exposure drift of the model; changes every pasted pixel "
+        "by that shift). Off: the authors' paste-back, no colour transfer.")
 
     # --- media and process knobs ----------------------------------------------------------------------------
     stage_threads: bool = Field(

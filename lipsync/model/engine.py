@@ -56,6 +56,8 @@ class EngineOptions:
     """``torch.compile`` the repeated blocks at load and warm them up (``LIPSYNC_COMPILE``)."""
     text_encoder: str = "device"
     """Text-conditioned engines: ``device`` | ``cpu`` | ``drop`` (``LIPSYNC_TEXT_ENCODER``)."""
+    deep_cache: bool = True
+    """LatentSync: DeepCache as published (``LIPSYNC_DEEP_CACHE``)."""
 
 
 @dataclass(frozen=True)

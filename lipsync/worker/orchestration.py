@@ -68,7 +68,8 @@ def engine_options(settings: Settings) -> EngineOptions:
     return EngineOptions(device=device, dtype=settings.dtype.value,  # "auto": each engine's own preference
                          num_inference_steps=settings.num_inference_steps, guidance_scale=settings.guidance_scale,
                          random_weights_config=settings.random_weights_config, face_crop_size=settings.face_crop_size,
-                         compile=settings.compile, text_encoder=settings.text_encoder)
+                         compile=settings.compile, text_encoder=settings.text_encoder,
+                         deep_cache=settings.deep_cache)
 
 
 class LipSyncWorkerPipeline:
@@ -290,7 +291,8 @@ class LipSyncWorkerPipeline:
                 masks = self.engine.blend_masks(request, j, landmarks[sl])
                 out = frames if frames.flags.writeable else np.array(frames, copy=True)  # a fresh decode buffer
                 for k in np.flatnonzero(present[sl]):
-                    paste_face_i420(out[k], crops[k], affines[j + k], masks[k], colour)
+                    paste_face_i420(out[k], crops[k], affines[j + k], masks[k], colour,
+                                    colour_match=self.settings.paste_colour_match)
             j += n
             yield out
         if next(generated, None) is not None:
