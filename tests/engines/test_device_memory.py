@@ -129,3 +129,33 @@ def test_pipio_vae_chunk_fits_the_memory_free_at_the_request(small_weights):
         assert 9 <= used < 1025 and (used - 1) % 8 == 0
         assert any(f"vae_chunk_size 1025 -> {used}" in line for line in logs), logs
         assert ledger.peak_bytes <= ledger.free_at_start
+
+
+def test_pipio_frame_block_fits_the_memory_free_at_the_request(small_weights):
+    """``frame_block_width`` 10000 is one block over the whole clip: on a card with room for a few latent frames
+    of the transformer's step beside the weights, the block is cut to what fits (logged) and the peak stays
+    under the card's free memory."""
+    with emulated_cuda(free_bytes=8192 * MiB) as ledger:
+        engine = load_engine(small_weights["pipio"], EngineOptions(device="cuda", dtype="auto", num_inference_steps=1,
+                                                                   face_crop_size=128), "pipio")
+        per_latent = engine.block_bytes_per_latent_frame
+        assert per_latent > 0
+        weights = ledger.live_bytes
+        small = Knobs(vae_chunk_size=17, vae_overlap_window_width=0, frame_block_width=16)
+        request, batches = _request(81, 128, small, [])  # 11 latent frames, blocks of 2
+        request.identity = np.full(128, 0.1, np.float32)
+        ledger.reset_peak()
+        assert _frames(engine, request, batches) == 81
+        rest = ledger.peak_bytes - weights
+        ledger.free_at_start = weights + int((rest + 3 * per_latent) / 0.8)
+        logs: list[str] = []
+        request, batches = _request(81, 128, Knobs(vae_chunk_size=17, vae_overlap_window_width=0,
+                                                   frame_block_width=10_000), logs)
+        request.identity = np.full(128, 0.1, np.float32)
+        ledger.reset_peak()
+        assert _frames(engine, request, batches) == 81
+        used = request.metrics["frame_block_width_used"]
+        assert 8 <= used < 88 and used % 8 == 0, request.metrics
+        assert request.metrics["num_frame_blocks"] > 1
+        assert any(f"frame_block_width 10000 -> {used}" in line for line in logs), logs
+        assert ledger.peak_bytes <= ledger.free_at_start

@@ -43,6 +43,7 @@ class PipioEngine:
         self.steps = steps
         self.guidance_scale = guidance_scale  # None: the pipeline config's
         self.vae_bytes_per_latent_frame = 0.0  # measured on a GPU (measure_vae); 0: no cap
+        self.block_bytes_per_latent_frame = 0.0  # measured on a GPU (measure_blocks); 0: no cap
 
     # ---------------------------------------------------------------------------------------- crop rule
     def face_affines(self, track: FaceTrack) -> np.ndarray:
@@ -122,10 +123,12 @@ class PipioEngine:
         request.log(f"Lip-sync model: {len(generate)} frames ({int(generate.sum())} generated), {steps} denoising "
                     f"steps, seed {k.seed}")
         vae_chunk, vae_overlap = self._fit_vae_chunk(request)
+        block_width = self._fit_frame_block(request, len(generate))
         return self.model.stream(
             crops, masks, generate, request.audio, request.fps, prompt=k.prompt,
             face_id_embedding=self._identity(request.identity), reference_frames=references,
-            vae_chunk_size=vae_chunk, vae_overlap_window_width=vae_overlap, frame_block_width=k.frame_block_width, feed_forward_num_splits=k.feed_forward_num_splits,
+            vae_chunk_size=vae_chunk, vae_overlap_window_width=vae_overlap, frame_block_width=block_width,
+            feed_forward_num_splits=k.feed_forward_num_splits,
             face_id_cond_strength=k.face_id_cond_strength, appearance_cond_strength=k.appearance_cond_strength,
             seed=k.seed, num_inference_steps=steps, guidance_scale=self.guidance_scale, callback=callback,
         )
@@ -144,6 +147,47 @@ class PipioEngine:
         request.log(f"{fit.why}: vae_chunk_size {k.vae_chunk_size} -> {chunk}")
         request.metrics["vae_chunk_size_used"] = chunk
         return chunk, min(k.vae_overlap_window_width, chunk - 1)
+
+    def _fit_frame_block(self, request: EngineRequest, num_frames: int) -> int:
+        """``frame_block_width`` as the device's free memory allows now: the transformer's activations grow with
+        the block's latent frames (one block = the whole clip at the default on short clips), at the cost of a
+        latent frame measured at load. Logged when it binds."""
+        k = request.knobs
+        ratio = self.model.vae.temporal_compression_ratio
+        asked = min(-(-k.frame_block_width // ratio), -(-(num_frames - 1) // ratio) + 1)  # latent frames in a block
+        fit = fit_batch(asked, self.block_bytes_per_latent_frame, str(self.model.device),
+                        what="pipio frame block in latent frames of 8 (frame_block_width)")
+        if not fit.bound:
+            return k.frame_block_width
+        width = ratio * fit.size
+        request.log(f"{fit.why}: frame_block_width {k.frame_block_width} -> {width}")
+        request.metrics["frame_block_width_used"] = width
+        return width
+
+    def measure_blocks(self) -> None:
+        """Device memory one more latent frame in a frame block costs the denoising step (the transformer's
+        activations with the guidance batch, and the timeline's latents), measured once at load on a GPU by two
+        one-step denoises that differ by one latent frame (the lazy decode is never run; 0 elsewhere: no cap)."""
+        device = str(self.model.device)
+        if not device.startswith("cuda"):
+            return
+        size = self.info.crop_size
+        ratio = self.model.vae.temporal_compression_ratio
+        identity = np.full(self.model.transformer.config.id_embed_dim, 0.1, np.float32)
+
+        def denoise(m: int) -> None:
+            n = ratio * m + 1
+            frames = np.full((n, size, size, 3), 127, np.uint8)
+            masks = np.zeros((n, size, size), np.float32)
+            masks[:, size // 2:] = 1.0
+            self.model.stream(frames, masks, np.zeros(n, bool), np.zeros(16000, np.float32), 25.0,
+                              face_id_embedding=identity, reference_frames=frames[:1], vae_chunk_size=ratio + 1,
+                              vae_overlap_window_width=0, frame_block_width=10_000, num_inference_steps=1,
+                              guidance_scale=self.guidance_scale)
+
+        self.block_bytes_per_latent_frame = bytes_per_item(denoise, device)
+        log.info("pipio on %s: %.0f MiB a latent frame in a frame block", device,
+                 self.block_bytes_per_latent_frame / 2**20)
 
     def measure_vae(self) -> None:
         """Device memory one more latent frame (8 pixel frames) costs the VAE, the larger of its encoder and its
@@ -211,6 +255,7 @@ def load_engine(root: Path | None, layout: WeightsLayout, options: EngineOptions
     engine = PipioEngine(model, info, steps=options.num_inference_steps or model.config.num_inference_steps,
                          guidance_scale=options.guidance_scale)
     engine.measure_vae()
+    engine.measure_blocks()
     if options.compile:
         compile_blocks(model)
         warm_up(engine)
