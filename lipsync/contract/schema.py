@@ -12,7 +12,7 @@ import binascii
 import math
 import re
 from urllib.parse import urlsplit
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -123,6 +123,103 @@ FileInput = Annotated[
 ]
 
 
+SyncMode = Literal["cut_off", "loop", "bounce", "silence", "remap"]
+SYNC_MODES: tuple[str, ...] = get_args(SyncMode)
+AUDIO_LENGTH_MODES = frozenset({"loop", "bounce", "remap"})
+"""Sync modes whose output length follows the audio."""
+WHOLE_VIDEO_MODES = frozenset({"loop", "bounce", "remap", "silence"})
+"""Sync modes that read the whole input when ``num_frames`` is not given (``cut_off`` reads ``num_frames``)."""
+
+
+class SpeakerPoint(BaseModel):
+    """A point on the face to lip-sync, in the input's own pixels (rotation applied), at a source frame."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="SpeakerPoint")
+
+    frame: int = Field(0, ge=0, description="0-based frame index (at the output frame rate).")
+    x: float = Field(ge=0, le=MAX_SIDE, description="Horizontal position in input pixels.")
+    y: float = Field(ge=0, le=MAX_SIDE, description="Vertical position in input pixels.")
+
+
+class SpeakerBox(BaseModel):
+    """The face to lip-sync at one frame: a box [x0, y0, x1, y1] in input pixels."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="SpeakerBox")
+
+    frame: int = Field(ge=0, description="0-based frame index (at the output frame rate).")
+    box: tuple[float, float, float, float] = Field(description="x0, y0, x1, y1 in input pixels.")
+
+    @field_validator("box")
+    @classmethod
+    def _box(cls, box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+        x0, y0, x1, y1 = box
+        if not all(math.isfinite(v) and 0 <= v <= MAX_SIDE for v in box):
+            raise ValueError(f"coordinates must be between 0 and {MAX_SIDE}")
+        if x1 <= x0 or y1 <= y0:
+            raise ValueError("must be [x0, y0, x1, y1] with x0 < x1 and y0 < y1")
+        return box
+
+
+class SpeakerBoxes(BaseModel):
+    """Per-frame boxes of the face to lip-sync (sparse keys, linearly interpolated between them)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="SpeakerBoxes")
+
+    boxes: tuple[SpeakerBox, ...] = Field(min_length=1, description="Keys in increasing frame order.")
+
+    @field_validator("boxes")
+    @classmethod
+    def _increasing(cls, boxes: tuple[SpeakerBox, ...]) -> tuple[SpeakerBox, ...]:
+        frames = [b.frame for b in boxes]
+        if any(b <= a for a, b in zip(frames, frames[1:])):
+            raise ValueError("keys must be in strictly increasing frame order")
+        return boxes
+
+
+def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its ``$defs`` written in place (the union below is published as one blob)."""
+    schema = model.model_json_schema(ref_template="{model}")
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(defs[node["$ref"]])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    return inline(schema)
+
+
+Speaker = Annotated[
+    Literal["largest", "auto"] | SpeakerPoint | SpeakerBoxes,
+    WithJsonSchema({
+        "anyOf": [{"type": "string", "enum": ["largest", "auto"]}, _inline_schema(SpeakerPoint),
+                  _inline_schema(SpeakerBoxes)],
+    }),
+]
+"""Hashable (strings and frozen models of tuples): the worker's cache keys may hold it as it is."""
+
+
+def _speaker_value(value: Any) -> Any:
+    """One readable error for a bad ``speaker`` instead of one per union member."""
+    if isinstance(value, (str, SpeakerPoint, SpeakerBoxes)):
+        if isinstance(value, str) and value not in ("largest", "auto"):
+            raise ValueError('must be "largest", "auto", a point {"frame", "x", "y"} or {"boxes": [...]}')
+        return value
+    if not isinstance(value, dict):
+        raise ValueError('must be "largest", "auto", a point {"frame", "x", "y"} or {"boxes": [...]}')
+    model = SpeakerBoxes if "boxes" in value else SpeakerPoint
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"{where}: {first['msg'].removeprefix('Value error, ')}" if where else first["msg"]) from None
+
+
 def _bounds(minimum: int, maximum: int | None = None) -> dict[str, Any]:
     """The static bounds of a field, published in the JSON schema (forms such as the playground show them).
     Only published, not enforced: the validators below are the rules, with messages and special values."""
@@ -162,6 +259,17 @@ class LipsyncInput(BaseModel):
                                        **_bounds(-1, 16))
     appearance_cond_strength: int = Field(1, description="Alignment of synthetic frames with the input; 1..16.",
                                           **_bounds(1, 16))
+    speaker: Speaker = Field(
+        "largest",
+        description="Extension of the hosted schema. Which face to lip-sync: \"largest\" (the default), \"auto\" "
+        "(the one speaking in the video's own audio, shot by shot), a point {frame, x, y} in input pixels on the "
+        "face, or {boxes: [{frame, box: [x0, y0, x1, y1]}, …]} (sparse keys, interpolated). Other faces are left "
+        "untouched.")
+    sync_mode: SyncMode = Field(
+        "cut_off",
+        description="Extension of the hosted schema. When audio and video lengths differ: cut_off (the video's "
+        "num_frames decide; audio padded or cut), loop, bounce (ping-pong) or remap (time-stretch) the video to "
+        "the audio's length, or silence (the whole video; audio padded with silence).")
     edit_addition_start_frames: list[int] = Field(default_factory=list, description="Where new frames go.")
     edit_addition_durations: list[int] = Field(default_factory=list, description="Frames added at each start.")
     edit_removal_ranges: list[int] = Field(default_factory=list, description="Flat [start, end, …] pairs, inclusive.")
@@ -237,6 +345,11 @@ class LipsyncInput(BaseModel):
             raise ValueError(f"must hold at most {limit} values")
         return value
 
+    @field_validator("speaker", mode="before")
+    @classmethod
+    def _speaker(cls, value: Any) -> Any:
+        return _speaker_value(value)
+
     @field_validator("face_id_cond_strength")
     @classmethod
     def _face_id(cls, value: int) -> int:
@@ -296,13 +409,15 @@ class LipsyncInput(BaseModel):
     @model_validator(mode="after")
     def _edits_consistent(self, info: ValidationInfo) -> "LipsyncInput":
         errors = []
+        max_frames = _limit(info, "max_num_frames", 10_000)
+        bound = self.source_frame_bound(max_frames)
         starts, durations = self.edit_addition_start_frames, self.edit_addition_durations
         if len(starts) != len(durations):
             errors.append(
                 ("edit_addition_durations", f"must have one entry per start frame ({len(starts)}), got {len(durations)}")
             )
-        if any(s >= self.num_frames for s in starts):
-            errors.append(("edit_addition_start_frames", f"each start must be below num_frames ({self.num_frames})"))
+        if any(s >= bound for s in starts):
+            errors.append(("edit_addition_start_frames", f"each start must be below {self._bound_name(bound)}"))
         pairs = len(self.edit_removal_ranges) // 2
         if pairs != len(self.edit_removal_bridge_durations):
             errors.append(
@@ -311,21 +426,41 @@ class LipsyncInput(BaseModel):
                     f"must have one entry per removal pair ({pairs}), got {len(self.edit_removal_bridge_durations)}",
                 )
             )
-        if any(e >= self.num_frames for e in self.edit_removal_ranges[1::2]):
-            errors.append(("edit_removal_ranges", f"each end must be below num_frames ({self.num_frames})"))
+        if any(e >= bound for e in self.edit_removal_ranges[1::2]):
+            errors.append(("edit_removal_ranges", f"each end must be below {self._bound_name(bound)}"))
         if self.vae_overlap_window_width < 0 or self.vae_overlap_window_width >= self.vae_chunk_size:
             errors.append(("vae_overlap_window_width", f"must be >= 0 and below vae_chunk_size ({self.vae_chunk_size})"))
+        errors += self._speaker_errors(bound)
         if not errors:
-            errors = self._timeline_errors(_limit(info, "max_num_frames", 10_000))
+            errors = self._timeline_errors(bound, max_frames)
         if errors:
             raise FieldErrors(errors)
         return self
 
-    def _timeline_errors(self, max_frames: int) -> list[tuple[str, str]]:
+    def source_frame_bound(self, max_num_frames: int) -> int:
+        """Most input frames the request reads: ``num_frames``, except that a ``sync_mode`` other than
+        ``cut_off`` reads the whole input (up to ``max_num_frames``) when ``num_frames`` is not given."""
+        if self.sync_mode in WHOLE_VIDEO_MODES and "num_frames" not in self.model_fields_set:
+            return max_num_frames
+        return self.num_frames
+
+    def _bound_name(self, bound: int) -> str:
+        return f"num_frames ({bound})" if bound == self.num_frames else f"max_num_frames ({bound})"
+
+    def _speaker_errors(self, bound: int) -> list[tuple[str, str]]:
+        frames = ([self.speaker.frame] if isinstance(self.speaker, SpeakerPoint) else
+                  [b.frame for b in self.speaker.boxes] if isinstance(self.speaker, SpeakerBoxes) else [])
+        if len(frames) > bound:
+            return [("speaker", f"has {len(frames)} boxes; at most one per frame ({bound})")]
+        if any(f >= bound for f in frames):
+            return [("speaker", f"frame {max(frames)} is beyond the frames read: must be below {self._bound_name(bound)}")]
+        return []
+
+    def _timeline_errors(self, bound: int, max_frames: int) -> list[tuple[str, str]]:
         """lipsync.media.timeline's rules that need no video, and the output's length bound (edits included).
 
-        ``num_frames`` stands in for the input's length: the real one is at most that, so what passes here
-        can only get shorter in the worker.
+        ``bound`` (``num_frames``, see ``source_frame_bound``) stands in for the input's length: the real one is
+        at most that, so what passes here can only get shorter in the worker.
         """
         starts, pairs = self.edit_addition_start_frames, list(zip(self.edit_removal_ranges[::2], self.edit_removal_ranges[1::2]))
         if len(set(starts)) != len(starts):
@@ -336,9 +471,11 @@ class LipsyncInput(BaseModel):
                 return [("edit_addition_start_frames", f"[{k}] = {start} falls inside the removed range {list(inside)}")]
         removed = sum(b - a + 1 for a, b in pairs)
         added = sum(self.edit_addition_durations) + sum(self.edit_removal_bridge_durations)
-        if removed >= self.num_frames and added == 0:
+        if removed >= bound and added == 0:
             return [("edit_removal_ranges", "removes every frame and adds none: the output would be empty")]
-        length = self.num_frames - removed + added
+        if bound > self.num_frames:
+            return []  # the whole input is read: the output's length is checked in the worker, where it is known
+        length = bound - removed + added
         if length > max_frames:
             field = "edit_addition_durations" if sum(self.edit_addition_durations) else "edit_removal_bridge_durations"
             return [(field, f"the output would have {length} frames; at most {max_frames} (max_num_frames) are allowed")]
