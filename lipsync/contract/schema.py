@@ -21,7 +21,9 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     WithJsonSchema,
+    SerializerFunctionWrapHandler,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -436,6 +438,15 @@ class LipsyncInput(BaseModel):
         if errors:
             raise FieldErrors(errors)
         return self
+
+    @model_serializer(mode="wrap")
+    def _keep_unset_num_frames(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A sync mode that reads the whole input when ``num_frames`` is not given must still know that it was
+        not given after the queue: the API stores this dump and the worker validates it again."""
+        data = handler(self)
+        if self.sync_mode in WHOLE_VIDEO_MODES and "num_frames" not in self.model_fields_set:
+            data.pop("num_frames", None)
+        return data
 
     def source_frame_bound(self, max_num_frames: int) -> int:
         """Most input frames the request reads: ``num_frames``, except that a ``sync_mode`` other than

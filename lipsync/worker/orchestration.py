@@ -102,6 +102,8 @@ class LipSyncWorkerPipeline:
         from lipsync.media.audio import fit_to_timeline, load_audio, to_model_audio
         from lipsync.media.faces import FaceTracker, track_on_timeline
         from lipsync.media.probe import expected_frame_count, probe_video, resolve_output_spec
+        from lipsync.media.sync_modes import (AUDIO_LENGTH_MODES, fit_sync_mode, frames_to_read, iter_in_order,
+                                              output_frames_for_audio)
         from lipsync.media.timeline import plan_from_request, requests_edits
         from lipsync.media.video import i420_colour, iter_video_chunks, iter_video_i420_chunks, rebatch
 
@@ -116,7 +118,8 @@ class LipSyncWorkerPipeline:
         with clock("probe_time"):
             info = probe_video(video_path)
             spec = resolve_output_spec(info, frame_rate=req.frame_rate, height=req.height, width=req.width,
-                                       num_frames=req.num_frames)
+                                       num_frames=frames_to_read(req, is_image=info.kind == "image",
+                                                                 max_num_frames=self.settings.max_num_frames))
         is_image = info.kind == "image"
         for name, requested, got in (("height", req.height, spec.height), ("width", req.width, spec.width)):
             if requested > 0 and requested != got:
@@ -155,8 +158,16 @@ class LipSyncWorkerPipeline:
             track.require_face("video")
         source_frames = track.num_frames
 
-        # 3. Timeline from the edits, face track on it
-        timeline = plan_from_request(source_frames, req)
+        # 3. Timeline from the edits and the sync mode (lipsync.media.sync_modes), face track on it
+        audio_in = None
+        if req.sync_mode in AUDIO_LENGTH_MODES:  # the output's length follows the audio: read it first
+            with clock("audio_time"):
+                audio_in = load_audio(audio_path, max_seconds=(self.settings.max_num_frames + 1) / float(spec.fps))
+            job.log(f"sync_mode {req.sync_mode}: the output follows the {audio_in.duration_s:.3f} s audio",
+                    LogLevel.INFO)
+        timeline = fit_sync_mode(plan_from_request(source_frames, req), req.sync_mode, None if audio_in is None else
+                                 output_frames_for_audio(audio_in.duration_s, spec.fps,
+                                                         self.settings.max_num_frames, req.sync_mode))
         out_track = track_on_timeline(track, timeline)
         num_out = timeline.num_frames
         generate = timeline.source_indices() < 0
@@ -167,7 +178,7 @@ class LipSyncWorkerPipeline:
 
         # 4. Audio on the output timeline
         with clock("audio_time"):
-            audio = load_audio(audio_path, max_seconds=num_out / float(spec.fps) + 1.0)
+            audio = audio_in or load_audio(audio_path, max_seconds=num_out / float(spec.fps) + 1.0)
             audio, fit = fit_to_timeline(audio, num_out, spec.fps)
             wav16k = to_model_audio(audio)
         job.log({"padded": f"Audio is {fit.source_s:.3f} s, shorter than the {fit.target_s:.3f} s video: padded "
@@ -183,6 +194,10 @@ class LipSyncWorkerPipeline:
             "engine": self.info.name, "model": self.info.weights,
             "random_weights": self.info.random_weights_warning is not None, "crop_size": self.info.crop_size,
         }
+        if req.sync_mode != "cut_off":
+            metrics["sync_mode"] = req.sync_mode
+            job.log(f"sync_mode {req.sync_mode}: {timeline.num_frames} output frames from a clip of "
+                    f"{plan_from_request(source_frames, req).num_frames}", LogLevel.INFO)
         background = timeline.background_indices()
         colour = i420_colour(video_path, spec)
 
@@ -191,6 +206,8 @@ class LipSyncWorkerPipeline:
 
             decoded = (iter_video_i420_chunks(video_path, spec, colour, chunk_size=chunk) if i420
                        else iter_video_chunks(video_path, spec, chunk_size=chunk))
+            if np.any(np.diff(background) < 0):  # loop / bounce: source frames out of order
+                return iter_in_order(decoded, background, chunk_size=chunk, workdir=job.workdir)
             return iter_reindexed(decoded, background, chunk_size=chunk)
 
         out_path = job.workdir / "output.mp4"
@@ -224,7 +241,8 @@ class LipSyncWorkerPipeline:
             audio=wav16k, fps=float(spec.fps), num_frames=num_out, generate=generate, is_image=is_image,
             knobs=Knobs.from_request(req), log=lambda m: job.log(m, LogLevel.INFO), progress=job.progress,
             identity=identity, workdir=job.workdir)
-        if early is not None and (timeline.spans or timeline.removed or len(early.store) != num_out):
+        if early is not None and (timeline.spans or timeline.removed or len(early.store) != num_out
+                                  or np.any(background != np.arange(num_out))):
             early.close()  # the timeline is not the source's after all
             early = None
         with clock("pass2_time"), Stages(threaded=self.settings.stage_threads) as stages:

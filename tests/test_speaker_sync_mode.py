@@ -1,0 +1,190 @@
+"""``sync_mode`` and ``speaker`` (extensions of the hosted schema) end to end: the real stack (redis-server, the
+API, an RQ worker running the lip-sync pipeline with the tiny random-weights model, 2 steps), requests through
+the official Python client, outputs read back frame by frame.
+
+Media made here: a face clip (scikit-image's astronaut) whose top band carries each source frame's number in
+binary, so an output frame says which source frame it shows; its first frame as a still; a 0.6 s tone.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import fal_client
+import httpx
+import numpy as np
+import pytest
+import skimage.data
+
+from lipsync.client import point_fal_client
+from lipsync.media.sync_modes import sync_order
+from lipsync.testing.media import make_wav, probe
+from lipsync.testing.stack import make_stack, wait_until
+from tests.conftest import ALICE
+
+W, H, FPS, N = 160, 128, 25, 10
+BAND, BITS = 8, 5  # the top BAND rows hold the frame number: BITS blocks of W // BITS pixels, white = 1
+AUTH = {"Authorization": f"Key {ALICE}"}
+AAC_FRAME_S = 1024 / 22050
+MAX_FRAMES = 140  # not below the defaults of num_frames (100) and frame_block_width (136)
+
+
+def numbered_frame(i: int) -> np.ndarray:
+    m = np.float32([[0.36, 0, -20 + i], [0, 0.36, 2]])
+    rgb = cv2.warpAffine(skimage.data.astronaut(), m, (W, H), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REFLECT)
+    rgb[:BAND] = 0
+    for bit in range(BITS):
+        if i >> bit & 1:
+            rgb[:BAND, bit * (W // BITS):(bit + 1) * (W // BITS)] = 255
+    return rgb
+
+
+def frame_number(rgb: np.ndarray) -> int:
+    blocks = [rgb[1:BAND - 1, b * (W // BITS) + 2:(b + 1) * (W // BITS) - 2].mean() for b in range(BITS)]
+    return sum(1 << b for b, v in enumerate(blocks) if v > 128)
+
+
+def ffmpeg_mp4(path: Path, frames: np.ndarray, fps: int, size: tuple[int, int] = (W, H)) -> Path:
+    cmd = ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{size[0]}x{size[1]}",
+           "-r", str(fps), "-i", "-", "-c:v", "libx264", "-crf", "12", "-pix_fmt", "yuv420p", str(path)]
+    subprocess.run(cmd, input=frames.tobytes(), check=True, capture_output=True)
+    return path
+
+
+def decode(path: Path) -> list[np.ndarray]:
+    import av
+
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("sync-media")
+    frames = np.stack([numbered_frame(i) for i in range(N)])
+    still = d / "still.png"
+    cv2.imwrite(str(still), cv2.cvtColor(frames[0], cv2.COLOR_RGB2BGR))
+    return {"numbered": ffmpeg_mp4(d / "numbered.mp4", frames, FPS), "still": still,
+            "tone": make_wav(d / "tone.wav", seconds=0.6, rate=22050),
+            "short": make_wav(d / "short.wav", seconds=0.2, rate=22050),
+            "long": make_wav(d / "long.wav", seconds=6.0, rate=8000)}
+
+
+@pytest.fixture(scope="module")
+def sstack(tmp_path_factory: pytest.TempPathFactory):
+    stack = make_stack(tmp_path_factory.mktemp("speaker-sync-stack"), pipeline="lipsync", num_inference_steps="2",
+                       max_num_frames=str(MAX_FRAMES))
+    try:
+        stack.start_api()
+        stack.start_worker("sync-w1")
+        yield stack
+    finally:
+        stack.stop()
+
+
+def submit(stack, video: Path, audio: Path, **params) -> str:
+    """Through the official Python client (file inputs as data URIs: no uploads)."""
+    point_fal_client(stack.base_url)
+    client = fal_client.SyncClient(key=ALICE)
+    handle = client.submit("pipio/lipsync", {"video": fal_client.encode_file(video),
+                                             "audio": fal_client.encode_file(audio), **params})
+    return handle.request_id
+
+
+def finished(stack, request_id: str, timeout: float = 90) -> dict:
+    url = f"{stack.base_url}/pipio/lipsync/requests/{request_id}/status"
+
+    def done():
+        status = httpx.get(url, params={"logs": 1}, headers=AUTH).json()
+        return status if status["status"] == "COMPLETED" else None
+
+    return wait_until(done, timeout, "the request to finish", interval=0.2)
+
+
+def run_ok(stack, tmp_path: Path, video: Path, audio: Path, **params) -> tuple[dict, dict, list[np.ndarray]]:
+    """(completed status with logs and metrics, probe of the MP4, its decoded frames)."""
+    request_id = submit(stack, video, audio, **params)
+    status = finished(stack, request_id)
+    assert status.get("error") is None, (status, stack.logs())
+    out = fal_client.SyncClient(key=ALICE).result("pipio/lipsync", request_id)["video"]
+    path = tmp_path / f"{request_id}.mp4"
+    path.write_bytes(httpx.get(out["url"]).content)
+    return status, probe(path), decode(path)
+
+
+def assert_audio_covers(info: dict, frames: int) -> None:
+    want = float(Fraction(frames, FPS))
+    assert want - 0.002 <= info["audio_seconds"] <= want + AAC_FRAME_S + 0.002, (info, want)
+
+
+# --- sync_mode ----------------------------------------------------------------------------------------------
+
+AUDIO_FRAMES = 15  # 0.6 s at 25 fps
+
+
+@pytest.mark.parametrize("mode", ["loop", "bounce", "remap"])
+def test_sync_mode_follows_the_audio_with_the_mode_s_frame_order(sstack, clips, tmp_path, mode):
+    status, info, frames = run_ok(sstack, tmp_path, clips["numbered"], clips["tone"], sync_mode=mode)
+    want = sync_order(N, AUDIO_FRAMES, mode).tolist()
+    assert info["frames"] == AUDIO_FRAMES and [frame_number(f) for f in frames] == want, mode
+    assert_audio_covers(info, AUDIO_FRAMES)
+    metrics = status["metrics"]
+    assert metrics["sync_mode"] == mode and metrics["frames"] == AUDIO_FRAMES and metrics["source_frames"] == N
+    assert {"loop": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4],
+            "bounce": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 8, 7, 6, 5, 4],
+            "remap": [0, 1, 1, 2, 3, 3, 4, 5, 5, 6, 7, 7, 8, 9, 9]}[mode] == want
+
+
+def test_cut_off_and_silence_keep_the_video_s_length(sstack, clips, tmp_path):
+    _, info, frames = run_ok(sstack, tmp_path, clips["numbered"], clips["tone"], sync_mode="cut_off")
+    assert [frame_number(f) for f in frames] == list(range(N))  # the audio (15 frames) is cut to the video
+    assert_audio_covers(info, N)
+    status, info, frames = run_ok(sstack, tmp_path, clips["numbered"], clips["short"], sync_mode="silence")
+    assert [frame_number(f) for f in frames] == list(range(N))
+    assert_audio_covers(info, N)  # 0.2 s of audio padded with silence to the 0.4 s video
+    assert status["metrics"]["audio_fit"] == "padded" and status["metrics"]["sync_mode"] == "silence"
+
+
+def test_sync_mode_composes_with_edits(sstack, clips, tmp_path):
+    """Edits make the clip (10 - 2 removed + 3 added = 11 frames), the mode lays it over the audio's 15."""
+    status, info, frames = run_ok(sstack, tmp_path, clips["numbered"], clips["tone"], sync_mode="loop",
+                                  edit_removal_ranges=[3, 4], edit_removal_bridge_durations=[0],
+                                  edit_addition_start_frames=[8], edit_addition_durations=[3])
+    assert info["frames"] == AUDIO_FRAMES and status["metrics"]["generated_frames"] == 3
+    clip = [0, 1, 2, 5, 6, 7, None, None, None, 8, 9]
+    got = [frame_number(f) for f in frames]
+    for j, k in enumerate(sync_order(len(clip), AUDIO_FRAMES, "loop")):
+        if clip[k] is not None:  # a generated frame shows its anchor's background, repainted around the mouth
+            assert got[j] == clip[k], (j, got)
+
+
+@pytest.mark.parametrize("mode", ["loop", "bounce", "remap"])
+def test_sync_mode_on_a_still_image(sstack, clips, tmp_path, mode):
+    status, info, frames = run_ok(sstack, tmp_path, clips["still"], clips["tone"], sync_mode=mode)
+    assert info["frames"] == AUDIO_FRAMES and status["metrics"]["source_frames"] == 1
+    assert all(frame_number(f) == 0 for f in frames)
+    assert_audio_covers(info, AUDIO_FRAMES)
+
+
+def test_audio_longer_than_max_num_frames_is_a_typed_error_on_sync_mode(sstack, clips):
+    request_id = submit(sstack, clips["numbered"], clips["long"], sync_mode="loop")
+    status = finished(sstack, request_id)
+    assert status["error_type"] == "invalid_input", status
+    body = httpx.get(f"{sstack.base_url}/pipio/lipsync/requests/{request_id}", headers=AUTH)
+    assert body.status_code == 422 and body.json()["detail"][0]["loc"] == ["body", "sync_mode"], body.text
+
+
+def test_new_fields_are_checked_at_submit(sstack, clips):
+    url = f"{sstack.base_url}/pipio/lipsync"
+    body = {"video": "https://example.com/v.mp4", "audio": "https://example.com/a.wav"}
+    cases = [({"sync_mode": "stretch"}, "sync_mode"), ({"speaker": "loudest"}, "speaker"),
+             ({"speaker": {"frame": 200, "x": 1, "y": 1}}, "speaker"),  # beyond num_frames (100)
+             ({"speaker": {"frame": 0, "x": -3, "y": 1}}, "speaker"),
+             ({"speaker": {"boxes": [{"frame": 0, "box": [50, 10, 40, 30]}]}}, "speaker")]
+    for extra, field in cases:
+        r = httpx.post(url, json={**body, **extra}, headers=AUTH)
+        assert r.status_code == 422, (extra, r.text)
+        assert [d["loc"] for d in r.json()["detail"]] == [["body", field]], (extra, r.text)
