@@ -128,6 +128,7 @@ class LipSyncWorkerPipeline:
                 f"{spec.height} at {float(spec.fps):g} fps, up to {spec.num_frames} frames", LogLevel.INFO)
 
         # 2. Pass 1: decode + face track (the exact T0 is what the decode yields)
+        speaker_metrics: dict[str, Any] = {"mode": str(req.speaker), "note": "face track from the video cache"}
         expected = expected_frame_count(info, spec)
         job.log(f"Decoding {info.kind} and tracking faces: about {expected} frames", LogLevel.INFO)
         chunk = chunk_frames(spec.width, spec.height)
@@ -137,7 +138,7 @@ class LipSyncWorkerPipeline:
 
             sampler = FrameSampler(expected, count=1 if is_image else FACE_ID_FRAMES)
         early = None  # crops made in this pass (see lipsync.worker.early_crops), when the engine's rule allows it
-        if self.info.affines_per_frame and not is_image and not requests_edits(req):
+        if self.info.affines_per_frame and not is_image and not requests_edits(req) and req.speaker == "largest":
             from lipsync.worker.early_crops import EarlyCrops
 
             early = EarlyCrops(self.engine, job.workdir, self.analyzer.name)
@@ -147,12 +148,16 @@ class LipSyncWorkerPipeline:
             if sampler is not None:
                 chunks = sampler.tap(chunks)
             tracker = FaceTracker(self.analyzer, on_rows=None if early is None else
-                                  lambda rows: _timed_call(clock, "crop_time", early.crop_rows, rows))
+                                  lambda rows: _timed_call(clock, "crop_time", early.crop_rows, rows)) \
+                if req.speaker == "largest" else self._speaker_tracker(req, info, spec, video_path)
             for frames in _progress_chunks(job, chunks, "decoding + face tracking, frame", expected):
                 if early is not None:
                     early.hold(frames)
                 tracker.push(frames)
             track = tracker.finish()
+            if req.speaker != "largest":  # lipsync.media.speakers: every face tracked, the chosen ones kept
+                job.log(tracker.describe(), LogLevel.INFO)
+                speaker_metrics = tracker.selection.metrics()
             job.log(f"Face coverage {100 * track.coverage:.1f}% ({int(track.present.sum())} of {track.num_frames} "
                     f"frames; {int(track.detected.sum())} detected) with {track.analyzer}", LogLevel.INFO)
             track.require_face("video")
@@ -194,6 +199,8 @@ class LipSyncWorkerPipeline:
             "engine": self.info.name, "model": self.info.weights,
             "random_weights": self.info.random_weights_warning is not None, "crop_size": self.info.crop_size,
         }
+        if req.speaker != "largest":
+            metrics["speaker"] = speaker_metrics
         if req.sync_mode != "cut_off":
             metrics["sync_mode"] = req.sync_mode
             job.log(f"sync_mode {req.sync_mode}: {timeline.num_frames} output frames from a clip of "
@@ -269,6 +276,16 @@ class LipSyncWorkerPipeline:
         return _output(out_path, metrics, timings)
 
     # ------------------------------------------------------------------------------------------------------
+    def _speaker_tracker(self, req, info, spec, video_path: Path):
+        """Pass 1's tracker for a ``speaker`` other than the largest face (``lipsync.media.speakers``)."""
+        from lipsync.media.speakers import SpeakerTracker, source_audio_loader
+
+        seconds = self.settings.max_num_frames / float(spec.fps) + 1.0
+        return SpeakerTracker(self.analyzer, req.speaker, scale=(spec.width / info.width, spec.height / info.height),
+                              fps=spec.fps, embed=None if self.embedder is None else self.embedder.embed,
+                              source_audio=(lambda: None) if info.kind == "image" else
+                              source_audio_loader(video_path, max_seconds=seconds))
+
     def _crop_batches(self, job: PipelineJob, chunks, affines, present, landmarks, num_out: int, clock, *,
                       still: bool, cropped: bool = False):
         """CropBatch per decoded chunk (``cropped``: per chunk of crops made in pass 1). A still image is
