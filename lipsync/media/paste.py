@@ -1,9 +1,14 @@
-"""Paste-back: put a (generated) face crop into its frame with a feathered mask and colour matching.
+"""Paste-back: put a (generated) face crop into its frame through a feathered mask.
 
 The crop is warped back with the inverse of its crop affine into the mask's bounding region only (the
-mouth, not the whole frame), the mask likewise, and blended in uint8: out = frame·(1 - m) + crop·m. Before
-that the crop's colour is shifted so its mean along the seam (where the mask is between 0 and 1) equals the original frame's, so a slightly
-different skin tone or exposure from the model never shows as an edge.
+mouth, not the whole frame), the mask likewise, and blended in uint8: out = frame·(1 - m) + crop·m. That is
+the published engines' paste-back (no colour transfer): a crop the model returns unchanged gives the frame
+back within one level.
+
+Colour matching (``colour_match``, ``LIPSYNC_PASTE_COLOUR_MATCH``; ours, off by default): the crop's colour is
+first shifted so its mean along the seam (where the mask is between 0 and 1) equals the original frame's, so a
+slightly different skin tone or exposure from the model never shows as an edge; it moves every pasted pixel by
+that shift, and only those.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ def _seam_shift(frame: np.ndarray, crop: np.ndarray, affine: np.ndarray, mask: n
 
 
 def paste_face(
-    frame: np.ndarray, crop: np.ndarray, affine: np.ndarray, mask: np.ndarray, *, colour_match: bool = True,
+    frame: np.ndarray, crop: np.ndarray, affine: np.ndarray, mask: np.ndarray, *, colour_match: bool = False,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """One frame (H, W, 3) uint8 with ``crop`` (S, S, 3) blended in through ``mask`` (S, S) in [0, 1].
@@ -76,7 +81,7 @@ def paste_face(
 
 
 def paste_face_i420(i420: np.ndarray, crop: np.ndarray, affine: np.ndarray, mask: np.ndarray, colour: Colour,
-                    *, colour_match: bool = True) -> None:
+                    *, colour_match: bool = False) -> None:
     """``paste_face`` on a decoded I420 frame (H * 3 / 2, W), in place (``lipsync.media.yuv``), without converting
     the frame: the seam colours are read by warping the planes straight to the small comparison size, the
     (small) crop is converted to Y'CbCr once and warped onto the mask's box plane by plane — luma at full
@@ -179,7 +184,7 @@ def paste_faces(
     indices: Sequence[int],
     *,
     masks: np.ndarray | None = None,
-    colour_match: bool = True,
+    colour_match: bool = False,
 ) -> np.ndarray:
     """Paste ``crops`` (n, S, S, 3) back into ``frames`` (n, H, W, 3), the track's frames ``indices``.
 

@@ -7,6 +7,8 @@ interface.
   temporal layers and the UNet's GroupNorms span a segment), runs ``segments_per_call`` segments per UNet call
   and yields each call's frames: memory is flat in the video's length. Cancel (``request.progress`` raising)
   takes effect between denoising steps.
+- DeepCache as published (``LIPSYNC_DEEP_CACHE``, on): the UNet whole on every third denoising step of a segment,
+  its shallow branch in between.
 - Knobs: ``seed`` seeds the noise; ``frame_block_width`` is frames per UNet call, in whole segments
   (``max(1, frame_block_width // 16)``), capped per request by the memory free then and the cost of a segment
   measured at load (``lipsync.model.devices.fit_batch``), and below the fused attention kernels' batch limit;
@@ -36,6 +38,9 @@ from lipsync.model.weights import WeightsFolderError, WeightsLayout
 log = logging.getLogger(__name__)
 
 UNUSED_KNOBS = ("vae_overlap_window_width", "face_id_cond_strength", "appearance_cond_strength")
+DEEP_CACHE_INTERVAL = 3
+"""The published ``--enable_deepcache`` (``inference.sh``, the Gradio app, the evaluation script): interval 3,
+branch 0 (``lipsync.model.latentsync.unet.DeepCache``); ``LIPSYNC_DEEP_CACHE=false`` runs every step whole."""
 SDPA_BATCH_LIMIT = 65535
 """PyTorch's fused attention kernels fail on a batch of 65,536 or more (pytorch#146704, #142228); the temporal
 attention's batch is (2 with guidance) x segments x latent h x w, so segments per call stay below it."""
@@ -48,7 +53,7 @@ def segments_limit(config: LatentSyncConfig, guided: bool) -> int:
 
 class LatentSyncEngine:
     def __init__(self, config: LatentSyncConfig, unet, vae, whisper, info: EngineInfo, *, device: str, dtype,
-                 steps: int, guidance_scale: float):
+                 steps: int, guidance_scale: float, deep_cache: bool = True):
         from lipsync.model.latentsync.sampling import LatentSyncSampler
 
         self.config = config
@@ -57,8 +62,9 @@ class LatentSyncEngine:
         self.steps, self.guidance_scale = steps, guidance_scale
         self.size = config.resolution
         self.device = device
+        self.deep_cache_interval = DEEP_CACHE_INTERVAL if deep_cache else 1
         self.sampler = LatentSyncSampler(unet, vae, scheduler_config(), crop_rule.mouth_mask(self.size), device=device,
-                                         dtype=dtype)
+                                         dtype=dtype, deep_cache_interval=self.deep_cache_interval)
         self.segment_bytes = self._measure_segment()  # 0 on a CPU
         self.cpu_segments_per_call = 1
         """On a CPU batching gains nothing; tests raise it to check batched numerics there."""
@@ -99,9 +105,10 @@ class LatentSyncEngine:
         request.metrics.update(num_inference_steps=self.steps, guidance_scale=self.guidance_scale,
                                segment_frames=seg_len, segments=num_segments, segments_per_call=per_call,
                                vae_batch=k.vae_chunk_size, feed_forward_num_splits=k.feed_forward_num_splits,
-                               seed=k.seed)
+                               seed=k.seed, deep_cache_interval=self.deep_cache_interval)
         request.log(f"LatentSync ({self.info.name}): {request.num_frames} frames in {num_segments} segments of "
-                    f"{seg_len} (fixed by training), {per_call} segment(s) per UNet call, {self.steps} DDIM steps, "
+                    f"{seg_len} (fixed by training), {per_call} segment(s) per UNet call, {self.steps} DDIM steps"
+                    f"{f' (DeepCache: whole UNet every {self.deep_cache_interval} steps)' if self.deep_cache_interval > 1 else ''}, "
                     f"audio guidance {self.guidance_scale:g}, seed {k.seed}")
         if fit.why:
             request.log(fit.why)
@@ -235,6 +242,6 @@ def load_engine(root: Path | None, layout: WeightsLayout, options: EngineOptions
     log.info("LatentSync %s from %s (UNet step %s, config %s)", config.variant, root, unet.global_step,
              config.source)
     return LatentSyncEngine(config, unet, vae, whisper, info, device=options.device, dtype=dtype,
-                            steps=steps,
+                            steps=steps, deep_cache=options.deep_cache,
                             guidance_scale=(options.guidance_scale if options.guidance_scale is not None
                                             else config.guidance_scale))

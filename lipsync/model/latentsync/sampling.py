@@ -12,7 +12,11 @@ audio whose noise predictions combine as ``uncond + g (audio - uncond)``; decode
 
 Several segments of the same length can go through the UNet together (``segments_per_call``): each segment is
 its own batch item, so every norm and attention sees exactly the frames it would see alone; the draws keep
-the published order. ``vae_batch`` only cuts the VAE's work into batches; the posterior is sampled once per
+the published order.
+
+DeepCache (``deep_cache_interval`` 3, the published ``--enable_deepcache``): the UNet runs whole on every third
+step of a segment and only its shallow branch in between (``lipsync.model.latentsync.unet.DeepCache``); 1 runs
+every step whole. ``vae_batch`` only cuts the VAE's work into batches; the posterior is sampled once per
 segment as published.
 """
 
@@ -26,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+from lipsync.model.latentsync.unet import DeepCache
 
 VAE_SCALE = 0.18215
 VAE_SHIFT = 0.0
@@ -42,8 +48,10 @@ class SegmentInput:
 class LatentSyncSampler:
     """The models and the fixed parts of the recipe (mask, scheduler config); one ``run`` per request."""
 
-    def __init__(self, unet, vae, scheduler_config: dict, mask: np.ndarray, *, device: str, dtype: torch.dtype):
+    def __init__(self, unet, vae, scheduler_config: dict, mask: np.ndarray, *, device: str, dtype: torch.dtype,
+                 deep_cache_interval: int = 1):
         self.unet, self.vae = unet, vae
+        self.deep_cache_interval = max(1, int(deep_cache_interval))
         self.scheduler_config = dict(scheduler_config)
         self.device, self.dtype = torch.device(device), dtype
         self.mask = torch.from_numpy(mask.astype(np.float64))  # float64, as the published mask image loads
@@ -87,7 +95,9 @@ class SamplingRun:
     def _conditions(self, crops: np.ndarray):
         """Pixels in [-1, 1], 1-channel mask at S, and the (1, 9, n, h, w) mask + masked + reference latents."""
         s = self.s
-        pixels = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2) / 255.0
+        # contiguous (n, 3, S, S), as the published faces are stacked: a channels-last view takes another
+        # convolution kernel in the VAE encoder (one uint8 level apart after 20 steps)
+        pixels = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).contiguous() / 255.0
         pixels = (pixels - 0.5) / 0.5
         masked = (pixels * s.mask).to(device=s.device, dtype=s.dtype)  # float64 product, then the model's dtype
         mask = s.mask[None, None].expand(len(crops), 1, s.size, s.size)
@@ -114,10 +124,11 @@ class SamplingRun:
             audio = torch.cat([torch.zeros_like(audio), audio])
         latents = self.noise.expand(len(items), -1, n, -1, -1).clone()
         timesteps = self.scheduler.timesteps
+        cache = DeepCache(s.deep_cache_interval) if s.deep_cache_interval > 1 else None
         for j, t in enumerate(timesteps):
             x = torch.cat([latents, latents]) if self.guided else latents
             x = torch.cat([self.scheduler.scale_model_input(x, t), cond], dim=1)
-            noise = s.unet(x, t, audio)
+            noise = s.unet(x, t, audio, cache.at_step(j) if cache is not None else None)
             if self.guided:
                 uncond, cond_noise = noise.chunk(2)
                 noise = uncond + self.guidance_scale * (cond_noise - uncond)

@@ -8,6 +8,8 @@ Input: (B, 13, F, h, w) = noisy latent (4), mask (1), masked-image latent (4), r
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.utils.checkpoint
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
@@ -38,6 +40,33 @@ class _Stage(nn.Module):
         if self.motion_modules[i] is not None:
             x = _run(self.motion_modules[i], ckpt, x)
         return x
+
+
+@dataclass
+class DeepCache:
+    """DeepCache (Ma et al., CVPR 2024) as LatentSync's published inference runs it (``scripts/inference.py``
+    ``--enable_deepcache``: the ``DeepCache`` package's ``DeepCacheSDHelper``, ``cache_interval=3``,
+    ``cache_branch_id=0``, uniform skipping), our own implementation of the same schedule.
+
+    Step j of the denoising loop (counted from each segment's first step) runs the whole UNet when
+    ``j % interval == 0`` and keeps one tensor: what enters the last layer of the last up block. Any other step
+    runs only the shallow branch the helper leaves live: the time embedding, ``conv_in``, that last layer (its
+    resnet on ``cat(kept, conv_in output)``, its spatial attention and motion module) and the output convolution;
+    the helper returns every other down, mid and up module's cached output. The motion modules the helper still
+    runs on cached inputs take no time embedding, so they repeat their cached result bit for bit and are not run.
+    With 20 steps 7 are full and 13 reuse the cache. ``interval`` 1 is off (every step full).
+    """
+
+    interval: int = 3
+    kept: torch.Tensor | None = None
+    reuse: bool = False
+
+    def at_step(self, step: int) -> "DeepCache":
+        """Set up for denoising step ``step`` (0-based, per segment); returns self."""
+        self.reuse = self.interval > 1 and step % self.interval != 0 and self.kept is not None
+        if not self.reuse:
+            self.kept = None
+        return self
 
 
 def _layers(config: UNetConfig, channels: int, n: int, cross: bool, motion: bool):
@@ -104,12 +133,22 @@ class UpBlock(_Stage):
         self.attentions, self.motion_modules = _layers(config, cout, n, cross, motion)
         self.upsamplers = nn.ModuleList([FrameUpsample(cout, use_conv=True, out_channels=cout)]) if upsample else None
 
-    def forward(self, x, temb, audio, skips: list, upsample_size=None):
-        for i in range(len(self.resnets)):
+    def forward(self, x, temb, audio, skips: list, upsample_size=None, cache: DeepCache | None = None):
+        last = len(self.resnets) - 1
+        for i in range(last + 1):
+            if i == last and cache is not None:
+                cache.kept = x
             x = torch.cat([x, skips.pop()], dim=1)
             x = self._layer(i, x, temb, audio)
         if self.upsamplers is not None:
             x = self.upsamplers[0](x, upsample_size)
+        return x
+
+    def forward_last_layer(self, kept, temb, audio, skip):
+        """The block's last layer alone on ``kept`` (what entered it at the last full step) and its skip."""
+        x = self._layer(len(self.resnets) - 1, torch.cat([kept, skip], dim=1), temb, audio)
+        if self.upsamplers is not None:
+            x = self.upsamplers[0](x)
         return x
 
 
@@ -164,7 +203,9 @@ class LatentSyncUNet(nn.Module):
             if isinstance(module, (TransformerBlock, TemporalTransformerBlock)):
                 module.ff_splits = max(1, int(splits))
 
-    def forward(self, sample: torch.Tensor, timestep, audio: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, sample: torch.Tensor, timestep, audio: torch.Tensor | None,
+                cache: DeepCache | None = None) -> torch.Tensor:
+        """``cache``: a :class:`DeepCache` set up for this step (``cache.at_step(j)``), or None (every module runs)."""
         batch, frames = sample.shape[0], sample.shape[2]
         if audio is not None and audio.dim() == 4:
             audio = audio.reshape(-1, *audio.shape[2:])
@@ -179,6 +220,9 @@ class LatentSyncUNet(nn.Module):
         up_factor = 2 ** (len(self.up_blocks) - 1)
         forward_size = any(s % up_factor for s in sample.shape[-2:])
         x = self.conv_in(sample)
+        if cache is not None and cache.reuse:
+            x = self.up_blocks[-1].forward_last_layer(cache.kept, temb, audio, x)
+            return self.conv_out(self.conv_act(self.conv_norm_out(x)))
         skips = [x]
         for block in self.down_blocks:
             x, res = block(x, temb, audio)
@@ -188,7 +232,7 @@ class LatentSyncUNet(nn.Module):
             n = len(block.resnets)
             mine, skips = skips[-n:], skips[:-n]
             size = skips[-1].shape[2:] if forward_size and i < len(self.up_blocks) - 1 else None
-            x = block(x, temb, audio, list(mine), size)
+            x = block(x, temb, audio, list(mine), size, cache if i == len(self.up_blocks) - 1 else None)
         return self.conv_out(self.conv_act(self.conv_norm_out(x)))
 
 

@@ -15,13 +15,14 @@ Our additions: the box corners are smoothed over time (a centred moving average 
 frames; the reference recomputes the box every frame and its crops jitter), and a box that reaches outside the
 frame is clamped to it (the reference falls back to its face detector's box when x1 < 0).
 
-## The paste-back mask, without face parsing: the lower face from the 68 landmarks, feathered
+## The paste-back mask, without face parsing: the published "jaw" region from the 68 landmarks
 
-The reference's "jaw" mode (musetalk/utils/blending.py + face_parsing) keeps, of its BiSeNet face-parsing mask
-(skin and lips, the nose taken out, dilated downwards past the jaw line), the part below the box's middle row
-(the nose point 29, by the box rule), then blurs it with a kernel of ~5% of the box. We draw the same region from
-the landmarks: the hull of the jaw contour and the nose, grown a little (the dilation past the jaw), cut at the
-crop's middle row, blurred, and brought to zero before the crop's edges so the seam is never the square's edge.
+The reference's "jaw" mode (musetalk/utils/blending.py ``get_image`` + face_parsing ``mode="jaw"``) keeps, of its
+BiSeNet face-parsing mask on a 1.5x square around the box (skin grown downwards past the jaw line, the cheeks
+outside a centre band eroded sideways, the lips added, the nose removed), the part inside the box and below the
+square's middle row (the box's middle: the nose point 29, by the box rule), then blurs it with a kernel of 5% of
+the square. ``lower_face_mask`` draws that region from the landmarks (see there); the paste puts the frame's own
+pixels back outside the crop, as the published paste of the 1.5x square does outside the box.
 """
 
 from __future__ import annotations
@@ -142,34 +143,76 @@ def crop_boxes(frames: np.ndarray, affines: np.ndarray, size: int = CROP_SIZE) -
 # ---------------------------------------------------------------------------------------- paste-back mask
 JAW = list(range(0, 17))
 NOSE = list(range(27, 36))
+MOUTH = list(range(48, 60))
 
-GROW = 0.06
-"""The hull is grown by this fraction of its size (the reference dilates its parsing mask past the jaw)."""
-FEATHER = 0.02
-"""Gaussian sigma, fraction of the crop side."""
+PARSING_SIDE = 512
+"""The published face parsing runs on the 1.5x box square resized to 512²; its kernels are sized there."""
+EXPAND = 1.5
+"""``get_crop_box(box, expand=1.5)``: the square the parsing and the blur work on, 1.5x the box's larger side."""
+CHEEK_HALF_WIDTH = 90
+"""``--left_cheek_width`` / ``--right_cheek_width`` (90 in scripts/inference.py): outside the centre band of
++-90 parsing pixels the skin is eroded sideways (the cheeks are kept from the source), inside it not."""
+CHEEK_EROSION = 2 * (35 // 2)
+"""Parsing pixels the cheeks lose on each side: two erosions with a 35 x 3 ellipse."""
+JAW_DILATION = 6
+"""Parsing pixels the skin grows downwards past the jaw line (the cone kernel: rows 10-32, anchor 16)."""
+BLUR_FRACTION = 0.05
+"""The blur kernel: ``int(0.05 * side // 2 * 2) + 1`` pixels of the 1.5x square (sigma from OpenCV's rule)."""
 
 
-def _edge_ramp(size: int, width: float) -> np.ndarray:
-    """(size, size) 0 on the outermost pixels, rising linearly to 1 at ``width`` pixels from every edge."""
-    d = np.minimum(np.arange(size), np.arange(size)[::-1]).astype(np.float32)
-    ramp = np.clip(d / max(width, 1.0), 0.0, 1.0)
-    return np.minimum(ramp[:, None], ramp[None, :])
+def _parsing_to_crop(pixels: float, size: int) -> float:
+    """Parsing pixels -> crop pixels, for a square box (the crop's two axes differ by the box's aspect)."""
+    return pixels / PARSING_SIDE * EXPAND * size
 
 
-def lower_face_mask(landmarks: np.ndarray, size: int, *, top: float = 0.5) -> np.ndarray:
-    """(size, size) float32 in [0, 1] for one crop's (68, 2) crop-coordinate landmarks; zeros if any is NaN."""
+def blur_kernel(size: int) -> int:
+    """The published blur kernel in crop pixels: ``int(0.05 * side // 2 * 2) + 1`` of the 1.5x square."""
+    return int(BLUR_FRACTION * EXPAND * size // 2 * 2) + 1
+
+
+def lower_face_mask(landmarks: np.ndarray, size: int) -> np.ndarray:
+    """(size, size) float32 in [0, 1] for one crop's (68, 2) crop-coordinate landmarks; zeros if any is NaN.
+
+    The published "jaw" blend region (face parsing: skin grown down past the jaw line, the cheeks eroded
+    sideways, the lips added, the nose removed; kept below the box's middle row; blurred), drawn from the
+    landmarks: the face inside the jaw contour; in the centre band the jaw region also slides down to the box's
+    bottom (the chin and the ``extra_margin`` below it, which the box rule puts under the chin), outside it the
+    cheeks are eroded by the published amount; the lips added, the nose (27-35) removed; rows below the middle;
+    blurred with the published kernel (OpenCV's sigma for it). Lengths in parsing pixels are taken at a square box
+    (the crop's aspect is the box's: up to a few percent apart)."""
     if not np.isfinite(landmarks).all():
         return np.zeros((size, size), np.float32)
-    pts = landmarks[JAW + NOSE].astype(np.float64)
-    centre = pts.mean(0)
-    pts = centre + (pts - centre) * (1.0 + GROW)
-    hull = cv2.convexHull(np.round(pts * 4).astype(np.int32))
-    mask = np.zeros((size, size), np.uint8)
-    cv2.fillConvexPoly(mask, hull, 255, lineType=cv2.LINE_AA, shift=2)
-    mask[: int(round(top * size))] = 0
-    sigma = FEATHER * size
-    soft = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_CONSTANT)
-    return np.clip(soft * _edge_ramp(size, 3 * sigma), 0.0, 1.0)
+    sub = 4  # sub-pixel polygon vertices (cv2 ``shift``)
+
+    def fill(points: np.ndarray, mask: np.ndarray) -> None:
+        hull = cv2.convexHull(np.round(points * sub).astype(np.int32))
+        cv2.fillConvexPoly(mask, hull, 255, lineType=cv2.LINE_8, shift=2)
+
+    pts = landmarks.astype(np.float64)
+    face = np.zeros((size, size), np.uint8)
+    fill(pts[JAW], face)
+    grow = max(1, int(round(_parsing_to_crop(JAW_DILATION, size))))
+    face = cv2.dilate(face, np.ones((grow + 1, 1), np.uint8), anchor=(0, 0))  # downwards only
+    centre_x = (size - 1) / 2
+    band = np.abs(np.arange(size) - centre_x) < _parsing_to_crop(CHEEK_HALF_WIDTH, size)
+    # the chin and the margin below it: within the centre band, the jaw region slid down to the box's bottom
+    drop = int(np.ceil(size - pts[:, 1].max()))
+    if drop > 0:
+        slid = np.zeros_like(face)
+        slid[drop:] = face[:-drop]
+        face[:, band] = np.maximum(face[:, band], slid[:, band])
+    erode = int(round(_parsing_to_crop(CHEEK_EROSION, size)))
+    if erode > 0:
+        cheeks = cv2.erode(face, np.ones((1, 2 * erode + 1), np.uint8))
+        face[:, ~band] = cheeks[:, ~band]
+    fill(pts[MOUTH], face)
+    nose = np.zeros_like(face)
+    fill(pts[NOSE], nose)
+    face[nose > 0] = 0
+    face[: size // 2] = 0  # above the box's middle row (the nose ridge point 29, by the box rule)
+    k = blur_kernel(size)
+    soft = cv2.GaussianBlur(face, (k, k), 0, borderType=cv2.BORDER_CONSTANT)  # uint8, as published
+    return soft.astype(np.float32) / 255.0
 
 
 def lower_face_masks(landmarks: np.ndarray, size: int) -> np.ndarray:
