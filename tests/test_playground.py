@@ -14,6 +14,7 @@ in the README is one of these).
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import shutil
@@ -207,7 +208,8 @@ def test_upload_submit_watch_and_play(browser, lipsync_serve, clips):
     assert driver.find_element(By.ID, "key-box").is_displayed()  # keys are configured
     set_key(driver, KEY)
     labels = [s.text for s in driver.find_elements(By.CSS_SELECTOR, "#groups summary")]
-    assert labels == ["Inputs", "Output size and rate", "Long-video knobs", "Conditioning", "Edits", "Seed"]
+    assert labels == ["Inputs", "Speaker and length", "Output size and rate", "Long-video knobs", "Conditioning", "Edits",
+                      "Seed"]
     hint = driver.find_element(By.ID, "field-vae_chunk_size-hint").get_attribute("textContent")
     assert "8n+1" in hint and "default 65" in hint  # description and default from /openapi.json
 
@@ -241,6 +243,43 @@ def test_upload_submit_watch_and_play(browser, lipsync_serve, clips):
     assert fetched and all(url.startswith(served.base + "/") for url in fetched), fetched  # offline: own origin only
 
     save_screenshots(driver)
+
+
+def test_a_click_on_the_first_frame_sets_the_speaker_point(browser, lipsync_serve, clips, tmp_path_factory):
+    """speaker = point: the video's first frame is drawn at its own size; a click on the smaller face (B) sets
+    {frame: 0, x, y} in the video's pixels, and the request lip-syncs that face (the metrics say so)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.support.ui import Select
+
+    from lipsync.testing.two_speakers import SIZE, make_two_speaker_clip
+
+    driver, served = browser, lipsync_serve
+    clip = make_two_speaker_clip(tmp_path_factory.mktemp("playground-two"))
+    open_page(driver, served)
+    set_key(driver, KEY)
+    driver.find_element(By.ID, "field-video").send_keys(str(clip.video))
+    driver.find_element(By.ID, "field-audio").send_keys(str(clips["speech"]))
+    Select(driver.find_element(By.ID, "field-speaker")).select_by_value("point")
+    canvas = driver.find_element(By.ID, "field-speaker-canvas")
+    wait_for(driver, lambda d: canvas.get_attribute("data-ready") == "1", 20, "the video's first frame", served)
+    assert (int(canvas.get_attribute("width")), int(canvas.get_attribute("height"))) == SIZE
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
+    x0, y0, x1, y1 = clip.boxes["B"]
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    w, h = canvas.size["width"], canvas.size["height"]
+    ActionChains(driver).move_to_element_with_offset(canvas, round(cx * w / SIZE[0] - w / 2),
+                                                     round(cy * h / SIZE[1] - h / 2)).click().perform()
+    x, y = (float(driver.find_element(By.ID, f"field-speaker-{k}").get_attribute("value")) for k in "xy")
+    assert abs(x - cx) <= 2 * SIZE[0] / w + 1 and abs(y - cy) <= 2 * SIZE[1] / h + 1, (x, y, cx, cy)
+    for field in ("video", "audio"):
+        wait_for(driver, lambda d: text(d, f"field-{field}-upload").startswith("uploaded"), 20, f"{field} upload", served)
+    driver.find_element(By.ID, "submit").click()
+    wait_for(driver, lambda d: text(d, "run-status") == "completed", 240, "the request to complete", served)
+    body = json.loads(driver.find_element(By.ID, "request-json").get_attribute("textContent"))
+    assert body["speaker"] == {"frame": 0, "x": x, "y": y} and body["sync_mode"] == "cut_off", body
+    metrics = driver.find_element(By.ID, "metrics-json").get_attribute("textContent")
+    assert '"mode": "point"' in metrics and f"point ({x:g}, {y:g}) at frame 0" in metrics, metrics
+    assert console_errors(driver) == []
 
 
 def save_screenshots(driver) -> None:

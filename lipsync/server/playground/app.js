@@ -11,13 +11,14 @@ const ACCEPT = { video: "video/*,image/*", audio: "audio/*,video/*" };
 // Field name -> group; a field of another app's schema lands in "Other".
 const GROUPS = [
   ["Inputs", ["video", "audio", "use_custom_prompt", "custom_prompt"]],
+  ["Speaker and length", ["speaker", "sync_mode"]],
   ["Output size and rate", ["num_frames", "frame_rate", "width", "height"]],
   ["Long-video knobs", ["vae_chunk_size", "vae_overlap_window_width", "frame_block_width", "feed_forward_num_splits"]],
   ["Conditioning", ["face_id_cond_strength", "appearance_cond_strength"]],
   ["Edits", ["edit_addition_start_frames", "edit_addition_durations", "edit_removal_ranges", "edit_removal_bridge_durations"]],
   ["Seed", ["seed"]],
 ];
-const OPEN_GROUPS = new Set(["Inputs", "Output size and rate"]);
+const OPEN_GROUPS = new Set(["Inputs", "Speaker and length", "Output size and rate"]);
 const REQUEST_STAGES = ["queue_time", "fetch_time", "inference_time", "upload_time"]; // lipsync/worker/runtime.py's
 
 const state = { app: null, authRequired: false, fields: new Map(), current: null, watcher: null };
@@ -73,6 +74,7 @@ function kindOf(spec, prop) {
   const variants = (prop.anyOf || prop.oneOf || [prop]).map((s) => resolve(spec, s));
   const main = { ...(variants.find((s) => s.type && s.type !== "null") || variants[0]), ...prop };
   if (variants.some((s) => s.type === "object" && s.properties && s.properties.url)) return ["file", main];
+  if (variants.some((s) => s.type === "object" && s.properties && s.properties.x && s.properties.y)) return ["speaker", main];
   if (main.enum) return ["enum", main];
   if (main.type === "array" && ["integer", "number"].includes(resolve(spec, main.items).type)) return ["list", main];
   return [{ boolean: "boolean", integer: "integer", number: "number", string: "string" }[main.type] || "json", main];
@@ -112,6 +114,7 @@ function buildField(spec, name, fieldSchema, required) {
   const described = `${hintId} ${id}-error`;
 
   if (kind === "file") buildFileField(field, wrap, id, described);
+  else if (kind === "speaker") buildSpeakerField(field, wrap, id, described);
   else if (kind === "boolean") {
     field.input = el("input", { id, type: "checkbox", "aria-describedby": described, checked: prop.default === true });
     label.prepend(field.input);
@@ -170,6 +173,89 @@ function buildFileField(field, wrap, id, described) {
   wrap.append(modes, fileInput, urlInput, el("div", { class: "upload-row" }, progress, status));
 }
 
+// speaker (an extension of the hosted schema): "largest", "auto", a point {frame, x, y} in the video's own pixels
+// (a click on the video's first frame sets it, or type it), or {boxes: [...]} as JSON.
+function buildSpeakerField(field, wrap, id, described) {
+  const mode = el("select", { id, "aria-describedby": described });
+  for (const option of ["largest", "auto", "point", "boxes"]) mode.append(el("option", { value: option, text: option }));
+  const point = el("div", { class: "speaker-point", id: `${id}-point`, hidden: true });
+  const inputs = {};
+  for (const key of ["frame", "x", "y"]) {
+    inputs[key] = el("input", { id: `${id}-${key}`, type: "number", min: 0, step: key === "frame" ? "1" : "any",
+                                value: key === "frame" ? "0" : null, "aria-label": `speaker ${key}` });
+    point.append(el("label", { class: "inline" }, `${key} `, inputs[key]));
+  }
+  const canvas = el("canvas", { id: `${id}-canvas`, class: "speaker-frame", width: 1, height: 1, hidden: true,
+                                "aria-label": "The video's first frame: click the face to lip-sync" });
+  const note = el("p", { class: "hint", id: `${id}-frame-note`,
+                         text: "Choose the video above: its first frame shows here; click the face to lip-sync." });
+  point.append(canvas, note);
+  const boxes = el("textarea", { id: `${id}-boxes`, rows: 3, hidden: true, spellcheck: "false", "aria-label": "speaker boxes",
+                                 placeholder: '[{"frame": 0, "box": [x0, y0, x1, y1]}, …] (keys interpolated)' });
+  mode.addEventListener("change", () => {
+    point.hidden = mode.value !== "point";
+    boxes.hidden = mode.value !== "boxes";
+    if (mode.value === "point") showFirstFrame(field);
+  });
+  canvas.addEventListener("click", (event) => {
+    const rect = canvas.getBoundingClientRect();
+    const x = Math.round(((event.clientX - rect.left) / rect.width) * canvas.width);
+    const y = Math.round(((event.clientY - rect.top) / rect.height) * canvas.height);
+    inputs.frame.value = "0";
+    inputs.x.value = String(x);
+    inputs.y.value = String(y);
+    drawFrame(field);
+  });
+  for (const key of ["x", "y"]) inputs[key].addEventListener("input", () => drawFrame(field));
+  Object.assign(field, { input: mode, point: inputs, canvas, note, boxes, frame: null });
+  wrap.append(mode, point, boxes);
+}
+
+// The video field's first frame (a local file or its URL) on the speaker canvas, at the video's own size.
+function showFirstFrame(field) {
+  const video = state.fields.get("video");
+  if (!video || field.point === undefined) return;
+  const file = video.mode === "file" ? video.input.files[0] : null;
+  const src = file ? URL.createObjectURL(file) : video.mode === "url" ? video.urlInput.value.trim() : "";
+  if (!src) return;
+  const isImage = file ? file.type.startsWith("image/") : /\.(png|jpe?g|webp)(\?|$)/i.test(src);
+  const media = isImage ? new Image() : el("video", { muted: true, playsinline: true, preload: "auto" });
+  const ready = () => {
+    const [w, h] = isImage ? [media.naturalWidth, media.naturalHeight] : [media.videoWidth, media.videoHeight];
+    if (!w || !h) return;
+    field.frame = { media, w, h };
+    field.canvas.width = w;
+    field.canvas.height = h;
+    field.canvas.hidden = false;
+    field.note.textContent = `First frame, ${w}x${h}: click the face to lip-sync.`;
+    drawFrame(field);
+    field.canvas.dataset.ready = "1";
+  };
+  field.canvas.dataset.ready = "";
+  if (isImage) media.addEventListener("load", ready, { once: true });
+  else {
+    media.addEventListener("loadeddata", () => { media.currentTime = 0; ready(); }, { once: true });
+    media.addEventListener("seeked", ready);
+  }
+  media.addEventListener("error", () => { field.note.textContent = "This browser cannot show the video's first frame: type x and y."; });
+  media.src = src;
+}
+
+function drawFrame(field) {
+  const { canvas, frame, point } = field;
+  if (!frame) return;
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(frame.media, 0, 0, frame.w, frame.h);
+  const [x, y] = [Number(point.x.value), Number(point.y.value)];
+  if (point.x.value === "" || point.y.value === "") return;
+  const r = Math.max(4, Math.round(Math.min(frame.w, frame.h) / 40));
+  ctx.lineWidth = Math.max(2, r / 2);
+  ctx.strokeStyle = "#ff2d55";
+  ctx.beginPath();
+  ctx.arc(x, y, r, 0, 2 * Math.PI);
+  ctx.stroke();
+}
+
 function buildForm(spec) {
   const path = spec.paths[`/${state.app}`];
   const schema = resolve(spec, path.post.requestBody.content["application/json"].schema);
@@ -195,6 +281,13 @@ function buildForm(spec) {
     }
     details.append(grid);
     container.append(details);
+  }
+  const speaker = state.fields.get("speaker");
+  const video = state.fields.get("video");
+  if (speaker?.kind === "speaker" && video?.kind === "file") {
+    const refresh = () => { if (speaker.input.value === "point") showFirstFrame(speaker); };
+    video.input.addEventListener("change", refresh);
+    video.urlInput.addEventListener("change", refresh);
   }
 }
 
@@ -270,6 +363,7 @@ async function readValue(field) {
     if (!input.files[0]) return undefined;
     return (field.upload || { promise: startUpload(field) }).promise;
   }
+  if (kind === "speaker") return readSpeaker(field);
   if (kind === "boolean") return input.checked;
   const raw = input.value.trim();
   if (kind === "integer" || kind === "number") {
@@ -286,6 +380,21 @@ async function readValue(field) {
     try { return JSON.parse(raw); } catch { throw new FieldProblem(field, "is not valid JSON"); }
   }
   return input.value;
+}
+
+function readSpeaker(field) {
+  const mode = field.input.value;
+  if (mode === "largest") return undefined; // the default: the request is the hosted schema's
+  if (mode === "auto") return "auto";
+  if (mode === "point") {
+    const [frame, x, y] = ["frame", "x", "y"].map((k) => field.point[k].value.trim());
+    if (x === "" || y === "") throw new FieldProblem(field, "click the face on the video's first frame, or type x and y");
+    return { frame: Number(frame || 0), x: Number(x), y: Number(y) };
+  }
+  let value;
+  try { value = JSON.parse(field.boxes.value.trim() || "null"); } catch { throw new FieldProblem(field, "boxes are not valid JSON"); }
+  if (value === null) throw new FieldProblem(field, "give the boxes as JSON");
+  return Array.isArray(value) ? { boxes: value } : value;
 }
 
 async function readBody() {
