@@ -24,6 +24,7 @@ from lipsync.media.sync_modes import sync_order
 from lipsync.testing.media import make_wav, probe
 from lipsync.testing.stack import make_stack, wait_until
 from tests.conftest import ALICE
+from tests.test_js_client import requires_js, run_js
 
 W, H, FPS, N = 160, 128, 25, 10
 BAND, BITS = 8, 5  # the top BAND rows hold the frame number: BITS blocks of W // BITS pixels, white = 1
@@ -285,3 +286,17 @@ def test_a_point_on_no_face_is_a_typed_error_naming_speaker(sstack, two):
     body = httpx.get(f"{sstack.base_url}/pipio/lipsync/requests/{request_id}", headers=AUTH)
     detail = body.json()["detail"][0]
     assert body.status_code == 422 and detail["loc"] == ["body", "speaker"] and "on no face" in detail["msg"], body.text
+
+
+@requires_js
+def test_both_fields_through_the_official_js_client(sstack, two, clips, tmp_path):
+    """@fal-ai/client uploads the files and sends the extension fields as they are."""
+    clip, _, source = two
+    x0, y0, x1, y1 = clip.boxes["B"]
+    result = run_js(sstack, {"video": clip.video, "audio": clips["tone"]}, "request",
+                    request={"speaker": {"frame": 0, "x": (x0 + x1) / 2, "y": (y0 + y1) / 2}, "sync_mode": "remap"})
+    path = tmp_path / "js.mp4"
+    path.write_bytes(httpx.get(result["data"]["video"]["url"]).content)
+    order = sync_order(clip.num_frames, AUDIO_FRAMES, "remap")
+    assert probe(path)["frames"] == AUDIO_FRAMES and order[-1] > 60  # the 70 frames squeezed into 15
+    assert_only(["B"] * AUDIO_FRAMES, [source[k] for k in order], decode(path), clip.boxes)
