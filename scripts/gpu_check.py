@@ -11,6 +11,10 @@ For each engine (``lipsync.model.weights.ENGINES``), with random weights written
    - **end to end**: one request through the whole worker pipeline on a 1080x1920 face clip (decode, track,
      crops, engine, paste-back, encode), frames/s, with NVENC on and off;
    - pipio also with ``torch.compile`` (``LIPSYNC_COMPILE``: warm-up, then the same request);
+   - **a smaller card**: one request of ``--cap-frames`` frames at ``vae_chunk_size`` 1025 and
+     ``frame_block_width`` 10000 on a card with ``--free-gib`` GiB (default 24; weights included): the
+     per-request memory caps must bind (logged, shown in the row) and the peak stay under it. On a GPU a
+     ballast tensor takes the rest of the card; when emulating, the emulated card has that much;
 2. one request through ``lipsync serve`` with the official Python client (on the CPU when emulating: the
    serving path is device-independent, and a worker process cannot share this process's emulated device).
 
@@ -70,7 +74,59 @@ def _clip(workdir: Path, frames: int) -> tuple[Path, Path]:
     return video, make_speech(workdir / "speech.wav", "This is the GPU check of the lip sync server.")
 
 
-def check_engine(engine: str, folder: Path, dtype: str, args, workdir: Path, clip: tuple[Path, Path]) -> list[Row]:
+def capped_card(engine, free_gib: float, frames: int, ledger) -> tuple[float, list[str]]:
+    """One request at the knobs that scale memory (``vae_chunk_size`` 1025, ``frame_block_width`` 10000) with
+    ``free_gib`` GiB of device memory in all, the weights already on it: returns the peak in GiB and the lines the
+    caps logged. Raises if the peak passes the card (a cap missing) or nothing bound."""
+    import numpy as np
+    import torch
+
+    from lipsync.model.devices import typed_out_of_memory
+    from lipsync.model.engine import CropBatch, EngineRequest, Knobs
+
+    card = int(free_gib * GiB)
+    size, logs = engine.info.crop_size, []
+    t = np.arange(int(frames / 25 * 16000)) / 16000
+    audio = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    request = EngineRequest(audio=audio, fps=25.0, num_frames=frames, generate=np.zeros(frames, bool),
+                            is_image=False, knobs=Knobs(vae_chunk_size=1025, frame_block_width=10_000),
+                            log=logs.append, progress=lambda *a: None)
+    if engine.info.needs_identity:
+        from lipsync.media.embedding import EMBEDDING_DIM
+
+        request.identity = np.full(EMBEDDING_DIM, 0.1, np.float32)  # what the worker's face embedder gives
+    crops = np.random.default_rng(0).integers(0, 256, (16, size, size, 3), dtype=np.uint8)
+    landmarks = np.full((16, 68, 2), size / 2, np.float32)
+    batches = (CropBatch(s, crops[: min(16, frames - s)], np.ones(min(16, frames - s), bool),
+                         landmarks[: min(16, frames - s)]) for s in range(0, frames, 16))
+    ballast = None
+    if ledger is not None:
+        before = ledger.free_at_start
+        ledger.free_at_start = card
+    else:  # a real card: a ballast leaves ``card`` bytes in all, the weights on it included
+        free, _ = torch.cuda.mem_get_info()
+        extra = free - (card - torch.cuda.memory_allocated())
+        if extra < 0:
+            raise RuntimeError(f"this card has less than {free_gib} GiB free with the weights on it")
+        ballast = torch.empty(extra, dtype=torch.uint8, device="cuda")
+    try:
+        _peak_reset()
+        with torch.no_grad():
+            done = sum(len(c) for c in typed_out_of_memory(engine.generate(request, batches), what=engine.info.name))
+        peak = torch.cuda.max_memory_allocated() - (ballast.numel() if ballast is not None else 0)
+    finally:
+        del ballast
+        if ledger is not None:
+            ledger.free_at_start = before
+        torch.cuda.empty_cache()
+    bound = [line for line in logs if " asked, " in line]
+    if done != frames or peak > card or not bound:
+        raise RuntimeError(f"{done}/{frames} frames, peak {peak / GiB:.1f} of {free_gib} GiB, caps bound: {bound}")
+    return peak / GiB, bound
+
+
+def check_engine(engine: str, folder: Path | None, dtype: str, args, workdir: Path, clip: tuple[Path, Path],
+                 ledger=None) -> list[Row]:
     from lipsync.contract.settings import Settings
     from lipsync.worker.orchestration import load_lipsync_pipeline
 
@@ -94,7 +150,8 @@ def check_engine(engine: str, folder: Path, dtype: str, args, workdir: Path, cli
     for compiled in compiles:
         # the emulated device is this thread's (torch's modes are per thread): its stages run inline
         settings = Settings(weights_dir=folder, device="cuda", dtype=dtype, num_inference_steps=args.steps,
-                            compile=compiled and not args.emulate, stage_threads=not args.emulate)
+                            compile=compiled and not args.emulate, stage_threads=not args.emulate,
+                            random_weights_config="base" if folder is None else "tiny")
         try:
             pipeline = load_lipsync_pipeline(settings)
             if compiled and args.emulate:  # the compile path, traced by dynamo without code generation
@@ -113,6 +170,18 @@ def check_engine(engine: str, folder: Path, dtype: str, args, workdir: Path, cli
             pipeline.settings = pipeline.settings.model_copy(update={"nvenc": nvenc})
             name = f"1080p end to end{tag}, " + ("NVENC" if nvenc else "x264")
             attempt(name, lambda: end_to_end(pipeline, *clip, args.frames, args.batch, workdir)["wall_fps"])
+        if not compiled:
+            row = Row(engine, dtype, f"{args.free_gib:g} GiB card, vae_chunk_size 1025, frame_block_width 10000, "
+                                     f"{args.cap_frames} frames")
+            try:
+                peak, bound = capped_card(pipeline.engine, args.free_gib, args.cap_frames, ledger)
+                row.peak_gib = f"{peak:.1f}"
+                row.status = "ok; " + "; ".join(": ".join(line.split(": ")[:2]) for line in bound)  # what, asked/used
+            except Exception as exc:
+                row.status = f"FAILED: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                traceback.print_exc()
+            rows.append(row)
+            print(f"  {engine} {dtype} {row.what}: peak {row.peak_gib} GiB, {row.status}", flush=True)
     return rows
 
 
@@ -185,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", default=str(Path(tempfile.gettempdir()) / "lipsync-gpu-check"),
                         help="where the random weights are written (kept for a rerun)")
     parser.add_argument("--no-serve", action="store_true", help="skip the lipsync serve request")
+    parser.add_argument("--free-gib", type=float, default=24.0, help="the smaller card's memory (GiB)")
+    parser.add_argument("--cap-frames", type=int, default=250, help="frames of the smaller card's request")
     parser.add_argument("--out", help="also write the table to this Markdown file")
     args = parser.parse_args(argv)
     args.size = args.size or ("small" if args.emulate else "published")
@@ -202,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     folders = {}
     for engine in args.engines:
         folder = Path(args.weights) / f"{engine}-{args.size}"
+        if engine == "pipio" and args.emulate and args.size == "published":
+            folders[engine] = None  # built in its dtype on the emulated device: no 9 GB of files to write
+            continue
         if not (folder / ".complete").exists():
             write_random_weights(engine, folder, size=args.size)
             (folder / ".complete").write_text("ok")
@@ -213,9 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     for engine in args.engines:
         for dtype in ("bf16", "fp16"):
             print(f"{engine} in {dtype}:", flush=True)
-            with emulated_cuda() if args.emulate else contextlib.nullcontext():
-                rows += check_engine(engine, folders[engine], dtype, args, workdir, clip)
-        if not args.no_serve:
+            with emulated_cuda() if args.emulate else contextlib.nullcontext() as ledger:
+                rows += check_engine(engine, folders[engine], dtype, args, workdir, clip, ledger)
+        if not args.no_serve and folders[engine] is not None:
             rows.append(check_serve(engine, folders[engine], args, workdir, clip))
     report = table(rows, args)
     print("\n" + report)
