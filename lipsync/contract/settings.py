@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_APP_ID = "pipio/lipsync"
 
-EngineName = Literal["pipio", "musetalk", "latentsync"]
+EngineName = Literal["pipio", "musetalk", "latentsync", "infinitetalk"]
 """The engines a worker can run (``lipsync.model.weights.ENGINES`` is this list, in detection order)."""
 
 
@@ -158,7 +158,7 @@ class Settings(BaseSettings):
         "result's logs say the output is not a trained model's.",
     )
     engine: EngineName | None = Field(
-        default=None, description="Engine to run (pipio | musetalk | latentsync); default: detected from weights_dir."
+        default=None, description="Engine to run (pipio | musetalk | latentsync | infinitetalk); default: detected from weights_dir."
     )
     random_weights_config: str = Field(
         default="tiny", description="Model config (tiny | base | a JSON path) built with random weights when no weights."

@@ -80,6 +80,10 @@ class EngineInfo:
     """``face_affines(track)[i]`` depends on row ``i`` of the track alone (no smoothing across frames): the
     worker may then crop each frame during the tracking pass, as soon as its row is final, instead of
     decoding the video once more for the crops."""
+    whole_frame: bool = False
+    """The "crop" is the whole frame at the engine's generation size for the request's aspect ratio (InfiniteTalk:
+    its resolution bucket): crops and blend masks are (n, h, w) for that size, not square, and ``crop_size`` is
+    only the largest side any request can get."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,174 @@
+"""Random InfiniteTalk weights written in exactly the published layout and formats (tests, smoke runs):
+
+- ``Wan2.1-I2V-14B-480P/config.json`` (the authors' ``WanModel`` fields), the seven
+  ``diffusion_pytorch_model-0000k-of-00007.safetensors`` shards with their index (the Wan keys) and
+  ``InfiniteTalk/single/infinitetalk.safetensors`` (the audio keys), all in the authors' key names;
+- ``Wan2.1_VAE.pth``, ``models_t5_umt5-xxl-enc-bf16.pth`` (bf16), ``models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth``
+  (fp16, with a token text tower, logit scale and head as the published file has them): ``torch.save`` state
+  dicts in the authors' names;
+- ``google/umt5-xxl/``: a small unigram tokenizer made here (``tokenizer.json`` + configs; pad 0, end 1, unk 2);
+- ``chinese-wav2vec2-base/``: a small ``Wav2Vec2Model`` (``save_pretrained``) and its preprocessor config.
+
+The networks are ``config.SMALL`` (the published structures at small widths). The published sizes are checked
+on the ``meta`` device instead (``tests/engines/test_infinitetalk_weights.py``): 19 B parameters are 76 GB of
+random fp32 shards.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from lipsync.model.infinitetalk import keymaps, layout
+from lipsync.model.infinitetalk.config import SMALL, InfiniteTalkConfig
+
+AUDIO_KEYS = (".audio_cross_attn.", ".norm_x.", "audio_proj.")
+
+TOKENS = ["<pad>", "</s>", "<unk>"] + [f"\u2581{w}" for w in (
+    "a", "person", "is", "talking", "looking", "at", "the", "camera", "natural", "head", "movements", "and",
+    "expressions", "bright", "tones", "static", "blurred", "details", "worst", "quality", "low", "ugly", "a", "man",
+    "woman", "speaks", "smiles", "in", "of", "to")] + list("abcdefghijklmnopqrstuvwxyz,.")
+
+
+def write_tokenizer(folder: Path, vocab_size: int) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    tokens = list(dict.fromkeys(TOKENS))[:vocab_size]
+    vocab = [(t, 0.0 if i < 3 else -float(i)) for i, t in enumerate(tokens)]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=2, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    special = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
+    (folder / "special_tokens_map.json").write_text(json.dumps(special))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "T5TokenizerFast", "model_max_length": 512, "extra_ids": 0, **special}))
+
+
+def _randomise(module: torch.nn.Module, g: torch.Generator) -> None:
+    """Every parameter random (zero-initialised outputs and biases too), so a test exercises every weight."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith(("norm.weight", "norm1.weight", "norm2.weight", "norm3.weight", "gamma")) or \
+                    "layer_norm" in name or "layernorm" in name or "norm_" in name:
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                fan_in = p.shape[1] if p.ndim > 1 else p.shape[0]
+                p.copy_(torch.randn(p.shape, generator=g) / max(1.0, fan_in) ** 0.5)
+
+
+def _authors(state: dict[str, torch.Tensor], pairs) -> dict[str, torch.Tensor]:
+    rename = keymaps.mapper(pairs, reverse=True)
+    out = {}
+    for key, value in state.items():
+        new = rename(key)
+        if new is not None:
+            out[new] = value.detach().clone().contiguous()
+    return out
+
+
+def write_transformer(wan: Path, root: Path, config: InfiniteTalkConfig, g: torch.Generator) -> None:
+    from safetensors.torch import save_file
+
+    from lipsync.model.infinitetalk.transformer import InfiniteTalkTransformer
+
+    model = InfiniteTalkTransformer(config.transformer)
+    _randomise(model, g)
+    state = _authors(model.state_dict(), keymaps.TRANSFORMER)
+    audio = {k: v for k, v in state.items() if any(a in k for a in AUDIO_KEYS)}
+    base = [k for k in state if k not in audio]
+    weight_map = {}
+    for n, shard in enumerate(layout.SHARDS):
+        part = {k: state[k] for k in base[n::len(layout.SHARDS)]}
+        save_file(part, str(wan / shard))
+        weight_map.update({k: shard for k in part})
+    (wan / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in state.values())},
+         "weight_map": weight_map}, indent=1))
+    (wan / "config.json").write_text(json.dumps(config.transformer.to_file_dict(), indent=1))
+    (root / layout.SINGLE).parent.mkdir(parents=True, exist_ok=True)
+    save_file(audio, str(root / layout.SINGLE))
+
+
+def write_vae(path: Path, config: InfiniteTalkConfig, g: torch.Generator) -> None:
+    from diffusers import AutoencoderKLWan
+
+    vae = AutoencoderKLWan(**config.vae.diffusers_kwargs())
+    _randomise(vae, g)
+    torch.save(_authors(vae.state_dict(), keymaps.vae_pairs(config.vae.num_res_blocks)), path)
+
+
+def write_t5(path: Path, config: InfiniteTalkConfig, g: torch.Generator) -> None:
+    from lipsync.model.infinitetalk.loading import umt5
+
+    model = umt5(config.t5)
+    _randomise(model, g)
+    state = _authors(model.state_dict(), keymaps.T5)
+    torch.save({k: v.to(torch.bfloat16) for k, v in state.items()}, path)
+
+
+def write_clip(path: Path, config: InfiniteTalkConfig, g: torch.Generator) -> None:
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    c = config.clip
+    model = CLIPVisionModel(CLIPVisionConfig(
+        hidden_size=c.dim, intermediate_size=c.dim * c.mlp_ratio, num_hidden_layers=c.num_layers,
+        num_attention_heads=c.num_heads, image_size=c.image_size, patch_size=c.patch_size, hidden_act="gelu"))
+    _randomise(model, g)
+    split = _authors(model.state_dict(), keymaps.CLIP)
+    state = {}
+    for key, value in split.items():
+        if ".attn.q." in key:
+            qkv = [split[key.replace(".attn.q.", f".attn.{n}.")] for n in "qkv"]
+            state[key.replace(".attn.q.", ".attn.to_qkv.")] = torch.cat(qkv)
+        elif ".attn.k." in key or ".attn.v." in key:
+            continue
+        elif key == "visual.cls_embedding":
+            state[key] = value.reshape(1, 1, -1)
+        elif key == "visual.pos_embedding":
+            state[key] = value[None]
+        else:
+            state[key] = value
+    state["visual.head"] = torch.randn(c.dim, 16, generator=g)
+    state["log_scale"] = torch.tensor(2.6592)
+    state["textual.token_embedding.weight"] = torch.randn(64, 16, generator=g)
+    state["textual.head.0.weight"] = torch.randn(16, 16, generator=g)
+    torch.save({k: v.to(torch.float16) for k, v in state.items()}, path)
+
+
+def write_wav2vec(folder: Path, config: InfiniteTalkConfig, seed: int) -> None:
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    t = config.transformer
+    torch.manual_seed(seed)
+    cfg = Wav2Vec2Config(hidden_size=t.audio_channels, num_hidden_layers=t.audio_layers, num_attention_heads=2,
+                         intermediate_size=2 * t.audio_channels, conv_dim=(16,) * 7, num_conv_pos_embeddings=16,
+                         num_conv_pos_embedding_groups=2, feat_extract_norm="group", do_stable_layer_norm=False,
+                         vocab_size=8)
+    Wav2Vec2Model(cfg).save_pretrained(folder, safe_serialization=True)
+    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
+                             return_attention_mask=True).save_pretrained(folder)
+
+
+def write_random_weights(root: Path, config: InfiniteTalkConfig = SMALL, *, seed: int = 0) -> Path:
+    root = Path(root)
+    wan = root / layout.WAN_480
+    wan.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    write_transformer(wan, root, config, g)
+    write_vae(wan / layout.VAE_FILE, config, g)
+    write_t5(wan / layout.T5_FILE, config, g)
+    write_tokenizer(wan / layout.T5_TOKENIZER, config.t5.vocab_size)
+    write_clip(wan / layout.CLIP_FILE, config, g)
+    write_wav2vec(root / layout.WAV2VEC, config, seed)
+    return root
+
+
+def write_published_weights(root: Path, *, seed: int = 0) -> Path:
+    raise ValueError("InfiniteTalk at the published sizes is 19 B parameters (76 GB of random fp32 shards): not "
+                     "written; the published sizes are checked on the meta device (tests/engines/"
+                     "test_infinitetalk_weights.py), and `lipsync weights fetch infinitetalk DIR` gets the real files")
