@@ -80,6 +80,8 @@ class InfiniteTalkSampler:
         cfg = vae.config
         self.latents_mean = torch.tensor(cfg.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
         self.latents_std = torch.tensor(cfg.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        self.trace: list[torch.Tensor] | None = None
+        """Set to a list to keep every chunk's denoised latent (tests compare them with the recipe)."""
 
     # -------------------------------------------------------------------------------- components
     @torch.no_grad()
@@ -169,7 +171,10 @@ class InfiniteTalkSampler:
         if colour_reference is not None and s.colour_correction > 0:
             corrected = match_colours(video[0].permute(1, 2, 3, 0).numpy(), colour_reference, s.colour_correction)
             video = torch.from_numpy(corrected).permute(3, 0, 1, 2)[None]
-        return ChunkResult(latents=latent.float().cpu(), video=video)
+        result = ChunkResult(latents=latent.float().cpu(), video=video)
+        if self.trace is not None:
+            self.trace.append(result.latents)
+        return result
 
 
 def chunk_starts(num_frames: int, frame_num: int, motion: int) -> list[int]:
