@@ -17,6 +17,13 @@ cancel — and asks the engine only for what differs between models:
    frames ``start .. start + n - 1``; the worker warps crop and mask back with the inverse affine. Outside the
    mask the frame is never touched.
 
+5. ``encoder_cache_key(request)``: what the engine's image-encoder outputs for this request depend on besides the
+   crops, the weights and the device (a dict; None: nothing worth keeping). When it is not None and the worker's
+   video-side cache is on (``lipsync.worker.video_cache``), ``request.encoded`` is set: the engine then gets each
+   encoder output through ``request.encoded(name, compute)`` — the cached value (an ndarray of the same values),
+   or ``compute()``'s — naming it by everything decided inside ``generate`` (its frames, its batching). The output
+   must be the same bytes either way.
+
 The engine logs through ``request.log`` (knobs it has no mechanism for are said once, not errors) and reports
 progress through ``request.progress`` — which raises to cancel; an engine lets that exception propagate. It
 fills ``request.metrics`` with what it actually used. No engine knows HTTP, Redis or storage.
@@ -131,6 +138,12 @@ class EngineRequest:
     workdir: Path | None = None
     """The request's work folder, for what an engine spills to disk (``lipsync.media.frame_store``); None: the system's
     temporary folder."""
+    encoded: Callable[[str, Callable[[], Any]], Any] | None = None
+    """``encoded(name, compute)``: the image-encoder output ``name`` from the worker's video-side cache, or
+    ``compute()`` (kept for later requests); None: compute it (no cache). See ``LipSyncEngine.encoder_cache_key``."""
+
+    def encoder_output(self, name: str, compute: Callable[[], Any]) -> Any:
+        return compute() if self.encoded is None else self.encoded(name, compute)
 
 
 @dataclass
@@ -159,6 +172,8 @@ class LipSyncEngine(Protocol):
     def blend_masks(self, request: EngineRequest, start: int, landmarks: np.ndarray) -> np.ndarray: ...
 
     def generate(self, request: EngineRequest, batches: Iterable[CropBatch]) -> Iterator[np.ndarray]: ...
+
+    def encoder_cache_key(self, request: EngineRequest) -> dict[str, Any] | None: ...
 
 
 def landmarks_to_crop(landmarks: np.ndarray, affines: np.ndarray) -> np.ndarray:

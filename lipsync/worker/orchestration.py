@@ -44,6 +44,7 @@ from lipsync.model.devices import typed_out_of_memory
 from lipsync.model.engine import CropBatch, EngineOptions, EngineRequest, Knobs, LipSyncEngine, landmarks_to_crop
 from lipsync.worker.job import OutputFile, PipelineJob, PipelineOutput
 from lipsync.worker.stages import Stages
+from lipsync.worker.video_cache import VideoCache, code_fingerprint, weights_fingerprint
 
 log = logging.getLogger("lipsync.pipeline")
 
@@ -89,6 +90,12 @@ class LipSyncWorkerPipeline:
         self.info = self.engine.info
         self.analyzer = default_face_analyzer(settings.insightface_root)
         self.embedder = FaceEmbedder() if self.info.needs_identity else None
+        self.cache = VideoCache.from_settings(settings)  # the video-side cache (lipsync.worker.video_cache), or None
+        self.cache_identity = None if self.cache is None else {
+            "source": {"analyzer": self.analyzer.name, "identity": self.info.needs_identity, "code": code_fingerprint()},
+            "crops": {"engine": self.info.name, "weights": self.info.weights, "crop_size": self.info.crop_size,
+                      "files": weights_fingerprint(settings.weights_dir)},
+            "encoder": {"dtype": self.info.dtype or self.options.dtype, "device": self.options.device}}
         log.info("lip-sync pipeline: engine %s (weights %s) on %s/%s, face crops %d px, faces %s; loaded in %.1f s",
                  self.info.name, self.info.weights, self.options.device, self.info.dtype or self.options.dtype, self.info.crop_size,
                  self.analyzer.name, time.perf_counter() - started)
@@ -111,12 +118,16 @@ class LipSyncWorkerPipeline:
         video_path, audio_path = job.inputs["video"].path, job.inputs["audio"].path
         timings: dict[str, float] = {}
         clock = _Clock(timings)
+        vcache = self._request_cache(job, clock)
+        if vcache is not None:
+            cleanup.callback(vcache.close)
+        cached = None if vcache is None else vcache.load_source()  # probe, face track, identity of this video
         if self.info.random_weights_warning:
             job.log(self.info.random_weights_warning, LogLevel.WARN)
 
         # 1. Probe + output spec
         with clock("probe_time"):
-            info = probe_video(video_path)
+            info = probe_video(video_path) if cached is None else cached.info
             spec = resolve_output_spec(info, frame_rate=req.frame_rate, height=req.height, width=req.width,
                                        num_frames=frames_to_read(req, is_image=info.kind == "image",
                                                                  max_num_frames=self.settings.max_num_frames))
@@ -133,34 +144,44 @@ class LipSyncWorkerPipeline:
         job.log(f"Decoding {info.kind} and tracking faces: about {expected} frames", LogLevel.INFO)
         chunk = chunk_frames(spec.width, spec.height)
         sampler = None
-        if self.embedder is not None:
+        if self.embedder is not None and cached is None:
             from lipsync.media.embedding import FrameSampler
 
             sampler = FrameSampler(expected, count=1 if is_image else FACE_ID_FRAMES)
         early = None  # crops made in this pass (see lipsync.worker.early_crops), when the engine's rule allows it
-        if self.info.affines_per_frame and not is_image and not requests_edits(req) and req.speaker == "largest":
+        if self.info.affines_per_frame and not is_image and not requests_edits(req) and req.speaker in ("largest", "auto") and cached is None:
             from lipsync.worker.early_crops import EarlyCrops
 
             early = EarlyCrops(self.engine, job.workdir, self.analyzer.name)
             cleanup.callback(early.close)
-        with clock("face_track_time"), Stages(threaded=self.settings.stage_threads) as stages:
-            chunks = stages.run(iter_video_chunks(video_path, spec, chunk_size=chunk), name="decode")
-            if sampler is not None:
-                chunks = sampler.tap(chunks)
-            tracker = FaceTracker(self.analyzer, on_rows=None if early is None else
-                                  lambda rows: _timed_call(clock, "crop_time", early.crop_rows, rows)) \
-                if req.speaker == "largest" else self._speaker_tracker(req, info, spec, video_path)
-            for frames in _progress_chunks(job, chunks, "decoding + face tracking, frame", expected):
-                if early is not None:
-                    early.hold(frames)
-                tracker.push(frames)
-            track = tracker.finish()
-            if req.speaker != "largest":  # lipsync.media.speakers: every face tracked, the chosen ones kept
-                job.log(tracker.describe(), LogLevel.INFO)
-                speaker_metrics = tracker.selection.metrics()
+        if cached is not None:  # the video-side cache had this video's face track
+            track = cached.track
             job.log(f"Face coverage {100 * track.coverage:.1f}% ({int(track.present.sum())} of {track.num_frames} "
-                    f"frames; {int(track.detected.sum())} detected) with {track.analyzer}", LogLevel.INFO)
-            track.require_face("video")
+                    f"frames) from the video cache: no decode or face tracking", LogLevel.INFO)
+        else:
+            with clock("face_track_time"), Stages(threaded=self.settings.stage_threads) as stages:
+                chunks = stages.run(iter_video_chunks(video_path, spec, chunk_size=chunk), name="decode")
+                if sampler is not None:
+                    chunks = sampler.tap(chunks)
+                tracker = FaceTracker(self.analyzer, on_rows=None if early is None else
+                                      lambda rows: _timed_call(clock, "crop_time", early.crop_rows, rows)) \
+                    if req.speaker in ("largest", "auto") else self._speaker_tracker(req, info, spec, video_path)
+                for frames in _progress_chunks(job, chunks, "decoding + face tracking, frame", expected):
+                    if early is not None:
+                        early.hold(frames)
+                    tracker.push(frames)
+                track = tracker.finish()
+                if req.speaker == "auto" and tracker.max_faces > 1:  # several faces: track them all, then choose
+                    track, tracker, early = self._retrack_speakers(req, info, spec, video_path, chunk, stages, early)
+                if req.speaker != "largest":  # lipsync.media.speakers: the chosen face(s), and why
+                    from lipsync.media.speakers import one_face_selection
+
+                    selection = getattr(tracker, "selection", None) or one_face_selection(track)
+                    job.log(selection.describe(), LogLevel.INFO)
+                    speaker_metrics = selection.metrics()
+                job.log(f"Face coverage {100 * track.coverage:.1f}% ({int(track.present.sum())} of {track.num_frames} "
+                        f"frames; {int(track.detected.sum())} detected) with {track.analyzer}", LogLevel.INFO)
+                track.require_face("video")
         source_frames = track.num_frames
 
         # 3. Timeline from the edits and the sync mode (lipsync.media.sync_modes), face track on it
@@ -227,7 +248,7 @@ class LipSyncWorkerPipeline:
             return _output(out_path, metrics, timings)
 
         # 5. Face-ID embedding, for engines that condition on one
-        identity = None
+        identity = None if cached is None else cached.identity
         if self.embedder is not None and sampler is not None:
             from lipsync.media.embedding import track_embedding
 
@@ -236,6 +257,10 @@ class LipSyncWorkerPipeline:
                 if identity is None:  # none of the kept frames shows the face: decode the ones that do
                     identity = track_embedding(iter_video_chunks(video_path, spec, chunk_size=chunk), track,
                                                self.embedder, count=1 if is_image else FACE_ID_FRAMES)
+
+        if vcache is not None and cached is None:
+            vcache.save_source(info, track, identity, sum(timings.get(k, 0.0) for k in
+                                                          ("probe_time", "face_track_time", "face_id_time")))
 
         # 6. The engine's crop rule
         affines = self.engine.face_affines(out_track)
@@ -248,20 +273,31 @@ class LipSyncWorkerPipeline:
             audio=wav16k, fps=float(spec.fps), num_frames=num_out, generate=generate, is_image=is_image,
             knobs=Knobs.from_request(req), log=lambda m: job.log(m, LogLevel.INFO), progress=job.progress,
             identity=identity, workdir=job.workdir)
+        cached_crops = crop_sink = None
+        if vcache is not None:
+            vcache.use_timeline(background, generate)
+            cached_crops = None if is_image else vcache.load_crops(num_out)
+            crop_sink = vcache.crops_sink() if cached_crops is None and not is_image else None
+            declares = getattr(self.engine, "encoder_cache_key", None)  # an engine without it reuses no encoder output
+            request.encoded = vcache.encoder_memo(None if declares is None else declares(request))
         if early is not None and (timeline.spans or timeline.removed or len(early.store) != num_out
                                   or np.any(background != np.arange(num_out))):
             early.close()  # the timeline is not the source's after all
             early = None
         with clock("pass2_time"), Stages(threaded=self.settings.stage_threads) as stages:
             request.progress = stages.guard(job.progress)  # a timeout stops the engine at its next step
-            if early is not None:
-                decoded = early.batches(chunk)
+            if cached_crops is not None:  # from the video-side cache
+                decoded = (cached_crops[a : a + chunk] for a in range(0, num_out, chunk))
                 batches = stages.run(self._crop_batches(job, decoded, affines, present, crop_landmarks, num_out,
                                                         clock, still=False, cropped=True), name="crop")
+            elif early is not None:
+                decoded = early.batches(chunk)
+                batches = stages.run(self._crop_batches(job, decoded, affines, present, crop_landmarks, num_out,
+                                                        clock, still=False, cropped=True, sink=crop_sink), name="crop")
             else:
                 decoded = stages.run(frames(), name="decode_crop")
                 batches = stages.run(self._crop_batches(job, decoded, affines, present, crop_landmarks, num_out,
-                                                        clock, still=is_image), name="crop")
+                                                        clock, still=is_image, sink=crop_sink), name="crop")
             waited = _timed(batches, clock, "model_wait_time")  # the engine waiting for crops is not model time
             engine_chunks = typed_out_of_memory(self.engine.generate(request, waited), what=self.info.name)
             generated = stages.run(rebatch(_timed(engine_chunks, clock, "model_time"), chunk), name="model")
@@ -271,11 +307,28 @@ class LipSyncWorkerPipeline:
             _encode(job, pasted, audio, spec, colour, num_out, clock, nvenc=self.settings.nvenc)
         timings.update({f"cpu_{name}_time": cpu for name, cpu in stages.cpu_s.items()})
         metrics.update(request.metrics)
+        if vcache is not None:
+            vcache.finish(num_out, timings.get("crop_time", 0.0) + stages.cpu_s.get("decode_crop", 0.0))
+            metrics.update(vcache.report.metrics())
         timings["model_time"] = max(0.0, timings.get("model_time", 0.0) - timings.pop("model_wait_time", 0.0))
         timings["paste_encode_time"] = timings.get("paste_time", 0.0) + timings.get("encode_time", 0.0)
         return _output(out_path, metrics, timings)
 
     # ------------------------------------------------------------------------------------------------------
+    def _request_cache(self, job: PipelineJob, clock: "_Clock"):
+        """This request's use of the video-side cache (``lipsync.worker.video_cache.RequestCache``), or None: off
+        on this worker, or skipped by the request (``skip_video_cache``)."""
+        from lipsync.worker.video_cache import RequestCache
+
+        if self.cache is None:
+            return None
+        if getattr(job.params, "skip_video_cache", False):
+            job.log("Video cache: skipped for this request (skip_video_cache)", LogLevel.INFO)
+            return None
+        with clock("cache_key_time"):  # hashing the video's bytes
+            return RequestCache(self.cache, job.inputs["video"].path, job.params, self.cache_identity,
+                                say=lambda message: job.log(message, LogLevel.WARN))
+
     def _speaker_tracker(self, req, info, spec, video_path: Path):
         """Pass 1's tracker for a ``speaker`` other than the largest face (``lipsync.media.speakers``)."""
         from lipsync.media.speakers import SpeakerTracker, source_audio_loader
@@ -286,11 +339,23 @@ class LipSyncWorkerPipeline:
                               source_audio=(lambda: None) if info.kind == "image" else
                               source_audio_loader(video_path, max_seconds=seconds))
 
+    def _retrack_speakers(self, req, info, spec, video_path: Path, chunk: int, stages: Stages, early):
+        """``speaker: "auto"`` when pass 1 saw several faces in a frame: a second decode tracks them all and
+        chooses (the crops pass 1 made for the largest face are dropped). Returns (track, tracker, early)."""
+        from lipsync.media.video import iter_video_chunks
+
+        if early is not None:
+            early.close()
+        tracker = self._speaker_tracker(req, info, spec, video_path)
+        for frames in stages.run(iter_video_chunks(video_path, spec, chunk_size=chunk), name="decode_speakers"):
+            tracker.push(frames)
+        return tracker.finish(), tracker, None
+
     def _crop_batches(self, job: PipelineJob, chunks, affines, present, landmarks, num_out: int, clock, *,
-                      still: bool, cropped: bool = False):
+                      still: bool, cropped: bool = False, sink=None):
         """CropBatch per decoded chunk (``cropped``: per chunk of crops made in pass 1). A still image is
         cropped once and that crop seen T times (a read-only view): every frame of a still is the same picture
-        with the same face."""
+        with the same face. ``sink``: an entry of the video-side cache that keeps the crops."""
         j = 0
         still_crop = None
         for frames in chunks:
@@ -306,6 +371,8 @@ class LipSyncWorkerPipeline:
                 else:
                     crops = self.engine.crop(frames, np.where(present[sl, None, None], affines[sl], np.nan))
                 batch = CropBatch(start=j, crops=crops, present=present[sl], landmarks=landmarks[sl])
+                if sink is not None:
+                    sink.append("crops", crops)
             j += n
             job.progress("cropping faces, frame", j, num_out)
             yield batch

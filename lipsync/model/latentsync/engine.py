@@ -149,7 +149,8 @@ class LatentSyncEngine:
             def sample(part: list[Segment]) -> list[np.ndarray]:
                 if part[0] is todo[0]:
                     run.generator.set_state(state)
-                return run.segments([SegmentInput(g.crops, audio.frames(g.start, len(g.crops))) for g in part],
+                return run.segments([SegmentInput(g.crops, audio.frames(g.start, len(g.crops)),
+                                                  self._encoded(request, g, run.vae_batch)) for g in part],
                                     on_step=lambda step, steps: request.progress(stage, step, steps))
 
             outs = in_halves_on_oom(sample, todo, what="LatentSync", say=request.log)
@@ -160,6 +161,20 @@ class LatentSyncEngine:
                 out = np.where(g.present[:, None, None, None], out, g.crops)
             yield out
 
+
+    @staticmethod
+    def _encoded(request: EngineRequest, segment: "Segment", vae_batch: int):
+        """The segment's VAE posterior moments through the video-side cache (named by its frames and the VAE
+        batch), or None without one."""
+        if request.encoded is None:
+            return None
+        prefix = f"segment/{segment.start}/{len(segment.crops)}/{vae_batch}"
+        return lambda name, compute: request.encoded(f"{prefix}/{name}", compute)
+
+    def encoder_cache_key(self, request: EngineRequest) -> dict:
+        """The masked and reference posteriors depend on the crops, the mouth mask, the weights, the dtype and
+        the VAE batch (in each name)."""
+        return {"encoder": "latentsync-vae-posterior", "dtype": self.info.dtype, "resolution": self.size}
 
     def _measure_segment(self) -> float:
         """Device memory one more segment in a UNet call costs (a guided step, the VAE in and out), measured

@@ -43,6 +43,9 @@ class SegmentInput:
     """(n, S, S, 3) uint8 aligned crops."""
     audio: torch.Tensor
     """(n, tokens, dim) audio tokens of the segment's frames."""
+    encoded: Callable | None = None
+    """``encoded(name, compute)``: the segment's VAE posterior moments (``masked``, ``reference``) through the
+    worker's video-side cache (``EngineRequest.encoder_output``); None: computed."""
 
 
 class LatentSyncSampler:
@@ -80,11 +83,15 @@ class SamplingRun:
         return self.guidance_scale > 1.0
 
     # ------------------------------------------------------------------------------------------ pieces
-    def _vae_sample(self, pixels: torch.Tensor) -> torch.Tensor:
+    def _vae_sample(self, pixels: torch.Tensor, encoded: Callable | None = None, name: str = "") -> torch.Tensor:
         """VAE posterior sample of (n, 3, S, S), drawn once for the whole segment, scaled."""
-        moments = [self.s.vae.encode(pixels[i : i + self.vae_batch]).latent_dist.parameters
-                   for i in range(0, len(pixels), self.vae_batch)]
-        dist = DiagonalGaussianDistribution(torch.cat(moments))
+        def moments() -> torch.Tensor:
+            return torch.cat([self.s.vae.encode(pixels[i : i + self.vae_batch]).latent_dist.parameters
+                              for i in range(0, len(pixels), self.vae_batch)])
+
+        parameters = moments() if encoded is None else \
+            torch.as_tensor(encoded(name, moments)).to(self.s.device, self.s.dtype)  # a computed tensor unchanged
+        dist = DiagonalGaussianDistribution(parameters)
         return (dist.sample(generator=self.generator) - VAE_SHIFT) * VAE_SCALE
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -92,7 +99,7 @@ class SamplingRun:
         return torch.cat([self.s.vae.decode(latents[i : i + self.vae_batch]).sample
                           for i in range(0, len(latents), self.vae_batch)])
 
-    def _conditions(self, crops: np.ndarray):
+    def _conditions(self, crops: np.ndarray, encoded: Callable | None = None):
         """Pixels in [-1, 1], 1-channel mask at S, and the (1, 9, n, h, w) mask + masked + reference latents."""
         s = self.s
         # contiguous (n, 3, S, S), as the published faces are stacked: a channels-last view takes another
@@ -102,9 +109,9 @@ class SamplingRun:
         masked = (pixels * s.mask).to(device=s.device, dtype=s.dtype)  # float64 product, then the model's dtype
         mask = s.mask[None, None].expand(len(crops), 1, s.size, s.size)
         mask_latent = F.interpolate(mask, size=(s.latent_size, s.latent_size)).to(device=s.device, dtype=s.dtype)
-        masked_latent = self._vae_sample(masked)
+        masked_latent = self._vae_sample(masked, encoded, "masked")
         pixels = pixels.to(device=s.device, dtype=s.dtype)
-        reference_latent = self._vae_sample(pixels)
+        reference_latent = self._vae_sample(pixels, encoded, "reference")
         cond = torch.cat([mask_latent, masked_latent, reference_latent], dim=1)  # (n, 9, h, w)
         return pixels, mask.to(device=s.device, dtype=s.dtype), cond.permute(1, 0, 2, 3)[None]
 
@@ -116,7 +123,7 @@ class SamplingRun:
         if any(len(it.crops) != n for it in items):
             raise ValueError("segments batched together must have the same length")
         s = self.s
-        prepared = [self._conditions(it.crops) for it in items]  # draws in the published order
+        prepared = [self._conditions(it.crops, it.encoded) for it in items]  # draws in the published order
         cond = torch.cat([p[2] for p in prepared])
         audio = torch.cat([it.audio for it in items]).to(device=s.device, dtype=s.dtype)
         if self.guided:

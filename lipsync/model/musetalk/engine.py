@@ -21,6 +21,7 @@ and one download per UNet batch, nothing per frame on the host.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -112,7 +113,12 @@ class MuseTalkEngine:
 
     def encode(self, crops: torch.Tensor, generator: torch.Generator, vae_batch: int) -> torch.Tensor:
         """(n, S, S, 3) uint8 on the device → (n, 8, s, s) UNet input latents: cat(masked, reference)."""
-        n, size = crops.shape[0], crops.shape[1]
+        return self.sample_latents(self.posterior(crops, vae_batch), generator)
+
+    def posterior(self, crops: torch.Tensor, vae_batch: int) -> torch.Tensor:
+        """(n, S, S, 3) uint8 on the device → (2, 2n, 4, s, s): the VAE posterior's (mean, std) of the masked crops,
+        then of the crops (the references). The image encoder's whole work: what the video-side cache keeps."""
+        size = crops.shape[1]
         # contiguous (n, 3, S, S) as the published preprocess_img builds it: a channels-last view takes another
         # convolution kernel in the VAE encoder
         img = self.lut[crops.long()].permute(0, 3, 1, 2).contiguous()
@@ -124,7 +130,12 @@ class MuseTalkEngine:
             dist = self.nets.vae.encode(chunk).latent_dist
             means.append(dist.mean)
             stds.append(dist.std)
-        mean, std = torch.cat(means), torch.cat(stds)
+        return torch.stack([torch.cat(means), torch.cat(stds)])
+
+    def sample_latents(self, posterior: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """(2, 2n, 4, s, s) posterior → (n, 8, s, s) sampled, scaled latents: cat(masked, reference)."""
+        mean, std = posterior[0], posterior[1]
+        n = mean.shape[0] // 2
         # one draw per frame, in frame order, (masked, reference) each: the noise does not depend on the batching
         shape = (2, *mean.shape[1:])
         noise = torch.stack([torch.randn(shape, generator=generator, device=mean.device, dtype=mean.dtype)
@@ -198,16 +209,31 @@ class MuseTalkEngine:
         """Frames ``idx`` of a UNet batch: encode (masked, reference), one UNet pass, decode; on the host."""
         if request.is_image:
             if "latent" not in still:
-                first = torch.from_numpy(np.ascontiguousarray(crops[idx[:1]])).to(self.device)
-                still["latent"] = self.encode(first, generator, vae_batch)
+                still["latent"] = self.sample_latents(self._posterior(request, crops, start, idx[:1], vae_batch),
+                                                      generator)
             latents = still["latent"].expand(idx.size, -1, -1, -1).contiguous()
         else:
-            x = torch.from_numpy(np.ascontiguousarray(crops[idx])).to(self.device, non_blocking=True)
-            latents = self.encode(x, generator, vae_batch)
+            latents = self.sample_latents(self._posterior(request, crops, start, idx, vae_batch), generator)
         frame_starts = starts[torch.from_numpy(start + idx).to(self.device)]
         tokens = af.frame_windows(padded, frame_starts).to(self.dtype) + pe
         pred = self.unet(latents, tokens)
         return self.decode(pred, vae_batch).cpu().numpy()
+
+    def _posterior(self, request: EngineRequest, crops: np.ndarray, start: int, idx: np.ndarray,
+                   vae_batch: int) -> torch.Tensor:
+        """``posterior`` of output frames ``start + idx``, through the video-side cache when the worker has one (its
+        name: the frames and the VAE batch, which decide the bytes)."""
+        def compute() -> torch.Tensor:
+            x = torch.from_numpy(np.ascontiguousarray(crops[idx])).to(self.device, non_blocking=True)
+            return self.posterior(x, vae_batch)
+
+        frames = hashlib.blake2b((start + idx).astype(np.int64).tobytes(), digest_size=8).hexdigest()
+        value = request.encoder_output(f"posterior/{start + int(idx[0])}/{idx.size}/{frames}/{vae_batch}", compute)
+        return torch.as_tensor(value).to(self.device, self.dtype)  # a computed tensor passes unchanged
+
+    def encoder_cache_key(self, request: EngineRequest) -> dict:
+        """The VAE posteriors depend on the crops, the weights, the dtype and the batching (in each name)."""
+        return {"encoder": "musetalk-vae-posterior", "dtype": self.info.dtype}
 
     def _calibrate(self) -> None:
         """Device memory a frame costs, measured once at load on this GPU: in a UNet batch (its crops on the

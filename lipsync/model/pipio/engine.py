@@ -131,8 +131,14 @@ class PipioEngine:
             feed_forward_num_splits=k.feed_forward_num_splits,
             face_id_cond_strength=k.face_id_cond_strength, appearance_cond_strength=k.appearance_cond_strength,
             seed=k.seed, num_inference_steps=steps, guidance_scale=self.guidance_scale, callback=callback,
+            encoded=request.encoded,
         )
 
+
+    def encoder_cache_key(self, request: EngineRequest) -> dict:
+        """The condition latents depend on the crops, their mouth masks (the landmarks), the timeline's generated
+        frames, the weights, the dtype and the VAE chunking (in each name); the references on the picks."""
+        return {"encoder": "pipio-condition", "dtype": self.info.dtype, "crop_size": self.info.crop_size}
 
     def _fit_vae_chunk(self, request: EngineRequest) -> tuple[int, int]:
         """``vae_chunk_size`` (8m+1 pixel frames) as the device's free memory allows now, at the cost of a latent

@@ -388,7 +388,7 @@ class LipSyncPipeline:
                vae_overlap_window_width: int = 16, frame_block_width: int = 136, feed_forward_num_splits: int = 2,
                face_id_cond_strength: int = -1, appearance_cond_strength: int = 1, seed: int = 42,
                num_inference_steps: int | None = None, guidance_scale: float | None = None,
-               callback: ProgressCallback | None = None) -> LipSyncStream:
+               callback: ProgressCallback | None = None, encoded: Callable | None = None) -> LipSyncStream:
         """Denoise, then hand back the decode as a lazy stream of composited chunks (:class:`LipSyncStream`).
 
         Args:
@@ -411,6 +411,9 @@ class LipSyncPipeline:
             num_inference_steps, guidance_scale: default to the config.
             callback: ``callback(stage, step, total, message)`` per VAE chunk, per block and per step; it may raise
                 to cancel (propagated, nothing swallowed).
+            encoded: ``encoded(name, compute)``: the condition and reference latents (the VAE encoder's whole work)
+                through the worker's video-side cache (``lipsync.model.engine.EngineRequest.encoder_output``); None:
+                computed.
 
         Returns:
             :class:`LipSyncStream`; its ``chunks`` run the VAE decode as they are read.
@@ -457,10 +460,14 @@ class LipSyncPipeline:
         batch = audio_windows.shape[0]
 
         # 4. Masked video latents + latent mask, references, identity, positions
-        cond = encode_condition(self.vae, source, vae_chunk_size, plan.overlap, device, dtype,
-                                progress=lambda i, n: notify("vae_encode", i, n, f"VAE encode chunk {i}/{n}"))
+        def condition() -> torch.Tensor:
+            return encode_condition(self.vae, source, vae_chunk_size, plan.overlap, device, dtype,
+                                    progress=lambda i, n: notify("vae_encode", i, n, f"VAE encode chunk {i}/{n}"))
+
+        cond = condition() if encoded is None else torch.as_tensor(
+            encoded(f"condition/{vae_chunk_size}/{plan.overlap}", condition)).to(device)  # a computed one unchanged
         references, reference_coords, bias, note = self._encode_references(frames, generate, reference_frames,
-                                                                           appearance_cond_strength)
+                                                                           appearance_cond_strength, encoded)
         notes += [note] if note else []
         id_embeds = None
         if id_strength > 0:
@@ -555,7 +562,7 @@ class LipSyncPipeline:
             position += segment.shape[2]
 
     def _encode_references(self, frames: np.ndarray, generate: np.ndarray, reference_frames: np.ndarray | None,
-                           strength: int):
+                           strength: int, encoded: Callable | None = None):
         """Appearance references -> clean latent tokens, RoPE coordinates outside the clip, and the key bias."""
         pool, index = (reference_frames, np.arange(len(reference_frames))) if reference_frames is not None \
             else (frames, np.flatnonzero(~generate))  # indices first: no copy of the video
@@ -564,5 +571,17 @@ class LipSyncPipeline:
         count = min(strength, self.config.max_reference_frames, len(index))
         picks = pool[index[np.linspace(0, len(index) - 1, count).round().astype(int)]]
         device, dtype = self.device, self.dtype
-        tokens, coords = encode_reference_frames(self.vae, picks, self.config.reference_time_seconds, device, dtype)
+        made: list = []
+
+        def both() -> list:
+            if not made:
+                made.extend(encode_reference_frames(self.vae, picks, self.config.reference_time_seconds, device, dtype))
+            return made
+
+        if encoded is None:
+            tokens, coords = both()
+        else:  # through the video-side cache (a computed tensor comes back unchanged)
+            name = f"references/{len(index)}/{count}"
+            tokens = torch.as_tensor(encoded(f"{name}/tokens", lambda: both()[0])).to(device, dtype)
+            coords = torch.as_tensor(encoded(f"{name}/coords", lambda: both()[1])).to(device)
         return tokens, coords, reference_logit_bias(strength, count), ""
