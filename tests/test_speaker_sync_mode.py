@@ -300,3 +300,12 @@ def test_both_fields_through_the_official_js_client(sstack, two, clips, tmp_path
     order = sync_order(clip.num_frames, AUDIO_FRAMES, "remap")
     assert probe(path)["frames"] == AUDIO_FRAMES and order[-1] > 60  # the 70 frames squeezed into 15
     assert_only(["B"] * AUDIO_FRAMES, [source[k] for k in order], decode(path), clip.boxes)
+
+
+def test_auto_with_one_face_is_the_default_path(sstack, clips, tmp_path):
+    """One face: nothing to choose, nothing scored, and the very same output as a request without the field."""
+    status, _, auto = run_ok(sstack, tmp_path, clips["numbered"], clips["tone"], speaker="auto")
+    speaker = status["metrics"]["speaker"]
+    assert speaker["note"] == "one face: nothing to choose" and [s["frames"] for s in speaker["segments"]] == [[0, N - 1]]
+    _, _, plain = run_ok(sstack, tmp_path, clips["numbered"], clips["tone"])
+    assert all(np.array_equal(a, b) for a, b in zip(auto, plain)) and len(auto) == len(plain) == N

@@ -350,6 +350,8 @@ class FaceTracker:
         self._taken: list[Rows] = []
         self.num_frames = 0
         self.frame_size = (0, 0)
+        self.max_faces = 0
+        """Most faces the detector found in one frame (``speaker: "auto"`` chooses only when it is above 1)."""
 
     @property
     def lag(self) -> int:
@@ -398,6 +400,7 @@ class FaceTracker:
                 self._faces, self._since_detect = [face], self._since_detect + 1
             else:
                 self._faces, self._since_detect = self.analyzer.detect(frame), 1
+                self.max_faces = max(self.max_faces, len(self._faces))
         self._last_frame = frame
         if i - self._last_seen > self.max_gap + 1:
             self._prev_box = None

@@ -242,6 +242,18 @@ class Selection:
                 out.append((int(a), int(b) - 1, int(self.choice[a])))
         return out
 
+    def describe(self) -> str:
+        """One log line: the tracks, and who was chosen where."""
+        parts = []
+        for first, last, tid in self.segments()[:8]:
+            why = self.why.get((first, tid), self.why.get(tid, {}))
+            scores = why.get("scores")
+            parts.append(f"frames {first}-{last}: track {tid} ({why.get('why', '')}"
+                         + (f"; scores {scores}" if scores else "") + ")")
+        more = len(self.segments()) - 8
+        return (f"speaker {self.mode}: {len(self.tracks.tracks)} face tracks; " + ("; ".join(parts) or "no face chosen")
+                + (f"; {more} more segments" if more > 0 else "") + (f". {self.note}" if self.note else ""))
+
     def metrics(self) -> dict[str, Any]:
         segments = self.segments()
         listed = [{"frames": [a, b], "track": tid, **self.why.get((a, tid), self.why.get(tid, {}))}
@@ -438,6 +450,20 @@ def select_auto(tracks: FaceTracks, wav16k: np.ndarray | None, fps: Fraction) ->
     return sel
 
 
+def one_face_selection(track: FaceTrack, mode: str = "auto") -> Selection:
+    """The selection ``auto`` makes when the default tracker never saw two faces in a frame: its own track (the
+    request then runs exactly as with ``largest``, crops made during tracking included)."""
+    frames = np.flatnonzero(track.detected)
+    candidates: tuple[CandidateTrack, ...] = ()
+    if frames.size:
+        lm = track.landmarks[frames]
+        boxes = np.concatenate([lm.min(1), lm.max(1)], axis=1)
+        candidates = (CandidateTrack(0, frames.astype(np.int64), boxes, lm, np.ones(len(frames), bool)),)
+    choice = np.where(track.present, 0, -1).astype(np.int64)
+    faces = FaceTracks(candidates, track.num_frames, track.frame_size, track.analyzer)
+    return Selection(mode, choice, faces, {0: {"why": "the only face"}}, "one face: nothing to choose")
+
+
 def select(tracks: FaceTracks, speaker: Any, *, scale: tuple[float, float], fps: Fraction,
            source_audio: Callable[[], np.ndarray | None]) -> Selection:
     """The ``Selection`` for a request's ``speaker`` (anything but ``"largest"``, which ``FaceTracker`` does)."""
@@ -520,16 +546,4 @@ class SpeakerTracker:
         return selected_track(self.selection)
 
     def describe(self) -> str:
-        """One log line: the tracks, and who was chosen where."""
-        sel = self.selection
-        if sel is None:
-            return "speaker: not chosen yet"
-        parts = []
-        for first, last, tid in sel.segments()[:8]:
-            why = sel.why.get((first, tid), sel.why.get(tid, {}))
-            scores = why.get("scores")
-            parts.append(f"frames {first}-{last}: track {tid} ({why.get('why', '')}"
-                         + (f"; scores {scores}" if scores else "") + ")")
-        more = len(sel.segments()) - 8
-        return (f"speaker {sel.mode}: {len(sel.tracks.tracks)} face tracks; " + ("; ".join(parts) or "no face chosen")
-                + (f"; {more} more segments" if more > 0 else "") + (f". {sel.note}" if sel.note else ""))
+        return "speaker: not chosen yet" if self.selection is None else self.selection.describe()
