@@ -11,6 +11,7 @@ how close their paste-back is (PSNR of each output against the input, and of the
     .venv/bin/python scripts/bench_stages.py --old /tmp/old --cases 1080x1920:10            # acceptance 1
     .venv/bin/python scripts/bench_stages.py --old /tmp/old --cases 720x1280:10 720x1280:60 1080x1920:10 1080x1920:60
     .venv/bin/python scripts/bench_stages.py --cases 1080x1920:10 1080x1920:60                # new code only
+    .venv/bin/python scripts/bench_stages.py --cases 1080x1920:10 --extra '{"speaker": "auto"}'  # a field's cost
 
 The model is the engine the settings select (``LIPSYNC_*`` pass through; default the tiny pipio config with
 random weights, so the model costs almost nothing and the CPU stages dominate).
@@ -51,7 +52,8 @@ def child(video: Path, audio: Path, out: Path, frames: int) -> None:
     pipeline = load_pipeline("lipsync", settings)
     load_s = time.perf_counter() - t0
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    body = {"video": STORAGE_SCHEME + "local/video", "audio": STORAGE_SCHEME + "local/audio", "num_frames": frames}
+    body = {"video": STORAGE_SCHEME + "local/video", "audio": STORAGE_SCHEME + "local/audio", "num_frames": frames,
+            **json.loads(os.environ.get("LIPSYNC_BENCH_EXTRA") or "{}")}
     context = {"internal": True, "max_num_frames": max(frames, settings.max_num_frames),
                "max_prompt_chars": settings.max_prompt_chars}
     params = validate_input(LipsyncInput, body, context)
@@ -87,8 +89,8 @@ def make_clip(path: Path, width: int, height: int, seconds: int) -> None:
                     str(path)], check=True)
 
 
-def run_child(tree: Path, video: Path, audio: Path, out: Path, frames: int) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONUNBUFFERED": "1"}
+def run_child(tree: Path, video: Path, audio: Path, out: Path, frames: int, extra: str = "") -> dict:
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONUNBUFFERED": "1", "LIPSYNC_BENCH_EXTRA": extra}
     env.setdefault("LIPSYNC_DEVICE", "cpu")
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(video), str(audio), str(out), str(frames)]
     proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
@@ -157,7 +159,7 @@ def compare(video: Path, outputs: dict[str, Path], frames: int) -> dict[str, str
             audio[0] is not None and audio[1] is not None and audio[0].shape == audio[1].shape
             and float(np.abs(audio[0] - audio[1]).max()) < 1e-4)
         same = infos[names[0]] == infos[names[1]]
-        lines["new vs old"] = (f"frames/size/fps {'same' if same else 'DIFFER'}, audio "
+        lines[f"{names[0]} vs {names[1]}"] = (f"frames/size/fps {'same' if same else 'DIFFER'}, audio "
                                f"{'same' if same_audio else 'DIFFERS'}, PSNR(new, old) {_psnr(both, count):.2f} dB")
     return lines
 
@@ -184,6 +186,8 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=["1080x1920:10"], help="WxH:seconds at 25 fps")
     parser.add_argument("--clips", type=Path, default=Path(tempfile.gettempdir()) / "bench-stages-clips",
                         help="where the input clips are made once and reused")
+    parser.add_argument("--extra", default="", help="JSON of request fields: each case runs again on this "
+                        "checkout with them ('new+extra'), and the cost of the fields is printed")
     args = parser.parse_args()
     if args.child:
         video, audio, out, frames = args.child
@@ -196,7 +200,7 @@ def main() -> None:
     audio = args.clips / "speech.wav"
     if not audio.exists():
         make_speech(audio)
-    trees = {"new": ROOT} | ({"old": args.old.resolve()} if args.old else {})
+    trees = {"new": ROOT} | ({"old": args.old.resolve()} if args.old else {}) | ({"new+extra": ROOT} if args.extra else {})
     peaks: dict[tuple[str, str], dict[int, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for case in args.cases:
@@ -210,7 +214,8 @@ def main() -> None:
             results, outputs = {}, {}
             for name, tree in trees.items():
                 outputs[name] = Path(tmp) / f"{name}-{width}x{height}-{seconds}.mp4"
-                results[name] = run_child(tree, video, audio, outputs[name], frames)
+                results[name] = run_child(tree, video, audio, outputs[name], frames,
+                                          args.extra if name == "new+extra" else "")
                 print(report(name, results[name], frames), flush=True)
                 peaks.setdefault((name, size), {})[int(seconds)] = results[name]["peak_rss_mb"]
             if "old" in results:
@@ -219,6 +224,11 @@ def main() -> None:
                 print(f"  speed-up new/old: wall {old['wall_s'] / new['wall_s']:.2f}x, CPU stages (wall - model) "
                       f"{cpu[0] / cpu[1]:.2f}x, CPU time {old['cpu_s'] / new['cpu_s']:.2f}x; peak RSS "
                       f"{new['peak_rss_mb'] / old['peak_rss_mb']:.2f}x")
+            if "new+extra" in results:
+                plain, extra = results["new"], results["new+extra"]
+                cpu = [r["wall_s"] - r["metrics"].get("model_time", 0.0) for r in (plain, extra)]
+                print(f"  cost of {args.extra}: CPU stages (wall - model) {cpu[1] / cpu[0]:.3f}x, CPU time "
+                      f"{extra['cpu_s'] / plain['cpu_s']:.3f}x, wall {extra['wall_s'] / plain['wall_s']:.3f}x")
             for name, line in compare(video, outputs, frames).items():
                 print(f"  {name}: {line}")
     for (name, size), by_len in peaks.items():
