@@ -110,7 +110,8 @@ def published_recipe(root: Path, crops: np.ndarray, audio: np.ndarray, *, seed: 
                 noise = uncond + guidance * (cond - uncond)
                 latents = scheduler.step(noise, t, latents, eta=0.0, generator=generator).prev_sample
             decoded = vae.decode(latents[0].permute(1, 0, 2, 3) / 0.18215).sample
-            combined = decoded * (1 - masks.float()) + pixel_values * masks.float()
+            repaint = (1 - masks).float()  # paste_surrounding_pixels_back(decoded, pixel_values, 1 - masks)
+            combined = decoded * repaint + pixel_values * (1 - repaint)
             out.append(((combined / 2 + 0.5).clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
     return np.concatenate(out)
 

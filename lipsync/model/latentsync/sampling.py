@@ -8,7 +8,8 @@ of the masked crops, then of the crops themselves (the reference) — each one d
 the same generator — times 0.18215; DDIM (eta 0) over the steps with the UNet fed
 ``[noisy latent, mask, masked latent, reference latent]`` and, when guidance > 1, a batch of zeros-audio and
 audio whose noise predictions combine as ``uncond + g (audio - uncond)``; decode (/ 0.18215); output
-``decoded (1 - mask) + crop mask``, to uint8 as published (``(x / 2 + 0.5).clamp(0, 1) * 255``, truncated).
+``decoded (1 - mask) + crop (1 - (1 - mask))`` (the published rounding), to uint8 as published
+(``(x / 2 + 0.5).clamp(0, 1) * 255``, truncated).
 
 Several segments of the same length can go through the UNet together (``segments_per_call``): each segment is
 its own batch item, so every norm and attention sees exactly the frames it would see alone; the draws keep
@@ -100,7 +101,8 @@ class SamplingRun:
                           for i in range(0, len(latents), self.vae_batch)])
 
     def _conditions(self, crops: np.ndarray, encoded: Callable | None = None):
-        """Pixels in [-1, 1], 1-channel mask at S, and the (1, 9, n, h, w) mask + masked + reference latents."""
+        """Pixels in [-1, 1], the 1-channel repaint weight (1 - mask) at S, and the (1, 9, n, h, w) mask + masked +
+        reference latents."""
         s = self.s
         # contiguous (n, 3, S, S), as the published faces are stacked: a channels-last view takes another
         # convolution kernel in the VAE encoder (one uint8 level apart after 20 steps)
@@ -113,7 +115,10 @@ class SamplingRun:
         pixels = pixels.to(device=s.device, dtype=s.dtype)
         reference_latent = self._vae_sample(pixels, encoded, "reference")
         cond = torch.cat([mask_latent, masked_latent, reference_latent], dim=1)  # (n, 9, h, w)
-        return pixels, mask.to(device=s.device, dtype=s.dtype), cond.permute(1, 0, 2, 3)[None]
+        # the published paste_surrounding_pixels_back(decoded, pixels, 1 - masks): 1 - mask in float64, then the
+        # model's dtype, and the reference weighted by 1 - that (not the mask itself: they round apart)
+        repaint = (1 - mask).to(device=s.device, dtype=s.dtype)
+        return pixels, repaint, cond.permute(1, 0, 2, 3)[None]
 
     # ------------------------------------------------------------------------------------------ segments
     @torch.no_grad()
@@ -143,9 +148,9 @@ class SamplingRun:
             if on_step is not None:
                 on_step(j + 1, len(timesteps))
         outputs = []
-        for k, (pixels, mask, _) in enumerate(prepared):
+        for k, (pixels, repaint, _) in enumerate(prepared):
             decoded = self._decode(latents[k].permute(1, 0, 2, 3))
-            combined = decoded * (1 - mask) + pixels * mask
+            combined = decoded * repaint + pixels * (1 - repaint)
             outputs.append(to_uint8(combined))
         return outputs
 
