@@ -47,6 +47,7 @@ def integrated_loudness(audio: np.ndarray, rate: int = SAMPLE_RATE, block: float
     if len(audio) < block * rate:
         raise ValueError(f"audio of {len(audio)} samples is shorter than one {block} s block")
     x = np.asarray(audio, np.float64)
+    # K-weighting designed at the signal's rate (pyloudnorm's parameters; at 48 kHz they give BS.1770's table)
     for args in (("high_shelf", 4.0, 1 / np.sqrt(2), 1500.0), ("high_pass", 0.0, 0.5, 38.0)):
         b, a = _biquad(*args, rate)
         x = lfilter(b, a, x)

@@ -79,10 +79,24 @@ def load_transformer(wan_dir: Path, single: Path, config: TransformerConfig, *, 
     ckpt = MergedCheckpoint([*shard_paths(wan_dir), single], rename=keymaps.mapper(keymaps.TRANSFORMER))
     with torch.device("meta"):
         model = InfiniteTalkTransformer(config)
-    load_weights(model, ckpt, component="InfiniteTalk transformer", source=f"{wan_dir} + {single}", device=device,
-                 dtype=dtype)
-    _raise_unmatched(ckpt.ignored, "InfiniteTalk transformer", f"{wan_dir} + {single}")
+    source = f"{wan_dir} + {single}"
+    _raise_unmatched(ckpt.ignored, "InfiniteTalk transformer", source)
+    try:
+        load_weights(model, ckpt, component="InfiniteTalk transformer", source=source, device=device, dtype=dtype)
+    except WeightsLoadError as exc:  # name the keys as the files spell them
+        raise in_authors_names(exc, keymaps.TRANSFORMER) from None
     return model.eval().requires_grad_(False)
+
+
+def in_authors_names(exc: WeightsLoadError, pairs) -> WeightsLoadError:
+    back = keymaps.mapper(pairs, reverse=True)
+
+    def name(key: str) -> str:
+        head, sep, tail = key.partition(" ")
+        return (back(head) or head) + sep + tail
+
+    return WeightsLoadError(exc.component, exc.source, [name(k) for k in exc.missing],
+                            [name(k) for k in exc.unexpected], [name(k) for k in exc.mismatched])
 
 
 def read_pth(path: Path) -> dict[str, torch.Tensor]:
