@@ -279,6 +279,7 @@ def test_a_click_on_the_first_frame_sets_the_speaker_point(browser, lipsync_serv
     assert body["speaker"] == {"frame": 0, "x": x, "y": y} and body["sync_mode"] == "cut_off", body
     metrics = driver.find_element(By.ID, "metrics-json").get_attribute("textContent")
     assert '"mode": "point"' in metrics and f"point ({x:g}, {y:g}) at frame 0" in metrics, metrics
+    assert re.search(r"speaker\s+point: track \d+ \(frames 0-69\)", text(driver, "facts")), text(driver, "facts")
     assert console_errors(driver) == []
 
 

@@ -271,6 +271,9 @@ def _pick_dominant(faces: list[FaceDetection], previous: np.ndarray | None) -> F
     return largest
 
 
+COUNTED_FACE_SCORE = 0.3
+"""Detections scoring below this are not counted in ``FaceTracker.max_faces``: dlib gives real faces about 1-2
+and stray matches (a patch of a suit, a fold of cloth) a few hundredths; insightface scores real faces 0.5-1."""
 FOLLOW_MIN_IOU = 0.6
 """A followed face is lost when its landmarks' extent overlaps the previous frame's by less than this."""
 FOLLOW_MAX_CHANGE = 20.0
@@ -351,7 +354,8 @@ class FaceTracker:
         self.num_frames = 0
         self.frame_size = (0, 0)
         self.max_faces = 0
-        """Most faces the detector found in one frame (``speaker: "auto"`` chooses only when it is above 1)."""
+        """Most faces the detector found in one frame, scoring at least ``COUNTED_FACE_SCORE`` (``speaker: "auto"``
+        chooses only when it is above 1)."""
 
     @property
     def lag(self) -> int:
@@ -400,7 +404,7 @@ class FaceTracker:
                 self._faces, self._since_detect = [face], self._since_detect + 1
             else:
                 self._faces, self._since_detect = self.analyzer.detect(frame), 1
-                self.max_faces = max(self.max_faces, len(self._faces))
+                self.max_faces = max(self.max_faces, sum(f.score >= COUNTED_FACE_SCORE for f in self._faces))
         self._last_frame = frame
         if i - self._last_seen > self.max_gap + 1:
             self._prev_box = None

@@ -450,9 +450,10 @@ def select_auto(tracks: FaceTracks, wav16k: np.ndarray | None, fps: Fraction) ->
     return sel
 
 
-def one_face_selection(track: FaceTrack, mode: str = "auto") -> Selection:
-    """The selection ``auto`` makes when the default tracker never saw two faces in a frame: its own track (the
-    request then runs exactly as with ``largest``, crops made during tracking included)."""
+def one_face_selection(track: FaceTrack, mode: str = "auto", *, faces: int = 1, has_audio: bool = True) -> Selection:
+    """The selection ``auto`` makes without a second tracking pass: the default tracker's own track (the request
+    then runs exactly as with ``largest``, crops made during tracking included), when that tracker never saw
+    two faces in a frame (``faces``) or the video has no audio track to score them against."""
     frames = np.flatnonzero(track.detected)
     candidates: tuple[CandidateTrack, ...] = ()
     if frames.size:
@@ -460,8 +461,11 @@ def one_face_selection(track: FaceTrack, mode: str = "auto") -> Selection:
         boxes = np.concatenate([lm.min(1), lm.max(1)], axis=1)
         candidates = (CandidateTrack(0, frames.astype(np.int64), boxes, lm, np.ones(len(frames), bool)),)
     choice = np.where(track.present, 0, -1).astype(np.int64)
-    faces = FaceTracks(candidates, track.num_frames, track.frame_size, track.analyzer)
-    return Selection(mode, choice, faces, {0: {"why": "the only face"}}, "one face: nothing to choose")
+    found = FaceTracks(candidates, track.num_frames, track.frame_size, track.analyzer)
+    if faces > 1 and not has_audio:
+        return Selection(mode, choice, found, {0: {"why": "the largest face"}},
+                         "the video has no audio track: the largest face")
+    return Selection(mode, choice, found, {0: {"why": "the only face"}}, "one face: nothing to choose")
 
 
 def select(tracks: FaceTracks, speaker: Any, *, scale: tuple[float, float], fps: Fraction,

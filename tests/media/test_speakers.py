@@ -176,3 +176,24 @@ def test_audio_longer_than_max_num_frames_is_refused_on_sync_mode():
     with pytest.raises(InvalidInput) as err:
         output_frames_for_audio(4.1, Fraction(25), 100, "bounce")
     assert err.value.field == "sync_mode" and "max_num_frames" in err.value.message
+
+
+def test_the_default_tracker_counts_faces_for_auto(two):
+    from lipsync.media.faces import FaceTracker
+    from lipsync.media.speakers import one_face_selection
+
+    clip, _ = two
+    spec = resolve_output_spec(probe_video(clip.video), num_frames=12)
+    tracker = FaceTracker(default_face_analyzer())
+    for chunk in iter_video_chunks(clip.video, spec):
+        tracker.push(chunk[:, :, :176])  # A alone: B's half cut off
+    track = tracker.finish()
+    assert tracker.max_faces == 1
+    sel = one_face_selection(track)
+    assert sel.note == "one face: nothing to choose" and sel.segments() == [(0, 11, 0)]
+    assert one_face_selection(track, faces=2, has_audio=False).note == "the video has no audio track: the largest face"
+    both = FaceTracker(default_face_analyzer())
+    for chunk in iter_video_chunks(clip.video, spec):
+        both.push(chunk)
+    both.finish()
+    assert both.max_faces == 2

@@ -663,6 +663,13 @@ function showResult(output) {
 }
 
 // Stage times (`*_time`), face coverage, engine, model and the random-weights flag first; all of it below.
+// "auto: track 0 (frames 0-35), track 1 (frames 36-69)"; the reasons and scores are in "All metrics".
+function speakerSummary(speaker) {
+  const parts = (speaker.segments || []).slice(0, 4).map((s) => `track ${s.track} (frames ${s.frames[0]}-${s.frames[1]})`);
+  const more = (speaker.segments || []).length > 4 ? ", …" : "";
+  return `${speaker.mode}: ${parts.join(", ") || "no face chosen"}${more}${speaker.note ? ` · ${speaker.note}` : ""}`;
+}
+
 function renderMetrics(metrics) {
   if (!Object.keys(metrics).length) return;
   if (metrics.random_weights) {
@@ -681,6 +688,8 @@ function renderMetrics(metrics) {
     ["output face coverage", metrics.output_face_coverage !== undefined ? percent(metrics.output_face_coverage) : undefined],
     ["frames", metrics.frames],
     ["size", metrics.width ? `${metrics.width}×${metrics.height}${metrics.fps ? ` @ ${metrics.fps} fps` : ""}` : undefined],
+    ["speaker", metrics.speaker ? speakerSummary(metrics.speaker) : undefined],
+    ["sync mode", metrics.sync_mode],
     ["total time", metrics.total_time !== undefined ? `${metrics.total_time} s` : undefined],
   ];
   for (const [name, value] of rows) {
