@@ -342,7 +342,7 @@ class EncoderMemo:
         self.seconds += time.perf_counter() - started
         array = _to_numpy(value)
         order = [int(i) for i in np.argsort([-s for s in array.strides], kind="stable")]
-        self.values[name] = np.ascontiguousarray(array.transpose(order))
+        self.values[name] = np.array(array.transpose(order), order="C", copy=True)  # the engine may reuse its buffer
         self.orders[name] = order
         self.report.encoder_calls += 1
         self.missed += 1

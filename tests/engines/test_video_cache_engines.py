@@ -145,8 +145,8 @@ def test_same_video_another_audio_reuses_the_video_side_byte_for_byte(engine_nam
 def test_corrupt_truncated_or_deleted_entries_are_recomputed_with_one_log_line(small_weights, media, tmp_path,
                                                                                encoded_frames):
     _DIGESTS[:] = [encoded_frames]
-    settings = Settings(weights_dir=small_weights["musetalk"], device="cpu", cache_dir=tmp_path / "cache",
-                        cache_bytes=1 << 30)
+    settings = Settings(weights_dir=small_weights["latentsync"], device="cpu", cache_dir=tmp_path / "cache",
+                        cache_bytes=1 << 30, num_inference_steps=2)  # the quickest engine here
     pipeline = LipSyncWorkerPipeline(settings)
     reference, _, _ = run(pipeline, tmp_path, media, "bye", "reference", skip_video_cache=True)
     run(pipeline, tmp_path, media, "hello", "fill")
