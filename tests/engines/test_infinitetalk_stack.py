@@ -1,0 +1,61 @@
+"""InfiniteTalk behind the real stack (redis-server, API, RQ worker with ``LIPSYNC_ENGINE=infinitetalk`` on random
+weights in the published layout, two steps): a video with an addition and a removal bridge through the official
+Python client, and a still image brought to life. Whole frames are regenerated: the output has the requested
+frames, rate, size and audio; the frames of an addition move (they are generated, not the held frame)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from tests.engines.test_latentsync_stack import run_ok
+from tests.test_lipsync_pipeline import clips  # noqa: F401  (the module's media fixture)
+from tests.test_lipsync_pipeline import FPS, H, N, W, _decode, assert_audio_matches, messages
+from lipsync.testing.stack import make_stack
+
+TIMEOUT = 300
+
+
+@pytest.fixture(scope="module")
+def it_stack(tmp_path_factory: pytest.TempPathFactory, small_weights):
+    stack = make_stack(tmp_path_factory.mktemp("infinitetalk-stack"), pipeline="lipsync", engine="infinitetalk",
+                       weights_dir=str(small_weights["infinitetalk"]), num_inference_steps="2")
+    try:
+        stack.start_api()
+        stack.start_worker("infinitetalk-w1", timeout=TIMEOUT)
+        yield stack
+    finally:
+        stack.stop()
+
+
+def test_video_with_an_addition_and_a_bridge(it_stack, clips, tmp_path):
+    edits = {"edit_addition_start_frames": [5], "edit_addition_durations": [3],
+             "edit_removal_ranges": [10, 12], "edit_removal_bridge_durations": [4]}
+    status, info = run_ok(it_stack, tmp_path, clips["face"], clips["speech"], seed=5, **edits)
+    frames = N + 3 - 3 + 4  # the removal range 10-12 is inclusive
+    assert info["frames"] == frames and info["fps"] == FPS and info["size"] == (W, H)
+    assert_audio_matches(info, frames, Fraction(FPS))
+    m = status["metrics"]
+    assert m["engine"] == "infinitetalk-480p" and m["generated_frames"] == 7 and m["seed"] == 5
+    assert (m["chunk_frames"], m["motion_frames"], m["chunks"], m["num_inference_steps"]) == (9, 5, 5, 2)
+    logs = messages(status)
+    assert any("every frame is generated" in s for s in logs) and any("not used" in s for s in logs)
+    out, source = _decode(next(tmp_path.glob("*.mp4"))), _decode(clips["face"])
+    held = source[4]  # the timeline holds the frame before the addition for output frames 5-7
+    for j in (5, 6, 7):
+        assert np.abs(out[j].astype(int) - held.astype(int)).mean() > 5  # generated, not the held frame
+    assert np.abs(out[5].astype(int) - out[7].astype(int)).mean() > 1  # and it moves
+    # whole frames: the 4:5 frame maps to the 3:4 bucket by a cover resize; a band of 2 columns each side stays
+    changed = np.abs(out[0].astype(int) - source[0].astype(int)).max(axis=2) > 30
+    assert changed[:, 8:-8].mean() > 0.5
+
+
+def test_still_image_comes_to_life(it_stack, clips, tmp_path):
+    status, info = run_ok(it_stack, tmp_path, clips["still"], clips["speech"], num_frames=12)
+    assert info["frames"] == 12 and info["fps"] == 25 and info["size"] == (W, H)
+    assert_audio_matches(info, 12, Fraction(25))
+    assert status["metrics"]["chunks"] == 2 and status["metrics"]["chunk_frames"] == 9
+    out = _decode(next(tmp_path.glob("*.mp4")))
+    assert np.abs(out[0].astype(int) - out[11].astype(int)).mean() > 1  # the picture moves
