@@ -132,10 +132,13 @@ def vae_rows(device: str, dtype_name: str, frames: tuple[int, ...]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="fp32")
+    ap.add_argument("--dtype", default="auto", help="auto: what a worker runs (fp16 on a GPU, fp32 on a CPU)")
     ap.add_argument("--frames", type=int, nargs="+", default=[1, 2], help="frames per UNet / VAE call timed")
     ap.add_argument("--parts", nargs="+", default=["unet", "vae"], choices=["unet", "vae"])
     args = ap.parse_args()
+    from lipsync.model.devices import resolve_dtype
+
+    args.dtype = resolve_dtype(args.dtype, args.device, prefer="fp16")  # LatentSync's authors run fp16
     if "unet" in args.parts:
         unet_rows(args.device, args.dtype, tuple(args.frames))
     if "vae" in args.parts:

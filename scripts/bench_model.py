@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lipsync.model.devices import TORCH_DTYPES, torch_dtype  # noqa: E402
+from lipsync.model.devices import TORCH_DTYPES, resolve_dtype, torch_dtype  # noqa: E402
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}  # dense bf16/fp16
 
@@ -65,7 +65,7 @@ def run_one(args: argparse.Namespace, num_frames: int) -> dict:
     from lipsync.model.pipio.frame_blocks import plan_frame_blocks
     from lipsync.model.pipio.pipeline import LipSyncPipeline
 
-    dtype = torch_dtype(args.dtype)
+    dtype = torch_dtype(resolve_dtype(args.dtype, args.device, prefer="bf16"))  # auto: what a worker runs
     if args.weights:
         pipe = LipSyncPipeline.from_pretrained(args.weights, device=args.device, dtype=dtype)
     else:
@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="tiny")
     parser.add_argument("--weights", default=None, help="load a weights directory instead of random init")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=sorted(TORCH_DTYPES), default="fp32")
+    parser.add_argument("--dtype", choices=[*sorted(TORCH_DTYPES), "auto"], default="auto",
+                        help="auto: what a worker runs (bf16 on a GPU, fp32 on a CPU)")
     parser.add_argument("--frames", type=int, nargs="+", default=[50, 100, 200, 400])
     parser.add_argument("--size", type=int, default=64, help="square face-crop working size (multiple of 32)")
     parser.add_argument("--fps", type=float, default=25.0)
