@@ -9,6 +9,15 @@ Colour matching (``colour_match``, ``LIPSYNC_PASTE_COLOUR_MATCH``; ours, off by 
 first shifted so its mean along the seam (where the mask is between 0 and 1) equals the original frame's, so a
 slightly different skin tone or exposure from the model never shows as an edge; it moves every pasted pixel by
 that shift, and only those.
+
+The aligned-restore rule (``restore_warp``; LatentSync's published ``AlignRestore.restore_img``): the crop was a
+(W, H) similarity warp of the frame resized to S x S, so it goes back the way the authors bring it back — resized
+to (W, H) (bicubic, antialiased, in float), warped into the frame bilinearly (pixel-index coordinates, as kornia's
+``warp_affine`` with ``align_corners``) — through a mask built in frame pixels: the warped (W, H) rectangle, eroded
+2 x 2, ``w_edge = isqrt(area) // 20`` with the area in frame pixels, eroded by a ``2 w_edge`` square, blurred by a
+``2 w_edge + 1`` Gaussian (sigma ``0.3 (w_edge - 1) + 0.8``, reflected borders); ``frame (1 - soft) + soft ·
+eroded · face``, truncated to uint8. Isotropic in the frame whatever the crop's aspect; the engine's crop-space
+mask is not used.
 """
 
 from __future__ import annotations
@@ -53,22 +62,92 @@ def _seam_shift(frame: np.ndarray, crop: np.ndarray, affine: np.ndarray, mask: n
     )
 
 
+def restore_region(affine: np.ndarray, size: int, warp: tuple[int, int], width: int, height: int
+                   ) -> tuple[int, int, int, int] | None:
+    """Frame box the restore rule can touch: the warp's whole footprint (bilinear coverage reaches one warp pixel
+    past its last pixel centre), one frame pixel around, so the box's own border is never covered."""
+    w, h = warp
+    inv = cv2.invertAffineTransform(_frame_from_warp(affine, size, warp))
+    corners = np.array([[-1, -1], [w, -1], [-1, h], [w, h]], np.float64)
+    pts = corners @ inv[:, :2].T + inv[:, 2]
+    x0, y0 = np.floor(pts.min(0)).astype(int) - 1
+    x1, y1 = np.ceil(pts.max(0)).astype(int) + 2
+    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(width, x1), min(height, y1)
+    return (int(x0), int(y0), int(x1), int(y1)) if x1 > x0 and y1 > y0 else None
+
+
+def _frame_from_warp(affine: np.ndarray, size: int, warp: tuple[int, int]) -> np.ndarray:
+    """(2, 3) frame -> warp-space affine, from the frame -> crop one (the crop = the warp resized to size²,
+    pixel centres kept: crop = (warp + 0.5) size / W - 0.5)."""
+    w, h = warp
+    sx, sy = size / w, size / h
+    resize = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]], np.float64)
+    return (np.linalg.inv(resize) @ np.vstack([affine, [0, 0, 1]]))[:2]
+
+
+def restore_face(crop: np.ndarray, affine: np.ndarray, warp: tuple[int, int],
+                 region: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The aligned-restore rule on the frame box ``region``: (face (h, w, 3) float32 in [0, 255] = eroded mask x
+    the warped face, soft (h, w) float32 blend weight). ``out = frame (1 - soft) + face soft``."""
+    import torch
+    import torch.nn.functional as F
+
+    x0, y0, x1, y1 = region
+    w, h = warp
+    m = _frame_from_warp(affine, crop.shape[0], warp)
+    # the face in float: uint8 -> [0, 1], resized to the warp's (H, W) as torchvision does (bicubic, antialiased)
+    pixels = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float() / 255.0
+    face = F.interpolate(pixels, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
+    # bilinear sampling at frame pixel (x, y) -> warp point m (x, y, 1); zeros outside; align_corners grid
+    xs, ys = np.meshgrid(np.arange(x0, x1, dtype=np.float64), np.arange(y0, y1, dtype=np.float64))
+    sx = m[0, 0] * xs + m[0, 1] * ys + m[0, 2]
+    sy = m[1, 0] * xs + m[1, 1] * ys + m[1, 2]
+    grid = torch.from_numpy(np.stack([2 * sx / (w - 1) - 1, 2 * sy / (h - 1) - 1], -1).astype(np.float32))[None]
+    face = F.grid_sample(face, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    ones = F.grid_sample(torch.ones(1, 1, h, w), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    # the published warp runs in [-1, 1] with the fill 127 there outside the face: in [0, 1] that is the
+    # sample + 64 (1 - coverage) (it only reaches pixels the erosion then zeroes)
+    face = ((face + 64.0 * (1 - ones))[0].permute(1, 2, 0).clamp(0, 1) * 255).numpy()
+    inside = ones[0, 0].numpy()
+    # 2 x 2 erosion, the window's origin at (1, 1): min of rows y-1..y, columns x-1..x; nothing erodes from
+    # outside the frame (kornia's geodesic border), so the region's own border is padded with +inf
+    padded = np.pad(inside, ((1, 0), (1, 0)), constant_values=np.inf)
+    eroded = np.minimum(np.minimum(padded[1:, 1:], padded[:-1, 1:]), np.minimum(padded[1:, :-1], padded[:-1, :-1]))
+    eroded = eroded.astype(np.float32)
+    w_edge = max(1, int(float(eroded.sum(dtype=np.float32)) ** 0.5) // 20)
+    centre = cv2.erode(eroded, np.ones((2 * w_edge, 2 * w_edge), np.uint8))  # the border never erodes
+    k = 2 * w_edge + 1
+    sigma = 0.3 * ((k - 1) * 0.5 - 1) + 0.8
+    soft = cv2.GaussianBlur(centre, (k, k), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT_101)
+    return face * eroded[..., None], soft
+
+
 def paste_face(
     frame: np.ndarray, crop: np.ndarray, affine: np.ndarray, mask: np.ndarray, *, colour_match: bool = False,
-    out: np.ndarray | None = None,
+    restore_warp: tuple[int, int] | None = None, out: np.ndarray | None = None,
 ) -> np.ndarray:
     """One frame (H, W, 3) uint8 with ``crop`` (S, S, 3) blended in through ``mask`` (S, S) in [0, 1].
 
     ``affine`` is the frame → crop transform the crop was made with. Only the frame pixels under the mask's
     bounding box are touched, in uint8 (a saturating colour shift and one ``cv2.blendLinear``; within one code
     value of the float blend). ``out``: where to write (may be ``frame`` itself, which is then changed in
-    place); by default a copy of ``frame``.
+    place); by default a copy of ``frame``. ``restore_warp`` (W, H): the aligned-restore rule instead of
+    ``mask`` (module docstring); no colour matching there.
     """
     h, w = frame.shape[:2]
     if out is None:
         out = frame.copy()
     elif out is not frame:
         out[...] = frame
+    if restore_warp is not None:
+        region = restore_region(affine, crop.shape[0], restore_warp, w, h)
+        if region is not None:
+            x0, y0, x1, y1 = region
+            face, soft = restore_face(crop, affine, restore_warp, region)
+            soft = soft[..., None]
+            blended = soft * face + (1 - soft) * frame[y0:y1, x0:x1].astype(np.float32)
+            out[y0:y1, x0:x1] = blended.astype(np.uint8)  # truncated, as published
+        return out
     region = _mask_region(affine, mask, w, h)
     if region is None:
         return out
@@ -81,13 +160,16 @@ def paste_face(
 
 
 def paste_face_i420(i420: np.ndarray, crop: np.ndarray, affine: np.ndarray, mask: np.ndarray, colour: Colour,
-                    *, colour_match: bool = False) -> None:
+                    *, colour_match: bool = False, restore_warp: tuple[int, int] | None = None) -> None:
     """``paste_face`` on a decoded I420 frame (H * 3 / 2, W), in place (``lipsync.media.yuv``), without converting
     the frame: the seam colours are read by warping the planes straight to the small comparison size, the
     (small) crop is converted to Y'CbCr once and warped onto the mask's box plane by plane — luma at full
     resolution, chroma at half — and blended there. Every pixel the mask does not reach stays exactly as
     decoded; the rest matches the RGB paste converted to 4:2:0 up to rounding and chroma siting."""
     h, w = frame_height(i420), i420.shape[1]
+    if restore_warp is not None:
+        _restore_i420(i420, crop, affine, restore_warp, colour)
+        return
     region = _mask_region(affine, mask, w, h)
     region = region and even_box(*region, w, h)
     if region is None:
@@ -114,6 +196,29 @@ def paste_face_i420(i420: np.ndarray, crop: np.ndarray, affine: np.ndarray, mask
         dst = plane[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2]
         dst[...] = cv2.blendLinear(np.ascontiguousarray(chroma[..., c]), np.ascontiguousarray(dst), alpha_c,
                                    1.0 - alpha_c)
+
+
+def _restore_i420(i420: np.ndarray, crop: np.ndarray, affine: np.ndarray, warp: tuple[int, int],
+                  colour: Colour) -> None:
+    """The aligned-restore rule on I420 planes: the face and its blend weight at luma resolution (as in RGB), the
+    face made Y'CbCr there; chroma takes both averaged over each 2 x 2 block."""
+    h, w = frame_height(i420), i420.shape[1]
+    region = restore_region(affine, crop.shape[0], warp, w, h)
+    region = region and even_box(*region, w, h)
+    if region is None:
+        return
+    x0, y0, x1, y1 = region
+    face, soft = restore_face(crop, affine, warp, region)
+    yuv = cv2.transform(face, rgb_to_yuv_matrix(colour))
+    y, u, v = planes(i420)
+    dst = y[y0:y1, x0:x1]
+    dst[...] = np.clip(soft * yuv[..., 0] + (1 - soft) * dst + 0.5, 0, 255).astype(np.uint8)
+    half = ((x1 - x0) // 2, (y1 - y0) // 2)
+    soft_c = cv2.resize(soft, half, interpolation=cv2.INTER_AREA)
+    chroma = cv2.resize(np.ascontiguousarray(yuv[..., 1:]), half, interpolation=cv2.INTER_AREA)
+    for c, plane in enumerate((u, v)):
+        dst = plane[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2]
+        dst[...] = np.clip(soft_c * chroma[..., c] + (1 - soft_c) * dst + 0.5, 0, 255).astype(np.uint8)
 
 
 def _seam_shift_planes(y: np.ndarray, u: np.ndarray, v: np.ndarray, crop: np.ndarray, affine: np.ndarray,
@@ -185,6 +290,7 @@ def paste_faces(
     *,
     masks: np.ndarray | None = None,
     colour_match: bool = False,
+    restore_warp: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Paste ``crops`` (n, S, S, 3) back into ``frames`` (n, H, W, 3), the track's frames ``indices``.
 
@@ -200,5 +306,6 @@ def paste_faces(
         if i < 0 or not track.present[i]:
             continue
         mask = masks[k] if masks is not None else face_blend_mask(landmarks_in_crop(track, i, size), size)
-        out[k] = paste_face(frames[k], crops[k], track.affine(i, size), mask, colour_match=colour_match)
+        out[k] = paste_face(frames[k], crops[k], track.affine(i, size), mask, colour_match=colour_match,
+                            restore_warp=restore_warp)
     return out

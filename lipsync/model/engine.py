@@ -83,6 +83,10 @@ class EngineInfo:
     """The worker computes a face-ID embedding (``EngineRequest.identity``) only for engines that use one."""
     dtype: str = ""
     """The dtype it runs in (``auto`` resolved by the device policy, ``lipsync.model.devices``)."""
+    restore_warp: tuple[int, int] | None = None
+    """The engine's crops are a (W, H) aligned warp of the frame resized to S², pasted back by its authors'
+    restore rule (``lipsync.media.paste``, ``restore_warp``: frame-pixel erosion and feather) instead of through
+    ``blend_masks`` (LatentSync); None: through the blend masks."""
     affines_per_frame: bool = False
     """``face_affines(track)[i]`` depends on row ``i`` of the track alone (no smoothing across frames): the
     worker may then crop each frame during the tracking pass, as soon as its row is final, instead of

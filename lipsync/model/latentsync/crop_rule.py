@@ -113,7 +113,8 @@ def mouth_mask(size: int) -> np.ndarray:
 
 
 def restore_mask(size: int) -> np.ndarray:
-    """(S, S) float32 paste-back mask in crop space, the published restore's: the whole warped crop, eroded by
+    """(S, S) float32 paste-back mask in crop space, a likeness of the published restore's (the worker pastes by
+    the restore rule itself, in frame pixels: ``lipsync.media.paste``, ``restore_warp``): the whole warped crop, eroded by
     ``2 * w_edge`` and feathered by a Gaussian of ``2 * w_edge + 1`` taps (sigma ``0.3 (w_edge - 1) + 0.8``), with
     ``w_edge = sqrt(face area) // 20`` in frame pixels — which is S / 20 in crop pixels whatever the face's size,
     so the mask is the same for every frame (the published extra 2 x 2 erosion, one frame pixel, is left out)."""

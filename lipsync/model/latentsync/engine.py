@@ -1,8 +1,10 @@
 """The LatentSync engine (1.6 at 512², 1.5 at 256², or a folder's own ``unet_config.yaml``) behind the engine
 interface.
 
-- Faces: the published template alignment (``crop_rule.align_track``) and its two-stage crop; paste-back through
-  the published restore mask (the whole crop, eroded and feathered).
+- Faces: the published template alignment (``crop_rule.align_track``) and its two-stage crop; paste-back by the
+  published restore (``info.restore_warp``: the crop resized to the 420 x 560 warp, warped back, through a mask
+  eroded and feathered in frame pixels, ``lipsync.media.paste``). ``blend_masks`` gives that mask's crop-space
+  likeness (``crop_rule.restore_mask``) for callers that paste through masks.
 - ``generate`` pulls the worker's crops as it needs them, cut into 16-frame segments (fixed by training: the
   temporal layers and the UNet's GroupNorms span a segment), runs ``segments_per_call`` segments per UNet call
   and yields each call's frames: memory is flat in the video's length. Cancel (``request.progress`` raising)
@@ -253,7 +255,8 @@ def load_engine(root: Path | None, layout: WeightsLayout, options: EngineOptions
                                  f"cross_attention_dim is {config.unet.cross_attention_dim}")
     steps = options.num_inference_steps or config.inference_steps
     _check_steps(steps)
-    info = EngineInfo(name=config.variant, crop_size=config.resolution, weights=root.name, dtype=dtype_name)
+    info = EngineInfo(name=config.variant, crop_size=config.resolution, weights=root.name, dtype=dtype_name,
+                      restore_warp=crop_rule.warp_size(config.resolution))  # the published restore
     log.info("LatentSync %s from %s (UNet step %s, config %s)", config.variant, root, unet.global_step,
              config.source)
     return LatentSyncEngine(config, unet, vae, whisper, info, device=options.device, dtype=dtype,
