@@ -171,12 +171,13 @@ class LipSyncWorkerPipeline:
                         early.hold(frames)
                     tracker.push(frames)
                 track = tracker.finish()
-                if req.speaker == "auto" and tracker.max_faces > 1:  # several faces: track them all, then choose
+                if req.speaker == "auto" and tracker.max_faces > 1 and info.has_audio:  # track them all, then choose
                     track, tracker, early = self._retrack_speakers(req, info, spec, video_path, chunk, stages, early)
                 if req.speaker != "largest":  # lipsync.media.speakers: the chosen face(s), and why
                     from lipsync.media.speakers import one_face_selection
 
-                    selection = getattr(tracker, "selection", None) or one_face_selection(track)
+                    selection = getattr(tracker, "selection", None) or \
+                        one_face_selection(track, faces=tracker.max_faces, has_audio=info.has_audio)
                     job.log(selection.describe(), LogLevel.INFO)
                     speaker_metrics = selection.metrics()
                 job.log(f"Face coverage {100 * track.coverage:.1f}% ({int(track.present.sum())} of {track.num_frames} "
