@@ -125,6 +125,16 @@ class EntryWriter:
         self._offset += len(memoryview(data).cast("B"))
 
     def append(self, name: str, chunk: np.ndarray) -> None:
+        """Add a chunk; a disk error (full, gone) abandons the entry, never the request."""
+        if self._done:
+            return
+        try:
+            self._append(name, chunk)
+        except OSError as exc:
+            log.warning("cache: could not write a %s entry (%s); not kept", self.kind, exc)
+            self.abort()
+
+    def _append(self, name: str, chunk: np.ndarray) -> None:
         chunk = np.ascontiguousarray(chunk)
         if chunk.ndim == 0:
             chunk = chunk[None]
@@ -147,7 +157,18 @@ class EntryWriter:
 
     def commit(self) -> int | None:
         """Write the header and digest, rename into place, evict to the budget. Returns the entry's size, or
-        None when it alone is over the budget (dropped)."""
+        None when it alone is over the budget or the disk refused it (not kept; the request goes on)."""
+        if self._done:
+            return None
+        try:
+            return self._commit()
+        except OSError as exc:
+            log.warning("cache: could not keep a %s entry (%s)", self.kind, exc)
+            self.abort()
+            self.tmp.unlink(missing_ok=True)
+            return None
+
+    def _commit(self) -> int | None:
         header = json.dumps({"kind": self.kind, "key": self.key, "meta": self.meta, "arrays": self._regions},
                             default=str).encode()
         self._write(header)
@@ -168,8 +189,11 @@ class EntryWriter:
 
     def abort(self) -> None:
         if not self._done:
-            self._file.close()
             self._done = True
+            try:
+                self._file.close()
+            except OSError:
+                pass
             self.tmp.unlink(missing_ok=True)
 
 
@@ -199,7 +223,11 @@ class VideoCache:
         return EntryWriter(self, kind, key)
 
     def put(self, kind: str, key: str, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> int | None:
-        writer = self.writer(kind, key)
+        try:
+            writer = self.writer(kind, key)
+        except OSError as exc:
+            log.warning("cache: could not start a %s entry (%s); not kept", kind, exc)
+            return None
         try:
             for name, value in arrays.items():
                 writer.append(name, value)
@@ -215,6 +243,9 @@ class VideoCache:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
+            return None
+        except OSError as exc:  # unreadable: a miss, never a failed request
+            log.warning("cache: could not read %s (%s)", path.name, exc)
             return None
         try:
             entry = _parse(data, kind, key)
@@ -307,11 +338,13 @@ class CacheReport:
     """Image-encoder calls this request made (through the engine's memo)."""
     encoder_reused: int = 0
     """Image-encoder outputs it took from the cache instead."""
+    encoder_s: float = 0.0
+    """Seconds its image-encoder calls took."""
 
     def metrics(self) -> dict[str, Any]:
         return {"cache_reused": list(self.reused), "cache_filled": list(self.filled),
                 "cache_saved_time": round(self.saved_s, 3), "encoder_calls": self.encoder_calls,
-                "encoder_reused": self.encoder_reused}
+                "encoder_reused": self.encoder_reused, "encoder_time": round(self.encoder_s, 3)}
 
 
 class EncoderMemo:
@@ -339,8 +372,9 @@ class EncoderMemo:
             return np.array(dense.transpose(inverse), order="K")  # writable, in the computed value's layout
         started = time.perf_counter()
         value = compute()
+        array = _to_numpy(value)  # on a GPU this waits for the encoder: its time is then measured whole
         self.seconds += time.perf_counter() - started
-        array = _to_numpy(value)
+        self.report.encoder_s += time.perf_counter() - started
         order = [int(i) for i in np.argsort([-s for s in array.strides], kind="stable")]
         self.values[name] = np.array(array.transpose(order), order="C", copy=True)  # the engine may reuse its buffer
         self.orders[name] = order
@@ -471,8 +505,12 @@ class RequestCache:
         self.report.saved_s += float(entry.meta.get("seconds", 0.0))
         return crops
 
-    def crops_sink(self) -> EntryWriter:
-        self._crops = self.cache.writer("crops", self.crops_key)
+    def crops_sink(self) -> EntryWriter | None:
+        try:
+            self._crops = self.cache.writer("crops", self.crops_key)
+        except OSError as exc:  # the cache's disk refuses: the request goes on without keeping its crops
+            log.warning("cache: could not start a crops entry (%s); not kept", exc)
+            return None
         return self._crops
 
     # --- the engine's image-encoder outputs
