@@ -186,6 +186,10 @@ class Settings(BaseSettings):
         default=False, description="Paste-back: shift each generated face's colour so its mean along the blend "
         "mask's seam equals the frame's (hides a tone or exposure drift of the model; changes every pasted pixel "
         "by that shift). Off: the authors' paste-back, no colour transfer.")
+    paste_antialias: bool = Field(
+        default=False, description="Paste-back: blur a generated face that is shrunk more than 1.25x into the "
+        "frame before warping it (no aliasing of detail finer than a frame pixel; ours). Off: the authors' "
+        "bilinear resize without it.")
 
     # --- media and process knobs ----------------------------------------------------------------------------
     stage_threads: bool = Field(

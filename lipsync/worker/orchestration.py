@@ -328,7 +328,7 @@ class LipSyncWorkerPipeline:
             return None
         with clock("cache_key_time"):  # hashing the video's bytes
             return RequestCache(self.cache, job.inputs["video"].path, job.params, self.cache_identity,
-                                say=lambda message: job.log(message, LogLevel.WARN))
+                                say=lambda message: job.log(message, LogLevel.WARN), digest=job.inputs["video"].digest)
 
     def _speaker_tracker(self, req, info, spec, video_path: Path):
         """Pass 1's tracker for a ``speaker`` other than the largest face (``lipsync.media.speakers``)."""
@@ -396,6 +396,7 @@ class LipSyncWorkerPipeline:
                 for k in np.flatnonzero(present[sl]):
                     paste_face_i420(out[k], crops[k], affines[j + k], masks[k], colour,
                                     colour_match=self.settings.paste_colour_match,
+                                    antialias=self.settings.paste_antialias,
                                     restore_warp=self.engine.info.restore_warp)
             j += n
             yield out
