@@ -8,7 +8,10 @@ back within one level.
 Colour matching (``colour_match``, ``LIPSYNC_PASTE_COLOUR_MATCH``; ours, off by default): the crop's colour is
 first shifted so its mean along the seam (where the mask is between 0 and 1) equals the original frame's, so a
 slightly different skin tone or exposure from the model never shows as an edge; it moves every pasted pixel by
-that shift, and only those.
+that shift, and only those. Antialiasing (``antialias``, ``LIPSYNC_PASTE_ANTIALIAS``; ours, off by default): a
+crop shrunk by more than 1.25x into the frame is blurred first (sigma ``0.45 sqrt(scale² - 1)`` crop pixels) so
+the bilinear warp does not alias; it changes pasted pixels only, where the crop has detail finer than a frame
+pixel.
 
 The aligned-restore rule (``restore_warp``; LatentSync's published ``AlignRestore.restore_img``): the crop was a
 (W, H) similarity warp of the frame resized to S x S, so it goes back the way the authors bring it back — resized
@@ -124,7 +127,7 @@ def restore_face(crop: np.ndarray, affine: np.ndarray, warp: tuple[int, int],
 
 def paste_face(
     frame: np.ndarray, crop: np.ndarray, affine: np.ndarray, mask: np.ndarray, *, colour_match: bool = False,
-    restore_warp: tuple[int, int] | None = None, out: np.ndarray | None = None,
+    antialias: bool = False, restore_warp: tuple[int, int] | None = None, out: np.ndarray | None = None,
 ) -> np.ndarray:
     """One frame (H, W, 3) uint8 with ``crop`` (S, S, 3) blended in through ``mask`` (S, S) in [0, 1].
 
@@ -152,7 +155,16 @@ def paste_face(
     if region is None:
         return out
     shift = _seam_shift(frame, crop, affine, mask) if colour_match else np.zeros(3, np.float32)
-    warped, alpha = _warp_into(region, crop, affine, mask, shift)
+    box = _integer_box(affine, crop.shape[0], w, h)
+    if box is not None:  # a box crop (MuseTalk): resized back into its box, as published (cv2.resize, bilinear)
+        x0, y0, x1, y1 = box
+        size = (x1 - x0, y1 - y0)
+        warped = cv2.resize(_prepared_crop(crop, affine, shift, antialias), size, interpolation=cv2.INTER_LINEAR)
+        alpha = cv2.resize(mask.astype(np.float32, copy=False), size, interpolation=cv2.INTER_LINEAR)
+        roi = np.ascontiguousarray(frame[y0:y1, x0:x1])
+        out[y0:y1, x0:x1] = cv2.blendLinear(warped, roi, alpha, 1.0 - alpha)
+        return out
+    warped, alpha = _warp_into(region, crop, affine, mask, shift, antialias)
     x0, y0, x1, y1 = region
     roi = np.ascontiguousarray(frame[y0:y1, x0:x1])
     out[y0:y1, x0:x1] = cv2.blendLinear(warped, roi, alpha, 1.0 - alpha)
@@ -160,7 +172,8 @@ def paste_face(
 
 
 def paste_face_i420(i420: np.ndarray, crop: np.ndarray, affine: np.ndarray, mask: np.ndarray, colour: Colour,
-                    *, colour_match: bool = False, restore_warp: tuple[int, int] | None = None) -> None:
+                    *, colour_match: bool = False, antialias: bool = False,
+                    restore_warp: tuple[int, int] | None = None) -> None:
     """``paste_face`` on a decoded I420 frame (H * 3 / 2, W), in place (``lipsync.media.yuv``), without converting
     the frame: the seam colours are read by warping the planes straight to the small comparison size, the
     (small) crop is converted to Y'CbCr once and warped onto the mask's box plane by plane — luma at full
@@ -176,7 +189,7 @@ def paste_face_i420(i420: np.ndarray, crop: np.ndarray, affine: np.ndarray, mask
         return
     y, u, v = planes(i420)
     shift = _seam_shift_planes(y, u, v, crop, affine, mask, colour) if colour_match else np.zeros(3, np.float32)
-    src = _prepared_crop(crop, affine, shift)
+    src = _prepared_crop(crop, affine, shift, antialias)
     yuv = cv2.transform(src, rgb_to_yuv_matrix(colour))
     x0, y0, x1, y1 = region
     m = affine.copy()
@@ -241,12 +254,12 @@ def _seam_shift_planes(y: np.ndarray, u: np.ndarray, v: np.ndarray, crop: np.nda
     )
 
 
-def _prepared_crop(crop: np.ndarray, affine: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """The crop blurred when it will be shrunk a lot (so the warp does not alias) and colour-shifted, both at
-    the crop's (small) size."""
+def _prepared_crop(crop: np.ndarray, affine: np.ndarray, shift: np.ndarray, antialias: bool = False) -> np.ndarray:
+    """The crop colour-shifted and, with ``antialias``, blurred when it will be shrunk a lot (so the warp does not
+    alias; ours: the published pastes resize bilinearly without it), both at the crop's (small) size."""
     scale = float(np.sqrt(abs(np.linalg.det(affine[:, :2]))))  # crop pixels per frame pixel
     src = crop
-    if scale > 1.25:
+    if antialias and scale > 1.25:
         src = cv2.GaussianBlur(crop, (0, 0), sigmaX=0.45 * np.sqrt(scale * scale - 1.0))
     if np.any(np.abs(shift) >= 0.5):
         src = cv2.add(src, tuple(float(v) for v in np.round(shift)) + (0.0,), dtype=cv2.CV_8U)
@@ -254,17 +267,32 @@ def _prepared_crop(crop: np.ndarray, affine: np.ndarray, shift: np.ndarray) -> n
 
 
 def _warp_into(region: tuple[int, int, int, int], crop: np.ndarray, affine: np.ndarray, mask: np.ndarray,
-               shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+               shift: np.ndarray, antialias: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The colour-shifted crop and its mask warped back onto the frame box ``region``: (h, w, 3) uint8 and
     (h, w) float32."""
     x0, y0, x1, y1 = region
     m = affine.copy()
     m[:, 2] += m[:, :2] @ np.array([x0, y0], np.float64)
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    warped = cv2.warpAffine(_prepared_crop(crop, affine, shift), m, (x1 - x0, y1 - y0), flags=flags,
+    warped = cv2.warpAffine(_prepared_crop(crop, affine, shift, antialias), m, (x1 - x0, y1 - y0), flags=flags,
                             borderMode=cv2.BORDER_REPLICATE)
     alpha = cv2.warpAffine(mask.astype(np.float32, copy=False), m, (x1 - x0, y1 - y0), flags=flags, borderValue=0.0)
     return warped, alpha
+
+
+def _integer_box(affine: np.ndarray, size: int, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """The integer frame box (x0, y0, x1, y1) an axis-aligned box-resize affine maps onto the crop (crop pixel
+    centres: x' = (x - x0 + 0.5) size / (x1 - x0) - 0.5), when it lies inside the frame; else None."""
+    if not np.isfinite(affine).all() or affine[0, 1] != 0 or affine[1, 0] != 0:
+        return None
+    sx, sy = affine[0, 0], affine[1, 1]
+    x0, y0 = 0.5 - (affine[0, 2] + 0.5) / sx, 0.5 - (affine[1, 2] + 0.5) / sy
+    box = np.array([x0, y0, x0 + size / sx, y0 + size / sy])
+    rounded = np.round(box)
+    if not np.allclose(box, rounded, atol=1e-6):
+        return None
+    x0, y0, x1, y1 = (int(v) for v in rounded)
+    return (x0, y0, x1, y1) if 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height else None
 
 
 def _mask_region(affine: np.ndarray, mask: np.ndarray, width: int, height: int) -> tuple[int, int, int, int] | None:
@@ -290,6 +318,7 @@ def paste_faces(
     *,
     masks: np.ndarray | None = None,
     colour_match: bool = False,
+    antialias: bool = False,
     restore_warp: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Paste ``crops`` (n, S, S, 3) back into ``frames`` (n, H, W, 3), the track's frames ``indices``.
@@ -307,5 +336,5 @@ def paste_faces(
             continue
         mask = masks[k] if masks is not None else face_blend_mask(landmarks_in_crop(track, i, size), size)
         out[k] = paste_face(frames[k], crops[k], track.affine(i, size), mask, colour_match=colour_match,
-                            restore_warp=restore_warp)
+                            antialias=antialias, restore_warp=restore_warp)
     return out
