@@ -1,7 +1,9 @@
 """The video-side cache through the real stack (redis-server, the API, an RQ worker with ``LIPSYNC_CACHE_BYTES``
 set, the official Python client): one uploaded video, two voices. The second request reuses the probe, the face
 track, the crops and the image encoder's outputs, and its metrics say so and the time saved; a request with
-``skip_video_cache`` neither reads nor fills the cache."""
+``skip_video_cache`` neither reads nor fills the cache. The uploaded video itself is kept by its digest (computed
+once, when the API stored it): a repeated upload URL, or the same bytes uploaded again, is neither downloaded nor
+hashed by the worker."""
 
 from __future__ import annotations
 
@@ -46,18 +48,24 @@ def test_one_video_two_voices_through_the_stack(cstack, clips, tmp_path):
     cache = cstack.workdir / "cache"
 
     first = run(cstack, video, speech)["metrics"]
+    assert first["input_cache"] == "filled"  # the upload's bytes kept: hashed once, when it was stored
     assert first["cache_reused"] == [] and set(first["cache_filled"]) == {"source", "crops", "image_encoder"}
     assert first["encoder_calls"] > 0 and first["face_track_time"] > 0
-    assert len(list(cache.glob("*.lsc"))) == 3
+    assert len(list(cache.glob("*.lsc"))) == 4  # input, source, crops, encoder
 
     second = run(cstack, video, other)
     metrics = second["metrics"]
+    assert metrics["input_cache"] == "hit"  # the same upload URL: no download, no hashing
     assert {"probe", "face_track", "face_id", "crops", "image_encoder"} <= set(metrics["cache_reused"])
     assert metrics["cache_filled"] == [] and metrics["encoder_calls"] == 0 and metrics["encoder_reused"] > 0
     assert "face_track_time" not in metrics and metrics["cache_saved_time"] > 0
     assert any("from the video cache" in m for m in messages(second))
 
+    again = run(cstack, client.upload_file(clips["face"]), speech)["metrics"]  # the same bytes uploaded again
+    assert again["input_cache"] == "hit" and "face_track" in again["cache_reused"]
+
     skipped = run(cstack, video, other, skip_video_cache=True)
-    assert "cache_reused" not in skipped["metrics"] and skipped["metrics"]["face_track_time"] > 0
+    assert "cache_reused" not in skipped["metrics"] and "input_cache" not in skipped["metrics"]
+    assert skipped["metrics"]["face_track_time"] > 0
     assert any("skipped for this request" in m for m in messages(skipped))
-    assert len(list(cache.glob("*.lsc"))) == 3
+    assert len(list(cache.glob("*.lsc"))) == 4

@@ -7,6 +7,7 @@ URLs) and, later, S3-compatible object stores (presigned URLs). Both the API and
 
 from __future__ import annotations
 
+import hashlib
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
@@ -22,6 +23,19 @@ class StoredObject:
     key: str
     content_type: str
     size: int
+    digest: str | None = None
+    """BLAKE2b-256 (hex) of the bytes, computed once when they were stored; None when the store does not know it
+    (an object stored before it kept digests). The worker's video-side cache finds an upload's entries by it
+    without downloading it again."""
+
+
+def file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex BLAKE2b-256 of a file's bytes (``StoredObject.digest``; the video-side cache's content address)."""
+    h = hashlib.blake2b(digest_size=32)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 class ObjectTooLarge(Exception):

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-from lipsync.storage.base import ObjectTooLarge, Storage, StoredObject, safe_key
+from lipsync.storage.base import ObjectTooLarge, Storage, StoredObject, file_digest, safe_key
 from lipsync.storage.signing import Signer
 
 FILES_PREFIX = "/files/"
@@ -50,10 +50,10 @@ class FileSystemStorage(Storage):
 
     def _commit(self, key: str, tmp: Path, content_type: str) -> StoredObject:
         # Metadata first, then an atomic rename: a reader never sees a half-written object.
-        size = tmp.stat().st_size
-        self._meta_path(key).write_text(json.dumps({"content_type": content_type}))
+        size, digest = tmp.stat().st_size, file_digest(tmp)
+        self._meta_path(key).write_text(json.dumps({"content_type": content_type, "blake2b": digest}))
         os.replace(tmp, self.path(key))
-        return StoredObject(key=key, content_type=content_type, size=size)
+        return StoredObject(key=key, content_type=content_type, size=size, digest=digest)
 
     def put_file(self, key: str, src: Path, content_type: str) -> StoredObject:
         tmp = self._tmp(key)
@@ -89,10 +89,11 @@ class FileSystemStorage(Storage):
         if not path.is_file():
             return None
         try:
-            content_type = json.loads(self._meta_path(key).read_text())["content_type"]
+            meta = json.loads(self._meta_path(key).read_text())
+            content_type, digest = meta["content_type"], meta.get("blake2b")
         except (OSError, ValueError, KeyError):
-            content_type = "application/octet-stream"
-        return StoredObject(key=key, content_type=content_type, size=path.stat().st_size)
+            content_type, digest = "application/octet-stream", None
+        return StoredObject(key=key, content_type=content_type, size=path.stat().st_size, digest=digest)
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)

@@ -22,7 +22,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from lipsync.storage.base import ObjectTooLarge, Storage, StoredObject, safe_key
+from lipsync.storage.base import ObjectTooLarge, Storage, StoredObject, file_digest, safe_key
 
 # SigV4 presigned URLs cannot live longer than 7 days.
 MAX_PRESIGN_TTL_S = 7 * 24 * 3600
@@ -133,15 +133,14 @@ class S3Storage(Storage):
 
     def put_file(self, key: str, src: Path, content_type: str) -> StoredObject:
         name = self.object_name(key)
-        size = Path(src).stat().st_size
+        size, digest = Path(src).stat().st_size, file_digest(Path(src))
         try:
             # boto3's transfer manager: multipart (with parallel parts) above its threshold.
-            self.client.upload_file(
-                str(src), self.bucket, name, ExtraArgs={"ContentType": content_type}, Config=self.transfer_config
-            )
+            self.client.upload_file(str(src), self.bucket, name, Config=self.transfer_config,
+                                    ExtraArgs={"ContentType": content_type, "Metadata": {"blake2b": digest}})
         except (ClientError, BotoCoreError) as err:
             raise S3StorageError(f"could not store {key}: {err}") from None
-        return StoredObject(key=key, content_type=content_type, size=size)
+        return StoredObject(key=key, content_type=content_type, size=size, digest=digest)
 
     def put_chunks(self, key: str, chunks: Iterable[bytes], content_type: str, max_bytes: int) -> StoredObject:
         # The whole stream is read (and bounded) before anything is sent: an oversized one stores nothing.
@@ -183,6 +182,7 @@ class S3Storage(Storage):
             key=key,
             content_type=response.get("ContentType") or DEFAULT_CONTENT_TYPE,
             size=Path(dest).stat().st_size,
+            digest=(response.get("Metadata") or {}).get("blake2b"),
         )
 
     def stat(self, key: str) -> StoredObject | None:
@@ -195,7 +195,8 @@ class S3Storage(Storage):
         except BotoCoreError as err:
             raise S3StorageError(f"could not stat {key}: {err}") from None
         return StoredObject(
-            key=key, content_type=head.get("ContentType") or DEFAULT_CONTENT_TYPE, size=int(head["ContentLength"])
+            key=key, content_type=head.get("ContentType") or DEFAULT_CONTENT_TYPE, size=int(head["ContentLength"]),
+            digest=(head.get("Metadata") or {}).get("blake2b"),
         )
 
     def delete(self, key: str) -> None:

@@ -24,6 +24,7 @@ from lipsync.contract.settings import Settings
 class LocalFile:
     path: Path
     content_type: str  # sniffed from the bytes when possible, else what the source declared
+    digest: str | None = None  # BLAKE2b-256 hex of the bytes, when known (lipsync.worker.video_cache)
 
 
 @dataclass(frozen=True)

@@ -328,7 +328,7 @@ class LipSyncWorkerPipeline:
             return None
         with clock("cache_key_time"):  # hashing the video's bytes
             return RequestCache(self.cache, job.inputs["video"].path, job.params, self.cache_identity,
-                                say=lambda message: job.log(message, LogLevel.WARN))
+                                say=lambda message: job.log(message, LogLevel.WARN), digest=job.inputs["video"].digest)
 
     def _speaker_tracker(self, req, info, spec, video_path: Path):
         """Pass 1's tracker for a ``speaker`` other than the largest face (``lipsync.media.speakers``)."""

@@ -7,6 +7,7 @@ error; nothing escapes to RQ, whose own job status is only transport.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -33,6 +34,7 @@ from lipsync.storage import Storage, make_signer, make_storage
 from lipsync.worker.inputs import fetch_input
 from lipsync.worker.job import Pipeline, PipelineJob, PipelineOutput, load_pipeline
 from lipsync.worker.safe_http import SafeHttp
+from lipsync.worker.video_cache import VideoCache, fetch_video
 
 log = logging.getLogger("lipsync.worker")
 
@@ -81,6 +83,7 @@ class WorkerRuntime:
         self.storage: Storage = make_storage(settings, make_signer(settings))
         self.http = SafeHttp(allow_private=settings.allow_private_urls, timeout_s=settings.download_timeout_s)
         self.pipeline = pipeline
+        self.video_cache = VideoCache.from_settings(settings)  # uploads seen before: no download, no hashing
         self.input_models = {app_id: cfg.load_input_model() for app_id, cfg in settings.apps.items()}
         self.token = ""  # the running attempt's token ("" between jobs); the heartbeat thread reads it
         removed = sweep_dead_workdirs()
@@ -163,10 +166,15 @@ class WorkerRuntime:
         self.store.log(rid, "Fetching inputs")
         inputs = {}
         for field, file in file_fields(params).items():
-            inputs[field] = fetch_input(
-                field, file, workdir, storage=self.storage, http=self.http, max_bytes=self.settings.max_input_bytes,
-                check=progress.check_cancel,
+            fetch = functools.partial(
+                fetch_input, field, file, workdir, storage=self.storage, http=self.http,
+                max_bytes=self.settings.max_input_bytes, check=progress.check_cancel,
             )
+            if field == "video" and self.video_cache is not None and not getattr(params, "skip_video_cache", False):
+                inputs[field], metrics["input_cache"] = fetch_video(self.video_cache, file.url, fetch, self.storage,
+                                                                    workdir / f"input-{field}")
+            else:
+                inputs[field] = fetch()
         metrics["fetch_time"] = round(time.perf_counter() - started, 3)
         progress.check_cancel()
 

@@ -42,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from lipsync.storage.base import file_digest
+
 log = logging.getLogger("lipsync.cache")
 
 MAGIC = b"LSCACHE1"
@@ -72,13 +74,6 @@ def key_of(*parts: Any) -> str:
     return hashlib.blake2b(text.encode(), digest_size=20).hexdigest()
 
 
-def file_digest(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex BLAKE2b-256 of a file's bytes (the video's identity)."""
-    h = hashlib.blake2b(digest_size=32)
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def array_digest(*arrays: np.ndarray) -> str:
@@ -446,11 +441,12 @@ class RequestCache:
     ``encoder`` (dtype, device)."""
 
     def __init__(self, cache: VideoCache, video_path: Path, params: Any, identity: dict[str, Any],
-                 say: Callable[[str], None]):
+                 say: Callable[[str], None], digest: str | None = None):
         self.cache, self.identity, self.say = cache, identity, say
         self.report = CacheReport()
         self.video_path = Path(video_path)
-        self.source_key = key_of("source", file_digest(video_path), video_side_fields(params), identity["source"])
+        digest = digest or file_digest(video_path)  # known when the upload was hashed as it was stored
+        self.source_key = key_of("source", digest, video_side_fields(params), identity["source"])
         self.crops_key: str | None = None
         self._crops: EntryWriter | None = None
         self.memo: EncoderMemo | None = None
@@ -546,3 +542,47 @@ class RequestCache:
         if self._crops is not None:
             self._crops.abort()
             self._crops = None
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+def fetch_video(cache: VideoCache, url: str, fetch: Callable[[], Any], storage: Any, dest: Path) -> tuple[Any, str]:
+    """The ``video`` input through the cache: an upload to this server whose bytes this host has seen (its
+    ``StoredObject.digest``, computed once when it was stored) is copied from the cache, with no download and
+    no hashing; otherwise it is fetched (``fetch()``: a LocalFile), hashed, and an upload kept for next time.
+    Returns (the LocalFile with its digest, ``hit`` | ``filled`` | ``fetched``)."""
+    from lipsync.contract.schema import STORAGE_SCHEME
+    from lipsync.worker.job import LocalFile
+
+    stored = None
+    if url.startswith(STORAGE_SCHEME):
+        try:
+            stored = storage.stat(url[len(STORAGE_SCHEME):])
+        except Exception as exc:  # the store's own error comes again, typed, from the fetch itself
+            log.info("cache: could not stat the video upload (%s)", exc)
+    if stored is not None and stored.digest:
+        entry = cache.get("input", stored.digest)
+        if entry is not None and entry.arrays["bytes"].size == stored.size:
+            try:
+                dest.write_bytes(entry.arrays["bytes"].data)
+                return LocalFile(dest, entry.meta["content_type"], digest=stored.digest), "hit"
+            except OSError as exc:
+                log.warning("cache: could not copy a cached upload (%s); downloading it", exc)
+    local = fetch()
+    digest = file_digest(local.path)
+    if stored is None or stored.digest != digest:  # a URL, or an upload replaced meanwhile: nothing kept by it
+        return LocalFile(local.path, local.content_type, digest=digest), "fetched"
+    writer = None
+    try:
+        writer = cache.writer("input", digest)
+        with open(local.path, "rb") as f:
+            while block := f.read(8 << 20):
+                writer.append("bytes", np.frombuffer(block, np.uint8))
+        writer.meta = {"content_type": local.content_type}
+        kept = writer.commit()
+    except OSError as exc:
+        log.warning("cache: could not keep the video upload (%s)", exc)
+        kept = None
+    finally:
+        if writer is not None:
+            writer.abort()
+    return LocalFile(local.path, local.content_type, digest=digest), "filled" if kept else "fetched"
