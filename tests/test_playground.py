@@ -209,7 +209,7 @@ def test_upload_submit_watch_and_play(browser, lipsync_serve, clips):
     set_key(driver, KEY)
     labels = [s.text for s in driver.find_elements(By.CSS_SELECTOR, "#groups summary")]
     assert labels == ["Inputs", "Speaker and length", "Output size and rate", "Long-video knobs", "Conditioning", "Edits",
-                      "Seed"]
+                      "Seed", "Video cache"]
     hint = driver.find_element(By.ID, "field-vae_chunk_size-hint").get_attribute("textContent")
     assert "8n+1" in hint and "default 65" in hint  # description and default from /openapi.json
 

@@ -17,6 +17,7 @@ const GROUPS = [
   ["Conditioning", ["face_id_cond_strength", "appearance_cond_strength"]],
   ["Edits", ["edit_addition_start_frames", "edit_addition_durations", "edit_removal_ranges", "edit_removal_bridge_durations"]],
   ["Seed", ["seed"]],
+  ["Video cache", ["skip_video_cache"]],
 ];
 const OPEN_GROUPS = new Set(["Inputs", "Speaker and length", "Output size and rate"]);
 const REQUEST_STAGES = ["queue_time", "fetch_time", "inference_time", "upload_time"]; // lipsync/worker/runtime.py's
