@@ -47,9 +47,9 @@ def test_video_with_an_addition_and_a_bridge(it_stack, clips, tmp_path):
     for j in (5, 6, 7):
         assert np.abs(out[j].astype(int) - held.astype(int)).mean() > 5  # generated, not the held frame
     assert np.abs(out[5].astype(int) - out[7].astype(int)).mean() > 1  # and it moves
-    # whole frames: the 4:5 frame maps to the 3:4 bucket by a cover resize; a band of 2 columns each side stays
+    # whole frames: the 4:5 frame is scaled onto the 2:3 bucket and back, every pixel regenerated
     changed = np.abs(out[0].astype(int) - source[0].astype(int)).max(axis=2) > 30
-    assert changed[:, 8:-8].mean() > 0.5
+    assert changed.mean() > 0.5 and changed[:4].mean() > 0.3 and changed[-4:].mean() > 0.3
 
 
 def test_still_image_comes_to_life(it_stack, clips, tmp_path):

@@ -178,10 +178,9 @@ def test_lab_colour_transfer():
 def test_buckets_and_the_whole_frame_crop():
     assert bucket(1080, 1920, "480p") == (448, 896) and bucket(1920, 1080, "480p") == (832, 448)
     assert bucket(1080, 1920, "720p") == (704, 1280) and bucket(512, 512, "480p") == (640, 640)
-    (bh, bw), (rh, rw), (top, left) = crop_rule.geometry(1080, 1920, "480p")
-    assert (rh, rw) == (504, 896) and (top, left) == (28, 0)
-    a = crop_rule.affine(1080, 1920, "480p")
-    assert np.allclose(a[:, :2] @ [1919.5, 1079.5] + a[:, 2], [895.5, 503.5 - 28])  # frame edge → crop edge
+    a = crop_rule.affine(1080, 1920, "480p")  # the whole frame onto the bucket: pixel edges onto pixel edges
+    assert np.allclose(a[:, :2] @ [-0.5, -0.5] + a[:, 2], [-0.5, -0.5])
+    assert np.allclose(a[:, :2] @ [1919.5, 1079.5] + a[:, 2], [895.5, 447.5])
     frame = np.zeros((120, 160, 3), np.uint8)
     frame[:, 80:] = 255
     crop = crop_rule.crop_frame(frame, "tiny")

@@ -76,7 +76,7 @@ class InfiniteTalkEngine:
     def crop(self, frames: np.ndarray, affines: np.ndarray) -> np.ndarray:
         h, w = frames.shape[1:3]
         self._frame_size = (h, w)
-        (bh, bw), _, _ = crop_rule.geometry(h, w, self.table)
+        bh, bw = crop_rule.size(h, w, self.table)
         out = np.zeros((len(frames), bh, bw, 3), np.uint8)
         for k, (frame, m) in enumerate(zip(frames, affines)):
             if np.isfinite(m).all():
@@ -86,7 +86,7 @@ class InfiniteTalkEngine:
     def blend_masks(self, request: EngineRequest, start: int, landmarks: np.ndarray) -> np.ndarray:
         if self._frame_size is None:
             raise RuntimeError("blend_masks before face_affines: the frame size (and so the bucket) is unknown")
-        (bh, bw), _, _ = crop_rule.geometry(*self._frame_size, self.table)
+        bh, bw = crop_rule.size(*self._frame_size, self.table)
         return np.ones((len(landmarks), bh, bw), np.float32)
 
     def encoder_cache_key(self, request: EngineRequest) -> None:

@@ -6,7 +6,7 @@
         models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth, xlm-roberta-large/ (tokenizer, loaded and unused
         by the authors; not needed here)
     weights/chinese-wav2vec2-base/ hub TencentGameMate/chinese-wav2vec2-base: config.json, preprocessor_config.json,
-        model.safetensors (the README fetches it from refs/pr/1) or pytorch_model.bin
+        pytorch_model.bin (main) or model.safetensors (the README fetches it from refs/pr/1)
     weights/InfiniteTalk/single/infinitetalk.safetensors   hub MeiGen-AI/InfiniteTalk (audio adapter weights)
     weights/InfiniteTalk/multi/infinitetalk.safetensors    (two speakers: detected and named, not used)
 
@@ -57,10 +57,11 @@ _COMMON = (
     WeightFile(f"{WAV2VEC}/config.json", "TencentGameMate/chinese-wav2vec2-base", "config.json", _W2V),
     WeightFile(f"{WAV2VEC}/preprocessor_config.json", "TencentGameMate/chinese-wav2vec2-base",
                "preprocessor_config.json", _W2V),
-    WeightFile(f"{WAV2VEC}/model.safetensors", "TencentGameMate/chinese-wav2vec2-base", "model.safetensors", _W2V,
-               alternatives=(f"{WAV2VEC}/pytorch_model.bin",)),
+    WeightFile(f"{WAV2VEC}/pytorch_model.bin", "TencentGameMate/chinese-wav2vec2-base", "pytorch_model.bin", _W2V,
+               alternatives=(f"{WAV2VEC}/model.safetensors",)),  # the README's model.safetensors is on refs/pr/1
     WeightFile(SINGLE, "MeiGen-AI/InfiniteTalk", "single/infinitetalk.safetensors", _IT),
-    WeightFile(MULTI, "MeiGen-AI/InfiniteTalk", "multi/infinitetalk.safetensors", _IT, required=False),
+    WeightFile(MULTI, "", "MeiGen-AI/InfiniteTalk multi/infinitetalk.safetensors (two speakers; not fetched, not used)",
+               _IT, required=False),
 )
 
 LAYOUTS = (
