@@ -9,14 +9,16 @@
 - ``google/umt5-xxl/``: a small unigram tokenizer made here (``tokenizer.json`` + configs; pad 0, end 1, unk 2);
 - ``chinese-wav2vec2-base/``: a small ``Wav2Vec2Model`` (``save_pretrained``) and its preprocessor config.
 
-The networks are ``config.SMALL`` (the published structures at small widths). The published sizes are checked
-on the ``meta`` device instead (``tests/engines/test_infinitetalk_weights.py``): 19 B parameters are 76 GB of
-random fp32 shards.
+The networks are ``config.SMALL`` (the published structures at small widths); the tests check the published
+sizes on the ``meta`` device (``tests/engines/test_infinitetalk_weights.py``). ``write_published_weights`` writes
+the published sizes in bf16 (about 50 GB), tensor by tensor, for GPU checks (``scripts/gpu_check.py``).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -119,7 +121,12 @@ def write_clip(path: Path, config: InfiniteTalkConfig, g: torch.Generator) -> No
         hidden_size=c.dim, intermediate_size=c.dim * c.mlp_ratio, num_hidden_layers=c.num_layers,
         num_attention_heads=c.num_heads, image_size=c.image_size, patch_size=c.patch_size, hidden_act="gelu"))
     _randomise(model, g)
-    split = _authors(model.state_dict(), keymaps.CLIP)
+    torch.save(_fused_clip(_authors(model.state_dict(), keymaps.CLIP), c, g), path)
+
+
+def _fused_clip(split: dict[str, torch.Tensor], c, g: torch.Generator) -> dict[str, torch.Tensor]:
+    """The authors' CLIP file from split keys: q/k/v fused into ``to_qkv``, batch axes on the class and position
+    embeddings, and a token text tower, logit scale and head (present in the published file, unused)."""
     state = {}
     for key, value in split.items():
         if ".attn.q." in key:
@@ -137,18 +144,19 @@ def write_clip(path: Path, config: InfiniteTalkConfig, g: torch.Generator) -> No
     state["log_scale"] = torch.tensor(2.6592)
     state["textual.token_embedding.weight"] = torch.randn(64, 16, generator=g)
     state["textual.head.0.weight"] = torch.randn(16, 16, generator=g)
-    torch.save({k: v.to(torch.float16) for k, v in state.items()}, path)
+    return {k: v.to(torch.float16) for k, v in state.items()}
 
 
-def write_wav2vec(folder: Path, config: InfiniteTalkConfig, seed: int) -> None:
+def write_wav2vec(folder: Path, config: InfiniteTalkConfig, seed: int, *, published: bool = False) -> None:
+    """``published``: the wav2vec2 base architecture (chinese-wav2vec2-base's: 12 x 768, 512-channel convs)."""
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
     t = config.transformer
     torch.manual_seed(seed)
-    cfg = Wav2Vec2Config(hidden_size=t.audio_channels, num_hidden_layers=t.audio_layers, num_attention_heads=2,
-                         intermediate_size=2 * t.audio_channels, conv_dim=(16,) * 7, num_conv_pos_embeddings=16,
-                         num_conv_pos_embedding_groups=2, feat_extract_norm="group", do_stable_layer_norm=False,
-                         vocab_size=8)
+    cfg = Wav2Vec2Config(feat_extract_norm="group", do_stable_layer_norm=False) if published else Wav2Vec2Config(
+        hidden_size=t.audio_channels, num_hidden_layers=t.audio_layers, num_attention_heads=2,
+        intermediate_size=2 * t.audio_channels, conv_dim=(16,) * 7, num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2, feat_extract_norm="group", do_stable_layer_norm=False, vocab_size=8)
     Wav2Vec2Model(cfg).save_pretrained(folder, safe_serialization=True)
     Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
                              return_attention_mask=True).save_pretrained(folder)
@@ -168,7 +176,70 @@ def write_random_weights(root: Path, config: InfiniteTalkConfig = SMALL, *, seed
     return root
 
 
-def write_published_weights(root: Path, *, seed: int = 0) -> Path:
-    raise ValueError("InfiniteTalk at the published sizes is 19 B parameters (76 GB of random fp32 shards): not "
-                     "written; the published sizes are checked on the meta device (tests/engines/"
-                     "test_infinitetalk_weights.py), and `lipsync weights fetch infinitetalk DIR` gets the real files")
+def _streamed(module_factory, pairs, g: torch.Generator, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+    """(the authors' key, a random tensor in ``dtype``) for every tensor of a module built on ``meta``: one tensor
+    in memory at a time, no model."""
+    with torch.device("meta"):
+        module = module_factory()
+    rename = keymaps.mapper(pairs, reverse=True)
+    for key, meta in module.state_dict().items():
+        name = rename(key)
+        if name is None:
+            continue
+        value = torch.randn(meta.shape, generator=g, dtype=torch.float32)
+        if key.endswith(("norm1.weight", "norm2.weight", "norm3.weight", "gamma")) or "layer_norm" in key:
+            value = 1 + 0.1 * value
+        else:
+            value = value / max(1.0, meta.shape[1] if meta.ndim > 1 else meta.shape[0]) ** 0.5
+        yield name, value.to(dtype)
+
+
+def write_published_weights(root: Path, config: InfiniteTalkConfig | None = None, *, seed: int = 0,
+                            dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Random weights at the published sizes in the published layout, for GPU checks: written tensor by tensor
+    from meta-built modules (host memory ~ one shard), in bf16 (38 GB for the transformer, 11 GB for umT5; the
+    published transformer shards are fp32, 76 GB: the loader takes either)."""
+    from safetensors.torch import save_file
+
+    from lipsync.model.infinitetalk.config import PUBLISHED
+    from lipsync.model.infinitetalk.loading import clip_vision, umt5
+    from lipsync.model.infinitetalk.transformer import InfiniteTalkTransformer
+
+    config = config or PUBLISHED
+    root = Path(root)
+    wan = root / layout.WAN_480
+    wan.mkdir(parents=True, exist_ok=True)
+    (root / layout.SINGLE).parent.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    audio, shard, n, weight_map = {}, {}, 0, {}
+    limit = 6 << 30
+    size = 0
+    for name, value in _streamed(lambda: InfiniteTalkTransformer(config.transformer), keymaps.TRANSFORMER, g, dtype):
+        if any(a in name for a in AUDIO_KEYS):
+            audio[name] = value
+            continue
+        if size + value.numel() * value.element_size() > limit and n < len(layout.SHARDS) - 1:
+            save_file(shard, str(wan / layout.SHARDS[n]))
+            weight_map.update({k: layout.SHARDS[n] for k in shard})
+            shard, size, n = {}, 0, n + 1
+        shard[name] = value
+        size += value.numel() * value.element_size()
+    for i in range(n, len(layout.SHARDS)):  # the rest (the last shard, and empty ones for a small config)
+        part = shard if i == n else {}
+        save_file(part, str(wan / layout.SHARDS[i]))
+        weight_map.update({k: layout.SHARDS[i] for k in part})
+    (wan / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (wan / "config.json").write_text(json.dumps(config.transformer.to_file_dict(), indent=1))
+    save_file(audio, str(root / layout.SINGLE))
+    from diffusers import AutoencoderKLWan
+
+    torch.save(dict(_streamed(lambda: AutoencoderKLWan(**config.vae.diffusers_kwargs()),
+                              keymaps.vae_pairs(config.vae.num_res_blocks), g, torch.float32)), wan / layout.VAE_FILE)
+    torch.save(dict(_streamed(lambda: umt5(config.t5), keymaps.T5, g, torch.bfloat16)), wan / layout.T5_FILE)
+    write_tokenizer(wan / layout.T5_TOKENIZER, config.t5.vocab_size)
+    c = config.clip
+    split = dict(_streamed(lambda: clip_vision(replace(c, num_layers=c.num_layers + 1)), keymaps.CLIP, g,
+                           torch.float16))
+    torch.save(_fused_clip(split, c, g), wan / layout.CLIP_FILE)
+    write_wav2vec(root / layout.WAV2VEC, config, seed, published=config.transformer.audio_channels == 768)
+    return root
