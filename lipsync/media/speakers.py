@@ -42,7 +42,7 @@ import numpy as np
 
 from lipsync.contract.errors import InvalidInput
 from lipsync.contract.schema import SpeakerBoxes, SpeakerPoint
-from lipsync.media.faces import (N_LANDMARKS, FaceAnalyzer, FaceDetection, FaceTrack, _follow, _iou, _same_frame,
+from lipsync.media.faces import (FOLLOW_MAX_CHANGE, N_LANDMARKS, FaceAnalyzer, FaceDetection, FaceTrack, _follow, _iou, _same_frame,
                                  _thumbnail, alignment_from_landmarks)
 from lipsync.media.track_smoothing import TrackRows
 
@@ -122,6 +122,8 @@ class _Open:
     descriptor: np.ndarray | None = None
     face: FaceDetection | None = None
     thumb: np.ndarray | None = None
+    look: np.ndarray | None = None
+    """16x16 grey thumbnail of the face's box in its last frame (a detection unlike it starts a new track)."""
 
     def close(self) -> CandidateTrack:
         return CandidateTrack(self.id, np.array(self.frames, np.int64), np.stack(self.boxes).astype(np.float32),
@@ -198,6 +200,8 @@ class MultiFaceTracker:
         for overlap, a, b in pairs:
             if overlap < LINK_IOU or a in taken_faces or b in taken_tracks:
                 continue
+            if found[a][1] and not _looks_alike(frame, found[a][0], self._open[b]):
+                continue  # a cut: another face where this one was
             taken_faces.add(a)
             taken_tracks.add(b)
             self._add(self._open[b], frame, i, *found[a])
@@ -211,12 +215,18 @@ class MultiFaceTracker:
                 self._add(t, frame, i, face, detected)
 
     def _add(self, t: _Open, frame: np.ndarray, i: int, face: FaceDetection, detected: bool) -> None:
+        t.look = _thumbnail(frame, face.box)
         t.frames.append(i)
         t.boxes.append(np.asarray(face.box, np.float32))
         t.landmarks.append(np.asarray(face.landmarks, np.float32))
         t.detected.append(detected)
         if self._can_follow and face is not t.face:
             t.face, t.thumb = face, _thumbnail(frame, face.box)
+
+
+def _looks_alike(frame: np.ndarray, face: FaceDetection, track: _Open) -> bool:
+    now = _thumbnail(frame, face.box)
+    return track.look is None or now is None or float(np.abs(now - track.look).mean()) <= FOLLOW_MAX_CHANGE
 
 
 # --- selection ------------------------------------------------------------------------------------------

@@ -197,3 +197,32 @@ def test_the_default_tracker_counts_faces_for_auto(two):
         both.push(chunk)
     both.finish()
     assert both.max_faces == 2
+
+
+def test_a_point_follows_its_person_across_a_cut_by_identity(two):
+    """Frames 0-9 show A and B; a cut; frames 10-19 show A alone, larger and elsewhere (a new track). A point on A
+    chooses both of A's tracks (dlib descriptors of one person); without descriptors only the first, and says so."""
+    import cv2
+
+    from lipsync.media.embedding import FaceEmbedder
+
+    clip, _ = two
+    spec = resolve_output_spec(probe_video(clip.video), num_frames=1)
+    first = next(iter_video_chunks(clip.video, spec))[0]
+    later = np.full_like(first, 90)
+    later[:, 120:296] = cv2.resize(first[:, :176], (176, 176), interpolation=cv2.INTER_AREA)
+    frames = np.stack([first] * 10 + [later] * 10)
+    x0, y0, x1, y1 = clip.boxes["A"]
+    point = SpeakerPoint(frame=0, x=(x0 + x1) / 2, y=(y0 + y1) / 2)
+    for describe in (FaceEmbedder().embed, None):
+        tracker = MultiFaceTracker(default_face_analyzer(), describe=describe)
+        tracker.push(frames)
+        tracks = tracker.finish()
+        assert len(tracks.tracks) == 3
+        sel = select_point(tracks, point, (1.0, 1.0))
+        a_first = int(sel.choice[0])
+        if describe is not None:
+            assert (sel.choice[:10] == a_first).all() and (sel.choice[10:] >= 0).all() and sel.choice[10] != a_first
+            assert "same person" in sel.metrics()["segments"][1]["why"]
+        else:
+            assert (sel.choice[:10] == a_first).all() and (sel.choice[10:] == -1).all() and "across cuts" in sel.note
