@@ -2,7 +2,9 @@
 ``scripts/inference.py`` + ``LipsyncPipeline.__call__``, ``inference.sh``: DDIM 20 steps, guidance 1.5,
 ``--enable_deepcache``), written here step by step in our own lines on random weights in the published layout:
 the sampler's output bit for bit on CPU in fp32, with DeepCache (the default) and without it
-(``LIPSYNC_DEEP_CACHE=false``).
+(``LIPSYNC_DEEP_CACHE=false``); the pasted frames against the published restore (``AlignRestore.restore_img``,
+re-told with torch ops as kornia computes them) within one level; a crop the model returns unchanged pastes back
+without a colour shift.
 
 DeepCache is the ``DeepCache`` package's ``DeepCacheSDHelper(cache_interval=3, cache_branch_id=0)`` as the
 published script enables it, re-told here the helper's way (every down, mid and up module wrapped; a skipped
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -119,7 +122,7 @@ def published(root: Path, crops: np.ndarray, audio: np.ndarray, *, seed: int, st
     generator = torch.Generator().manual_seed(seed)
     all_latents = torch.randn((1, 4, 1, size // 8, size // 8), generator=generator)
     all_latents = all_latents.repeat(1, 1, len(crops), 1, 1) * scheduler.init_noise_sigma
-    out = []
+    out, floats = [], []
     with torch.no_grad():
         for i in range(-(-len(crops) // num_frames)):
             audio_embeds = whisper.frames(i * num_frames, len(faces[i * num_frames : (i + 1) * num_frames]))
@@ -155,15 +158,54 @@ def published(root: Path, crops: np.ndarray, audio: np.ndarray, *, seed: int, st
             m = (1 - masks).float()  # paste_surrounding_pixels_back(decoded, pixel_values, 1 - masks)
             combined = decoded * m + pixel_values * (1 - m)
             out.append(((combined.permute(0, 2, 3, 1) / 2 + 0.5).clamp(0, 1) * 255).to(torch.uint8).numpy())
-    return np.concatenate(out), (helper.full_steps if helper else list(range(steps)) * 2)
+            floats.append(combined)
+    return np.concatenate(out), (helper.full_steps if helper else list(range(steps)) * 2), torch.cat(floats)
 
 
-def _crops(n: int, size: int) -> np.ndarray:
-    import cv2
+def _normalise(h: int, w: int) -> np.ndarray:
+    """kornia's pixel -> [-1, 1] map with ``align_corners`` (``normal_transform_pixel``)."""
+    return np.array([[2 / (w - 1), 0, -1], [0, 2 / (h - 1), -1], [0, 0, 1]], np.float64)
 
-    rng = np.random.default_rng(3)
-    small = rng.integers(0, 255, (n, size // 8, size // 8, 3), dtype=np.uint8)
-    return np.stack([cv2.resize(c, (size, size), interpolation=cv2.INTER_CUBIC) for c in small])
+
+def _kornia_warp(src: torch.Tensor, m: np.ndarray, dsize: tuple[int, int], fill: float | None = None):
+    """``kornia.geometry.transform.warp_affine(src, m, dsize, mode="bilinear", align_corners=True)``: the pixel
+    affine normalised on both sides, inverted, ``affine_grid`` + ``grid_sample``; ``fill``: padding_mode "fill"."""
+    (h, w), (hs, ws) = dsize, src.shape[-2:]
+    dst_from_src = _normalise(h, w) @ np.vstack([m, [0, 0, 1]]) @ np.linalg.inv(_normalise(hs, ws))
+    theta = torch.from_numpy(np.linalg.inv(dst_from_src)[:2]).float()[None]
+    grid = F.affine_grid(theta, [1, src.shape[1], h, w], align_corners=True)
+    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    if fill is not None:
+        ones = F.grid_sample(torch.ones_like(src), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        out = out + (1 - ones) * fill
+    return out
+
+
+def published_restore(frame: np.ndarray, face: torch.Tensor, warp_affine: np.ndarray, warp: tuple[int, int]):
+    """``restore_video`` + ``AlignRestore.restore_img`` (upscale 1) in fp32 for one frame: ``face`` (3, S, S) the
+    float output in [-1, 1], ``warp_affine`` the frame -> (W, H) warp of the alignment."""
+    w, h = warp
+    face = F.interpolate(face[None].float(), size=(h, w), mode="bicubic", align_corners=False, antialias=True)
+    inverse = cv2.invertAffineTransform(warp_affine)
+    fh, fw = frame.shape[:2]
+    inv_face = _kornia_warp(face, inverse, (fh, fw), fill=127.0)[0]
+    inv_face = (inv_face / 2 + 0.5).clamp(0, 1) * 255
+    image = torch.from_numpy(frame).float().permute(2, 0, 1)
+    inv_mask = _kornia_warp(torch.ones(1, 1, h, w), inverse, (fh, fw))
+    # kornia.morphology.erosion with a 2 x 2 kernel: origin (1, 1), geodesic border (nothing erodes from outside)
+    erosion = -F.max_pool2d(-F.pad(inv_mask, (1, 0, 1, 0), value=1e4), 2, stride=1)
+    pasted = erosion[0] * inv_face
+    w_edge = int(torch.sum(erosion.float()) ** 0.5) // 20
+    centre = cv2.erode(erosion[0, 0].numpy().astype(np.float32), np.ones((2 * w_edge, 2 * w_edge), np.uint8))
+    k = 2 * w_edge + 1
+    sigma = 0.3 * ((k - 1) * 0.5 - 1) + 0.8
+    x = torch.arange(k, dtype=torch.float32) - k // 2
+    g = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()  # kornia.filters.gaussian_blur2d, reflected borders
+    soft = F.conv2d(F.pad(torch.from_numpy(centre)[None, None], (k // 2,) * 4, mode="reflect"),
+                    (g[:, None] * g[None, :])[None, None])[0]
+    back = soft * pasted + (1 - soft) * image
+    return back.permute(1, 2, 0).contiguous().to(torch.uint8).numpy()
 
 
 def _audio(n: int) -> np.ndarray:
@@ -202,28 +244,91 @@ def root(small_weights) -> Path:
     return small_weights["latentsync"]
 
 
-def test_default_sampler_is_the_published_one_with_deepcache_bit_for_bit(root):
-    engine = load_engine(root, EngineOptions(num_inference_steps=STEPS), "latentsync")  # the defaults
-    crops, audio = _crops(N, engine.info.crop_size), _audio(N)
+@pytest.fixture(scope="module")
+def engine(root):
+    return load_engine(root, EngineOptions(num_inference_steps=STEPS), "latentsync")  # the defaults
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory, engine):
+    """A real face clip, tracked: (frames, frame -> crop affines, the engine's crops)."""
+    from lipsync.testing.media import tracked_face_clip
+
+    frames, track = tracked_face_clip(tmp_path_factory.mktemp("clip") / "face.mp4", frames=N, size=(256, 192))
+    affines = engine.face_affines(track)
+    return frames, affines, engine.crop(frames, affines)
+
+
+def test_default_sampler_and_paste_are_the_published_ones(root, engine, clip):
+    """Sampler bit for bit with DeepCache; the frames pasted by the worker's rule (``info.restore_warp``) within
+    one level of the published restore fed the float faces (two on under 0.1% of the pixels), wherever those
+    stay in [-1, 1] (the engine hands uint8 crops over: a face the VAE overshoots is clamped before the
+    restore's resize, not after; and truncated, which the resize's negative lobes can add up to 2 levels)."""
+    from lipsync.media.paste import paste_face
+    from lipsync.model.latentsync.crop_rule import resize_affine, warp_size
+
+    frames, affines, crops = clip
+    audio = _audio(N)
     got, metrics = _run(engine, crops, audio, seed=1247)
-    want, full_steps = published(root, crops, audio, seed=1247, steps=STEPS, guidance=1.5, deepcache=True)
+    want, full_steps, faces = published(root, crops, audio, seed=1247, steps=STEPS, guidance=1.5, deepcache=True)
     np.testing.assert_array_equal(got, want)
     assert full_steps == [0, 3, 0, 3]  # per segment: steps 0 and 3 whole, 1 and 2 from the cache
     assert metrics["deep_cache_interval"] == 3 and metrics["full_unet_calls"] == 4
 
+    size = engine.info.crop_size
+    assert engine.info.restore_warp == warp_size(size)
+    in_range = faces.abs().amax(1) <= 1  # (n, S, S)
+    for k in range(0, N, 4):
+        warp_affine = (np.linalg.inv(resize_affine(size)) @ np.vstack([affines[k], [0, 0, 1]]))[:2]
+        restored = published_restore(frames[k], faces[k], warp_affine, engine.info.restore_warp)
+        pasted = paste_face(frames[k], got[k], affines[k], None, restore_warp=engine.info.restore_warp)
+        diff = np.abs(pasted.astype(int) - restored).max(-1)
+        # frame pixels whose face neighbourhood (the bicubic and bilinear taps) overshot
+        overshoot = cv2.warpAffine(cv2.dilate((~in_range[k].numpy()).astype(np.uint8), np.ones((5, 5), np.uint8)),
+                                   affines[k], frames[k].shape[1::-1], flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP)
+        inside = diff[overshoot == 0]
+        # within one level; two where the bicubic taps' negative lobes add up the crop's uint8 truncation
+        assert inside.max() <= 2 and (inside > 1).mean() < 1e-3, (k, inside.max(), (inside > 1).sum())
+        assert (diff > 0).any() or k  # the restore touched the frame (a real face, a repainted mouth)
 
-def test_deep_cache_off_is_every_step_whole_and_changes_only_the_mouth(root):
+
+def test_deep_cache_off_is_every_step_whole_and_changes_only_the_mouth(root, clip):
     """LIPSYNC_DEEP_CACHE=false: the published pipeline without ``--enable_deepcache``, bit for bit; what it
     changes against the default is inside the repainted mouth region only."""
     from lipsync.model.latentsync.crop_rule import mouth_mask
 
     engine = load_engine(root, EngineOptions(num_inference_steps=STEPS, deep_cache=False), "latentsync")
-    crops, audio = _crops(N, engine.info.crop_size), _audio(N)
+    crops, audio = clip[2], _audio(N)
     got, metrics = _run(engine, crops, audio, seed=1247)
-    want, _ = published(root, crops, audio, seed=1247, steps=STEPS, guidance=1.5, deepcache=False)
+    want, _, _ = published(root, crops, audio, seed=1247, steps=STEPS, guidance=1.5, deepcache=False)
     np.testing.assert_array_equal(got, want)
     assert metrics["deep_cache_interval"] == 1 and metrics["full_unet_calls"] == 2 * STEPS
-    cached, _ = published(root, crops, audio, seed=1247, steps=STEPS, guidance=1.5, deepcache=True)
+    cached, _, _ = published(root, crops, audio, seed=1247, steps=STEPS, guidance=1.5, deepcache=True)
     keep = mouth_mask(engine.info.crop_size) == 1.0
     assert np.array_equal(got[:, keep], cached[:, keep])  # outside the mouth: the input crop in both
     assert np.abs(got[:, ~keep].astype(int) - cached[:, ~keep]).max() > 0  # inside: the cache matters
+
+
+def test_an_unchanged_crop_pastes_back_without_a_colour_shift(engine, clip):
+    """An engine stand-in that returns its input crop, pasted by the worker's rule: the published restore of that
+    crop within one level (the resampling round trip is the authors' own), no colour shift (the per-channel mean
+    over the pasted area within one level of the source's), and nothing outside the restore's footprint
+    changes."""
+    from lipsync.media.paste import paste_face, restore_region
+    from lipsync.model.latentsync.crop_rule import resize_affine
+
+    frames, affines, crops = clip
+    size, warp = engine.info.crop_size, engine.info.restore_warp
+    for k in (0, N - 1):
+        pasted = paste_face(frames[k], crops[k], affines[k], None, restore_warp=warp)
+        face = torch.from_numpy(crops[k]).permute(2, 0, 1).float() / 255 * 2 - 1
+        warp_affine = (np.linalg.inv(resize_affine(size)) @ np.vstack([affines[k], [0, 0, 1]]))[:2]
+        assert np.abs(pasted.astype(int) - published_restore(frames[k], face, warp_affine, warp)).max() <= 1
+        x0, y0, x1, y1 = restore_region(affines[k], size, warp, frames.shape[2], frames.shape[1])
+        changed = np.abs(pasted.astype(int) - frames[k]).max(-1) > 0
+        assert not changed[:y0].any() and not changed[y1:].any()
+        assert not changed[:, :x0].any() and not changed[:, x1:].any()
+        area = np.zeros_like(changed)
+        area[y0:y1, x0:x1] = True
+        shift = (pasted[area].astype(float) - frames[k][area]).mean(0)
+        assert np.abs(shift).max() <= 1.0, shift
