@@ -185,3 +185,37 @@ def test_buckets_and_the_whole_frame_crop():
     frame[:, 80:] = 255
     crop = crop_rule.crop_frame(frame, "tiny")
     assert crop.shape == (32, 48, 3) and crop[:, :23].max() == 0 and crop[:, 25:].min() == 255
+
+
+def test_lora_files_are_merged_as_the_authors_merge_them(root, tmp_path):
+    from lipsync.model.infinitetalk import lora
+
+    folder = tmp_path / "w"
+    (folder / lora.FOLDER).mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    down, up = torch.randn(4, 32, generator=g), torch.randn(32, 4, generator=g)
+    diff_b, diff = torch.randn(64, generator=g), torch.randn(32, 32, generator=g)
+    save_file({"diffusion_model.blocks.0.self_attn.q.lora_down.weight": down,
+               "diffusion_model.blocks.0.self_attn.q.lora_up.weight": up,
+               "diffusion_model.blocks.0.self_attn.q.alpha": torch.tensor(4.0),  # ignored, as the authors do
+               "diffusion_model.blocks.1.ffn.0.diff_b": diff_b,
+               "diffusion_model.audio_proj.proj2.diff": diff}, str(folder / lora.FOLDER / "distill.safetensors"))
+    (folder / lora.FOLDER / "lora.json").write_text(json.dumps({"scales": {"distill.safetensors": 0.5}, "steps": 4,
+                                                                "text_guidance": 1.0, "audio_guidance": 2.0}))
+    plan = lora.plan(folder)
+    assert [(p.name, s) for p, s in plan.files] == [("distill.safetensors", 0.5)]
+    assert (plan.steps, plan.text_guidance, plan.audio_guidance) == (4, 1.0, 2.0)
+    wan = root / layout.WAN_480
+    cfg = loading.transformer_config(wan, root / layout.SINGLE,
+                                     json.loads((root / layout.WAV2VEC / "config.json").read_text()))
+    base = loading.load_transformer(wan, root / layout.SINGLE, cfg)
+    merged = loading.load_transformer(wan, root / layout.SINGLE, cfg)
+    assert lora.merge(merged, plan.files[0][0], 0.5) == 3
+    b, m = dict(base.named_parameters()), dict(merged.named_parameters())
+    torch.testing.assert_close(m["wan.blocks.0.attn1.to_q.weight"], b["wan.blocks.0.attn1.to_q.weight"] + 0.5 * up @ down)
+    torch.testing.assert_close(m["wan.blocks.1.ffn.net.0.proj.bias"], b["wan.blocks.1.ffn.net.0.proj.bias"] + 0.5 * diff_b)
+    torch.testing.assert_close(m["audio_proj.proj2.weight"], b["audio_proj.proj2.weight"] + 0.5 * diff)
+    assert torch.equal(m["wan.blocks.0.attn1.to_k.weight"], b["wan.blocks.0.attn1.to_k.weight"])
+    save_file({"diffusion_model.blocks.9.self_attn.q.diff": diff}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(WeightsLoadError, match="blocks.9.self_attn.q.diff"):
+        lora.merge(merged, tmp_path / "bad.safetensors", 1.0)

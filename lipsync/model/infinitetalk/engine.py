@@ -194,8 +194,8 @@ def load_engine(root: Path | None, layout: WeightsLayout, options: EngineOptions
 
     import torch
 
-    from lipsync.model.infinitetalk import loading
     from lipsync.model.infinitetalk import layout as files
+    from lipsync.model.infinitetalk import loading, lora
     from lipsync.model.infinitetalk.sampling import InfiniteTalkSampler
     from lipsync.model.infinitetalk.text import PromptEncoder
 
@@ -222,6 +222,11 @@ def load_engine(root: Path | None, layout: WeightsLayout, options: EngineOptions
         sampling = SMALL.sampling
     else:
         sampling = SamplingConfig(table=table)
+    loras = lora.plan(root)
+    for path, scale in loras.files:
+        changed = lora.merge(transformer, path, scale)
+        log.info("InfiniteTalk: LoRA %s merged at scale %g (%d tensors)", path.name, scale, changed)
+    sampling = sampling.with_(steps=loras.steps, text_guidance=loras.text_guidance, audio_guidance=loras.audio_guidance)
     sampling = sampling.with_(steps=options.num_inference_steps, audio_guidance=options.guidance_scale)
     prompts = PromptEncoder(t5, tokenizer, tconfig.text_len, device=options.device,
                             placement="cpu" if options.text_encoder == "cpu" else "device")
@@ -231,7 +236,8 @@ def load_engine(root: Path | None, layout: WeightsLayout, options: EngineOptions
         log.info("InfiniteTalk: %s found (two speakers); not used: this engine drives one speaker", files.MULTI)
     sampler = InfiniteTalkSampler(transformer, vae, clip, sampling, device=options.device, dtype=dtype)
     side = max(max(b) for b in BUCKETS[sampling.table].values())
-    info = EngineInfo(name=layout.variant, crop_size=side, weights=root.name, dtype=dtype_name, whole_frame=True)
+    name = layout.variant + ("+lora" if loras.files else "")
+    info = EngineInfo(name=name, crop_size=side, weights=root.name, dtype=dtype_name, whole_frame=True)
     log.info("InfiniteTalk %s from %s: transformer %d layers x %d, %s buckets, %d steps", layout.variant, root,
              tconfig.num_layers, tconfig.dim, sampling.table, sampling.steps)
     return InfiniteTalkEngine(sampler, wav2vec, prompts, info, sampling, device=options.device)
