@@ -18,7 +18,8 @@ value runs this module's first pass instead:
      distance, from the 68 landmarks) against the source's own audio (per-frame log energy), window by window
      (``WINDOW_S``, only where the voice-activity detector hears speech): the score is the best Pearson
      correlation over lags up to ``MAX_LAG`` frames; a window goes to the top track when it scores at least
-     ``MIN_SCORE`` and leads the next by ``MIN_LEAD``, others keep the previous decision. Without an audio track,
+     ``MIN_SCORE`` and leads the next by ``MIN_LEAD``, others keep the previous decision (a still mouth,
+     ``MIN_MOUTH_MOTION``, scores 0). Without an audio track,
      or when no window decides, the largest face (said in the logs).
 3. The chosen rows become a ``FaceTrack`` through ``lipsync.media.track_smoothing.TrackRows`` (the same bridging and
    smoothing as the default path); a change of chosen track starts a new shot, so smoothing never blends two
@@ -59,6 +60,9 @@ WINDOW_S = 0.5
 """Seconds per active-speaker decision window."""
 MAX_LAG = 2
 """Frames the mouth may lead or trail the sound by."""
+MIN_MOUTH_MOTION = 0.01
+"""A mouth whose opening varies less than this (standard deviation over a window, in eye distances) is still:
+landmark jitter on a closed mouth is a few thousandths, a speaking mouth's a few hundredths."""
 MIN_SCORE = 0.3
 MIN_LEAD = 0.1
 MAX_SEGMENTS = 64
@@ -379,7 +383,8 @@ def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
 
 
 def _correlation(x: np.ndarray, y: np.ndarray) -> float:
-    """Best Pearson correlation of x and y over lags up to MAX_LAG frames (0 where either is flat)."""
+    """Best Pearson correlation of the mouth openings x and the loudness y over lags up to MAX_LAG frames (0 where
+    the mouth is still, see ``MIN_MOUTH_MOTION``, or the sound flat)."""
     best = 0.0
     for lag in range(-MAX_LAG, MAX_LAG + 1):
         a, b = (x[lag:], y[: len(y) - lag]) if lag >= 0 else (x[:lag], y[-lag:])
@@ -387,7 +392,7 @@ def _correlation(x: np.ndarray, y: np.ndarray) -> float:
         if ok.sum() < 4:
             continue
         a, b = a[ok], b[ok]
-        if a.std() < 1e-3 or b.std() < 1e-3:
+        if a.std() < MIN_MOUTH_MOTION or b.std() < 1e-3:
             continue
         best = max(best, float(np.corrcoef(a, b)[0, 1]))
     return best
