@@ -1,16 +1,19 @@
 """InfiniteTalk behind the real stack (redis-server, API, RQ worker with ``LIPSYNC_ENGINE=infinitetalk`` on random
 weights in the published layout, two steps): a video with an addition and a removal bridge through the official
-Python client, and a still image brought to life. Whole frames are regenerated: the output has the requested
+Python client, a still image brought to life, and an addition at the start through the official JS client. Whole frames are regenerated: the output has the requested
 frames, rate, size and audio; the frames of an addition move (they are generated, not the held frame)."""
 
 from __future__ import annotations
 
 from fractions import Fraction
 
+import httpx
 import numpy as np
 import pytest
 
+from lipsync.testing.media import probe
 from tests.engines.test_latentsync_stack import run_ok
+from tests.test_js_client import requires_js, run_js
 from tests.test_lipsync_pipeline import clips  # noqa: F401  (the module's media fixture)
 from tests.test_lipsync_pipeline import FPS, H, N, W, _decode, assert_audio_matches, messages
 from lipsync.testing.stack import make_stack
@@ -59,3 +62,16 @@ def test_still_image_comes_to_life(it_stack, clips, tmp_path):
     assert status["metrics"]["chunks"] == 2 and status["metrics"]["chunk_frames"] == 9
     out = _decode(next(tmp_path.glob("*.mp4")))
     assert np.abs(out[0].astype(int) - out[11].astype(int)).mean() > 1  # the picture moves
+
+
+@requires_js
+def test_addition_at_the_start_through_the_js_client(it_stack, clips, tmp_path):
+    result = run_js(it_stack, {"video": clips["face"], "audio": clips["speech"]}, "request",
+                    request={"edit_addition_start_frames": [0], "edit_addition_durations": [4], "num_frames": 8},
+                    timeout=TIMEOUT)
+    path = tmp_path / "js.mp4"
+    path.write_bytes(httpx.get(result["data"]["video"]["url"]).content)
+    info = probe(path)
+    assert (info["frames"], info["fps"], info["size"]) == (12, FPS, (W, H)), info
+    assert_audio_matches(info, 12, Fraction(FPS))
+    assert any(m.startswith("denoising frames 0-8") for m in result["logs"]), result["logs"]

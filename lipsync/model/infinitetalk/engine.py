@@ -7,8 +7,8 @@
   recipe one 4n+1-frame chunk at a time (``sampling``), and yields each chunk's new frames: memory is one chunk.
   Every frame is generated, so additions and removal bridges get generated motion (their crop is the held
   neighbour; a chunk starting there takes it as its reference), and a still image comes to life.
-- Knobs: ``frame_block_width`` → frames per chunk, rounded down to 4n+1 (the schema default 136 → the authors'
-  81); ``vae_overlap_window_width`` → motion frames, 4n+1 below the chunk (default 16 → the authors' 9);
+- Knobs: ``frame_block_width`` → frames per chunk, rounded down to 4n+1, at most the trained 81 (the schema
+  default 136 → the authors' 81); ``vae_overlap_window_width`` → motion frames, 4n+1 below the chunk (default 16 → the authors' 9);
   ``seed`` → the noise; the custom prompt → the text prompt (else our default prompt). ``vae_chunk_size``,
   ``feed_forward_num_splits``, ``face_id_cond_strength`` and ``appearance_cond_strength`` have no counterpart:
   said once in the log.
@@ -41,7 +41,12 @@ def chunk_frames(knobs: Knobs, sampling: SamplingConfig) -> tuple[int, int, list
         frames = sampling.frame_num
     else:
         frames = max(5, 4 * ((knobs.frame_block_width - 1) // 4) + 1)
-        if frames != knobs.frame_block_width:
+        if frames > sampling.frame_num:
+            notes.append(f"InfiniteTalk frames per chunk (frame_block_width): {knobs.frame_block_width} asked, "
+                         f"{sampling.frame_num} used: the chunk length it was trained on is the longest (attention "
+                         f"cost grows with the square of the chunk)")
+            frames = sampling.frame_num
+        elif frames != knobs.frame_block_width:
             notes.append(f"frame_block_width {knobs.frame_block_width} -> {frames} frames per chunk (4n+1)")
     if knobs.vae_overlap_window_width == default.vae_overlap_window_width:
         motion = sampling.motion_frame
