@@ -363,6 +363,9 @@ def select_boxes(tracks: FaceTracks, boxes: SpeakerBoxes, scale: tuple[float, fl
     keys = np.array([b.frame for b in boxes.boxes], np.float64)
     values = np.array([b.box for b in boxes.boxes], np.float64) * np.array(scale * 2)
     choice = np.full(tracks.num_frames, -1, np.int64)
+    if keys[0] >= tracks.num_frames:
+        raise InvalidInput(f"speaker boxes start at frame {int(keys[0])}, after the video's {tracks.num_frames} "
+                           "frames", field="speaker")
     last = min(int(keys[-1]), tracks.num_frames - 1)
     for i in range(int(keys[0]), last + 1):
         target = np.array([np.interp(i, keys, values[:, c]) for c in range(4)])
@@ -372,6 +375,9 @@ def select_boxes(tracks: FaceTracks, boxes: SpeakerBoxes, scale: tuple[float, fl
             if box is not None and _iou(box, target) >= best_iou:
                 best, best_iou = t.id, _iou(box, target)
         choice[i] = best
+    if (choice < 0).all():
+        raise InvalidInput(f"speaker boxes overlap no face (IoU {BOX_MIN_IOU} or more) in frames {int(keys[0])}-{last}",
+                           field="speaker")
     return Selection("boxes", choice, tracks, {t.id: {"why": "overlaps the given boxes most"} for t in tracks.tracks})
 
 

@@ -97,6 +97,11 @@ def test_boxes_pick_the_face_they_overlap_between_their_keys(two):
     sel = select_boxes(tracks, SpeakerBoxes.model_validate({"boxes": [{"frame": 5, "box": box},
                                                                        {"frame": 30, "box": box}]}), (1.0, 1.0))
     assert (sel.choice[5:31] == ids(tracks, clip)["B"]).all() and (sel.choice[:5] == -1).all() and (sel.choice[31:] == -1).all()
+    for keys, words in (([{"frame": 0, "box": [150, 0, 178, 20]}], "overlap no face"),
+                        ([{"frame": clip.num_frames, "box": box}], "after the video's")):
+        with pytest.raises(InvalidInput) as err:
+            select_boxes(tracks, SpeakerBoxes.model_validate({"boxes": keys}), (1.0, 1.0))
+        assert err.value.field == "speaker" and words in err.value.message, err.value.message
 
 
 def test_the_chosen_rows_are_one_track_on_the_chosen_face_only(two):
