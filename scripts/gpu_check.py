@@ -89,6 +89,8 @@ def capped_card(engine, free_gib: float, frames: int, ledger) -> tuple[float, li
 
     card = int(free_gib * GiB)
     size, logs = engine.info.crop_size, []
+    if engine.info.whole_frame:
+        frames = min(frames, 81)  # one chunk of a 14B video DiT is already a minute of GPU time
     t = np.arange(int(frames / 25 * 16000)) / 16000
     audio = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
     request = EngineRequest(audio=audio, fps=25.0, num_frames=frames, generate=np.zeros(frames, bool),
@@ -98,7 +100,8 @@ def capped_card(engine, free_gib: float, frames: int, ledger) -> tuple[float, li
         from lipsync.media.embedding import EMBEDDING_DIM
 
         request.identity = np.full(EMBEDDING_DIM, 0.1, np.float32)  # what the worker's face embedder gives
-    crops = np.random.default_rng(0).integers(0, 256, (16, size, size, 3), dtype=np.uint8)
+    shape = (448, 896) if engine.info.whole_frame else (size, size)  # whole frames: a 16:9 480p bucket
+    crops = np.random.default_rng(0).integers(0, 256, (16, *shape, 3), dtype=np.uint8)
     landmarks = np.full((16, 68, 2), size / 2, np.float32)
     batches = (CropBatch(s, crops[: min(16, frames - s)], np.ones(min(16, frames - s), bool),
                          landmarks[: min(16, frames - s)]) for s in range(0, frames, 16))
@@ -280,8 +283,13 @@ def main(argv: list[str] | None = None) -> int:
         if engine == "pipio" and args.emulate and args.size == "published":
             folders[engine] = None  # built in its dtype on the emulated device: no 9 GB of files to write
             continue
+        if engine == "infinitetalk" and args.emulate and args.size == "published":
+            folder = Path(args.weights) / f"{engine}-small"  # 50 GB of random files for a fake device: no
+            size = "small"
+        else:
+            size = args.size
         if not (folder / ".complete").exists():
-            write_random_weights(engine, folder, size=args.size)
+            write_random_weights(engine, folder, size=size)
             (folder / ".complete").write_text("ok")
         folders[engine] = folder
 

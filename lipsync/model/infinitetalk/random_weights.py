@@ -194,6 +194,21 @@ def _streamed(module_factory, pairs, g: torch.Generator, dtype: torch.dtype) -> 
         yield name, value.to(dtype)
 
 
+def published_bytes(config: InfiniteTalkConfig) -> int:
+    """Bytes ``write_published_weights`` writes (bf16 transformer and umT5, fp16 CLIP, fp32 VAE), counted on meta."""
+    from diffusers import AutoencoderKLWan
+
+    from lipsync.model.infinitetalk.loading import clip_vision, umt5
+    from lipsync.model.infinitetalk.transformer import InfiniteTalkTransformer
+
+    def count(factory) -> int:
+        with torch.device("meta"):
+            return sum(t.numel() for t in factory().state_dict().values())
+
+    return (2 * count(lambda: InfiniteTalkTransformer(config.transformer)) + 2 * count(lambda: umt5(config.t5))
+            + 2 * count(lambda: clip_vision(config.clip)) + 4 * count(lambda: AutoencoderKLWan(**config.vae.diffusers_kwargs())))
+
+
 def write_published_weights(root: Path, config: InfiniteTalkConfig | None = None, *, seed: int = 0,
                             dtype: torch.dtype = torch.bfloat16) -> Path:
     """Random weights at the published sizes in the published layout, for GPU checks: written tensor by tensor
@@ -205,8 +220,16 @@ def write_published_weights(root: Path, config: InfiniteTalkConfig | None = None
     from lipsync.model.infinitetalk.loading import clip_vision, umt5
     from lipsync.model.infinitetalk.transformer import InfiniteTalkTransformer
 
+    import shutil
+
     config = config or PUBLISHED
     root = Path(root)
+    need = published_bytes(config)
+    root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(root).free
+    if free < need + (4 << 30):
+        raise OSError(f"random InfiniteTalk weights at these sizes take {need / 2**30:.1f} GiB; {root} has "
+                      f"{free / 2**30:.1f} GiB free (4 GiB kept spare): not written")
     wan = root / layout.WAN_480
     wan.mkdir(parents=True, exist_ok=True)
     (root / layout.SINGLE).parent.mkdir(parents=True, exist_ok=True)
