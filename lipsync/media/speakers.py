@@ -43,7 +43,7 @@ import numpy as np
 
 from lipsync.contract.errors import InvalidInput
 from lipsync.contract.schema import SpeakerBoxes, SpeakerPoint
-from lipsync.media.faces import (FOLLOW_MAX_CHANGE, N_LANDMARKS, FaceAnalyzer, FaceDetection, FaceTrack, _follow, _iou, _same_frame,
+from lipsync.media.faces import (COUNTED_FACE_SCORE, FOLLOW_MAX_CHANGE, N_LANDMARKS, FaceAnalyzer, FaceDetection, FaceTrack, _follow, _iou, _same_frame,
                                  _thumbnail, alignment_from_landmarks)
 from lipsync.media.track_smoothing import TrackRows
 
@@ -177,7 +177,7 @@ class MultiFaceTracker:
         else:
             found = self._followed(frame) if self._since_detect < self.detect_every else None
             if found is None:
-                found, self._since_detect = [(f, True) for f in self.analyzer.detect(frame)], 1
+                found, self._since_detect = [(f, True) for f in _plausible(self.analyzer.detect(frame))], 1
             else:
                 self._since_detect += 1
         self._last_frame, self._last_faces = frame, found
@@ -226,6 +226,13 @@ class MultiFaceTracker:
         t.detected.append(detected)
         if self._can_follow and face is not t.face:
             t.face, t.thumb = face, _thumbnail(frame, face.box)
+
+
+def _plausible(faces: list[FaceDetection]) -> list[FaceDetection]:
+    """Detections beside a face scoring ``COUNTED_FACE_SCORE`` or more are dropped when they score less (stray
+    matches); a frame whose faces all score low keeps them, as the default tracker does."""
+    strong = [f for f in faces if f.score >= COUNTED_FACE_SCORE]
+    return strong or faces
 
 
 def _looks_alike(frame: np.ndarray, face: FaceDetection, track: _Open) -> bool:
