@@ -548,8 +548,9 @@ class RequestCache:
             self.report.reused.append("image_encoder")
         if memo is not None and memo.missed and memo.values:
             seconds = memo.seconds + (float(memo.found.meta.get("seconds", 0.0)) if memo.found else 0.0)
+            kept = {**(memo.found.arrays if memo.found else {}), **memo.values}  # another batching's outputs too
             if self.cache.put("encoder", self._memo_key, {"seconds": round(seconds, 4), "orders": memo.orders},
-                              memo.values):
+                              {name: kept[name] for name in kept if name in memo.orders}):
                 self.report.filled.append("image_encoder")
 
     def close(self) -> None:

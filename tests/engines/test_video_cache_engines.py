@@ -174,3 +174,11 @@ def test_corrupt_truncated_or_deleted_entries_are_recomputed_with_one_log_line(s
         assert len(said) == (0 if how == "delete" else 1), (kind, how, said)
         assert {"source": "source", "crops": "crops", "encoder": "image_encoder"}[kind] in metrics["cache_filled"]
     assert len(list((tmp_path / "cache").glob("*.lsc"))) == 3
+
+    # a knob that changes the encoder's batching (so its bits): computed afresh, not taken from the other batching
+    reference9, _, _ = run(pipeline, tmp_path, media, "bye", "reference-vae9", skip_video_cache=True, vae_chunk_size=9,
+                            vae_overlap_window_width=4)
+    out, metrics, _ = run(pipeline, tmp_path, media, "bye", "vae9", vae_chunk_size=9, vae_overlap_window_width=4)
+    assert out == reference9 and metrics["encoder_calls"] > 0 and "crops" in metrics["cache_reused"]
+    out, metrics, _ = run(pipeline, tmp_path, media, "bye", "vae65-again")  # the entry kept both batchings
+    assert out == reference and metrics["encoder_calls"] == 0
