@@ -44,7 +44,8 @@ def test_one_video_two_voices_through_the_stack(cstack, clips, tmp_path):
     point_fal_client(cstack.base_url)
     client = fal_client.SyncClient(key=ALICE)
     video = client.upload_file(clips["face"])
-    speech, other = client.upload_file(clips["speech"]), client.upload_file(make_speech(tmp_path / "other.wav", "Another voice."))
+    speech = client.upload_file(clips["speech"])
+    other = client.upload_file(make_speech(tmp_path / "other.wav", "Another voice."))
     cache = cstack.workdir / "cache"
 
     first = run(cstack, video, speech)["metrics"]

@@ -92,7 +92,8 @@ class LipSyncWorkerPipeline:
         self.embedder = FaceEmbedder() if self.info.needs_identity else None
         self.cache = VideoCache.from_settings(settings)  # the video-side cache (lipsync.worker.video_cache), or None
         self.cache_identity = None if self.cache is None else {
-            "source": {"analyzer": self.analyzer.name, "identity": self.info.needs_identity, "code": code_fingerprint()},
+            "source": {"analyzer": self.analyzer.name, "identity": self.info.needs_identity,
+                       "code": code_fingerprint()},
             "crops": {"engine": self.info.name, "weights": self.info.weights, "crop_size": self.info.crop_size,
                       "files": weights_fingerprint(settings.weights_dir)},
             "encoder": {"dtype": self.info.dtype or self.options.dtype, "device": self.options.device}}
@@ -149,7 +150,8 @@ class LipSyncWorkerPipeline:
 
             sampler = FrameSampler(expected, count=1 if is_image else FACE_ID_FRAMES)
         early = None  # crops made in this pass (see lipsync.worker.early_crops), when the engine's rule allows it
-        if self.info.affines_per_frame and not is_image and not requests_edits(req) and req.speaker in ("largest", "auto") and cached is None:
+        if (self.info.affines_per_frame and not is_image and not requests_edits(req)
+                and req.speaker in ("largest", "auto") and cached is None):
             from lipsync.worker.early_crops import EarlyCrops
 
             early = EarlyCrops(self.engine, job.workdir, self.analyzer.name)

@@ -92,7 +92,8 @@ def run(pipeline, tmp_path: Path, media, audio: str, name: str, **fields):
     workdir = tmp_path / name
     workdir.mkdir()
     job = PipelineJob(request_id=name, params=params, workdir=workdir,
-                      inputs={"video": LocalFile(media["video"], "video/mp4"), "audio": LocalFile(media[audio], "audio/wav")},
+                      inputs={"video": LocalFile(media["video"], "video/mp4"),
+                              "audio": LocalFile(media[audio], "audio/wav")},
                       log=lambda message, level=LogLevel.INFO: logs.append((message, level)), progress=lambda *a: None)
     digests = _DIGESTS[0]
     digests.append(hashlib.blake2b())
