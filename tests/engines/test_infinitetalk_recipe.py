@@ -234,27 +234,27 @@ def stock(weights):
 
 @pytest.fixture(scope="module")
 def two_chunks(engine):
-    """12 frames: chunk 0 (frames 0-8, the one-chunk case: its reference is frame 0, its motion latent the
-    reference's) and chunk 1 (frames 4-12, 5 motion frames = 2 latents from chunk 0's decoded, corrected end)."""
-    return run(engine, 12, seed=7)
+    """16 frames: chunk 0 (frames 0-12, the one-chunk case: its reference is frame 0, its motion latent the
+    reference's) and chunk 1 (frames 8-20, 5 motion frames = 2 latents from chunk 0's decoded, corrected end; its
+    audio windows past frame 15 read the time-reversed tail)."""
+    return run(engine, 16, seed=7)
 
 
 def test_the_engine_computes_the_authors_recipe_for_one_and_two_chunks(two_chunks, stock):
     out, latents, crops, request = two_chunks
     with torch.no_grad():
-        expected = recipe(stock, crops, request.audio, 12, seed=7)
-    assert len(latents) == len(expected) == 2 and out.shape == (12, 32, 48, 3)
+        expected = recipe(stock, crops, request.audio, 16, seed=7)
+    assert len(latents) == len(expected) == 2 and out.shape == (16, 32, 48, 3)
     for got, want in zip(latents, expected):
-        assert got.shape == want.shape == (1, 16, 3, 4, 6)
+        assert got.shape == want.shape == (1, 16, 4, 4, 6)
         assert want.abs().mean() > 0.1  # not a degenerate comparison
         torch.testing.assert_close(got, want, rtol=0, atol=2e-5)
     assert not torch.equal(latents[1][:, :, 2:], expected[0][:, :, 2:])
 
 
-def test_seed_reproduces_and_audio_and_seed_change_the_output(two_chunks, engine):
+def test_the_seed_reproduces_the_output_and_the_audio_changes_it(two_chunks, engine):
     a = two_chunks[0]
-    again, _, _, _ = run(engine, 12, seed=7)
+    again, _, _, _ = run(engine, 16, seed=7)
     assert np.array_equal(a, again)  # bit for bit on a CPU
-    other_audio, _, _, _ = run(engine, 9, seed=7, audio=speech(9, pitch=440.0))
-    other_seed, _, _, _ = run(engine, 9, seed=8)
-    assert not np.array_equal(a[:9], other_audio) and not np.array_equal(a[:9], other_seed)
+    other_audio, _, _, _ = run(engine, 13, seed=7, audio=speech(13, pitch=440.0))
+    assert np.abs(a[:13].astype(int) - other_audio.astype(int)).mean() > 1  # same seed, other audio
