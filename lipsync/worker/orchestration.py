@@ -267,7 +267,9 @@ class LipSyncWorkerPipeline:
 
         # 6. The engine's crop rule
         affines = self.engine.face_affines(out_track)
-        present = out_track.present & np.isfinite(affines).all(axis=(1, 2))
+        present = np.isfinite(affines).all(axis=(1, 2))
+        if not self.info.whole_frame:  # a whole-frame engine generates every frame: each is pasted, face or not
+            present &= out_track.present
         crop_landmarks = landmarks_to_crop(out_track.landmarks, np.nan_to_num(affines))
         crop_landmarks[~present] = np.nan
 

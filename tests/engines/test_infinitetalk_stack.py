@@ -55,6 +55,14 @@ def test_video_with_an_addition_and_a_bridge(it_stack, clips, tmp_path):
     assert changed.mean() > 0.5 and changed[:4].mean() > 0.3 and changed[-4:].mean() > 0.3
 
 
+def test_frames_without_a_face_are_generated_too(it_stack, clips, tmp_path):
+    status, info = run_ok(it_stack, tmp_path, clips["partial"], clips["speech"])
+    assert info["frames"] == 18 and status["metrics"]["face_coverage"] < 0.7
+    out, source = _decode(next(tmp_path.glob("*.mp4"))), _decode(clips["partial"])
+    for j in (0, 14, 17):  # a face frame, and two of the cut to the shot without one: all regenerated
+        assert np.abs(out[j].astype(int) - source[j].astype(int)).mean() > 5, j
+
+
 def test_still_image_comes_to_life(it_stack, clips, tmp_path):
     status, info = run_ok(it_stack, tmp_path, clips["still"], clips["speech"], num_frames=12)
     assert info["frames"] == 12 and info["fps"] == 25 and info["size"] == (W, H)
