@@ -175,7 +175,8 @@ class Stock:
         return out.reshape(1, -1, f, hh, ww)
 
 
-def recipe(stock: Stock, crops: np.ndarray, wav: np.ndarray, n: int, seed: int) -> list[torch.Tensor]:
+def recipe(stock: Stock, crops: np.ndarray, wav: np.ndarray, n: int, seed: int,
+           text_guidance: float = 5.0) -> list[torch.Tensor]:
     """generate_infinitetalk, streaming, one speaker, on the bucket-sized frames: the latents of every chunk."""
     s = SMALL.sampling
     F, M, steps, shift = s.frame_num, s.motion_frame, 2, s.sample_shift
@@ -207,9 +208,13 @@ def recipe(stock: Stock, crops: np.ndarray, wav: np.ndarray, n: int, seed: int) 
             latent[:, :, :m] = motion
             x = torch.cat([latent, y], dim=1)
             c = stock.model(x, ts[i:i + 1], context, clip_fea, audio)
-            nt = stock.model(x, ts[i:i + 1], context_null, clip_fea, audio)
-            un = stock.model(x, ts[i:i + 1], context_null, clip_fea, torch.zeros_like(audio))
-            pred = -(un + s.text_guidance * (c - nt) + s.audio_guidance * (nt - un))
+            if math.isclose(text_guidance, 1.0):  # two passes: the prompt kept, the audio dropped
+                na = stock.model(x, ts[i:i + 1], context, clip_fea, torch.zeros_like(audio))
+                pred = -(na + s.audio_guidance * (c - na))
+            else:
+                nt = stock.model(x, ts[i:i + 1], context_null, clip_fea, audio)
+                un = stock.model(x, ts[i:i + 1], context_null, clip_fea, torch.zeros_like(audio))
+                pred = -(un + text_guidance * (c - nt) + s.audio_guidance * (nt - un))
             latent = latent + pred * ((ts[i] - ts[i + 1]) / 1000)
             if cond_frame is not None:
                 torch.randn(motion.shape[1:], generator=g)
@@ -258,3 +263,16 @@ def test_the_seed_reproduces_the_output_and_the_audio_changes_it(two_chunks, eng
     assert np.array_equal(a, again)  # bit for bit on a CPU
     other_audio, _, _, _ = run(engine, 13, seed=7, audio=speech(13, pitch=440.0))
     assert np.abs(a[:13].astype(int) - other_audio.astype(int)).mean() > 1  # same seed, other audio
+
+
+def test_text_guidance_one_is_the_authors_two_pass_form(engine, stock):
+    sampling = engine.sampler.sampling
+    engine.sampler.sampling = sampling.with_(text_guidance=1.0)
+    try:
+        _, latents, crops, request = run(engine, 13, seed=9)
+    finally:
+        engine.sampler.sampling = sampling
+    with torch.no_grad():
+        expected = recipe(stock, crops, request.audio, 13, seed=9, text_guidance=1.0)
+    assert len(latents) == len(expected) == 1
+    torch.testing.assert_close(latents[0], expected[0], rtol=0, atol=2e-5)
