@@ -239,19 +239,19 @@ def stock(weights):
 
 @pytest.fixture(scope="module")
 def two_chunks(engine):
-    """16 frames: chunk 0 (frames 0-12, the one-chunk case: its reference is frame 0, its motion latent the
-    reference's) and chunk 1 (frames 8-20, 5 motion frames = 2 latents from chunk 0's decoded, corrected end; its
-    audio windows past frame 15 read the time-reversed tail)."""
-    return run(engine, 16, seed=7)
+    """24 frames: chunk 0 (frames 0-20, the one-chunk case: its reference is frame 0, its motion latent the
+    reference's) and chunk 1 (frames 16-36, 5 motion frames = 2 latents from chunk 0's decoded, corrected end; its
+    audio windows past frame 23 read the time-reversed tail)."""
+    return run(engine, 24, seed=7)
 
 
 def test_the_engine_computes_the_authors_recipe_for_one_and_two_chunks(two_chunks, stock):
     out, latents, crops, request = two_chunks
     with torch.no_grad():
-        expected = recipe(stock, crops, request.audio, 16, seed=7)
-    assert len(latents) == len(expected) == 2 and out.shape == (16, 32, 48, 3)
+        expected = recipe(stock, crops, request.audio, 24, seed=7)
+    assert len(latents) == len(expected) == 2 and out.shape == (24, 32, 48, 3)
     for got, want in zip(latents, expected):
-        assert got.shape == want.shape == (1, 16, 4, 4, 6)
+        assert got.shape == want.shape == (1, 16, 6, 4, 6)
         assert want.abs().mean() > 0.1  # not a degenerate comparison
         torch.testing.assert_close(got, want, rtol=0, atol=2e-5)
     assert not torch.equal(latents[1][:, :, 2:], expected[0][:, :, 2:])
@@ -259,20 +259,20 @@ def test_the_engine_computes_the_authors_recipe_for_one_and_two_chunks(two_chunk
 
 def test_the_seed_reproduces_the_output_and_the_audio_changes_it(two_chunks, engine):
     a = two_chunks[0]
-    again, _, _, _ = run(engine, 16, seed=7)
+    again, _, _, _ = run(engine, 24, seed=7)
     assert np.array_equal(a, again)  # bit for bit on a CPU
-    other_audio, _, _, _ = run(engine, 13, seed=7, audio=speech(13, pitch=440.0))
-    assert np.abs(a[:13].astype(int) - other_audio.astype(int)).mean() > 1  # same seed, other audio
+    other_audio, _, _, _ = run(engine, 21, seed=7, audio=speech(21, pitch=440.0))
+    assert np.abs(a[:21].astype(int) - other_audio.astype(int)).mean() > 1  # same seed, other audio
 
 
 def test_text_guidance_one_is_the_authors_two_pass_form(engine, stock):
     sampling = engine.sampler.sampling
     engine.sampler.sampling = sampling.with_(text_guidance=1.0)
     try:
-        _, latents, crops, request = run(engine, 13, seed=9)
+        _, latents, crops, request = run(engine, 21, seed=9)
     finally:
         engine.sampler.sampling = sampling
     with torch.no_grad():
-        expected = recipe(stock, crops, request.audio, 13, seed=9, text_guidance=1.0)
+        expected = recipe(stock, crops, request.audio, 21, seed=9, text_guidance=1.0)
     assert len(latents) == len(expected) == 1
     torch.testing.assert_close(latents[0], expected[0], rtol=0, atol=2e-5)

@@ -42,7 +42,7 @@ def test_video_with_an_addition_and_a_bridge(it_stack, clips, tmp_path):
     assert_audio_matches(info, frames, Fraction(FPS))
     m = status["metrics"]
     assert m["engine"] == "infinitetalk-480p" and m["generated_frames"] == 7 and m["seed"] == 5
-    assert (m["chunk_frames"], m["motion_frames"], m["chunks"], m["num_inference_steps"]) == (13, 5, 3, 2)
+    assert (m["chunk_frames"], m["motion_frames"], m["chunks"], m["num_inference_steps"]) == (21, 5, 2, 2)
     logs = messages(status)
     assert any("every frame is generated" in s for s in logs) and any("not used" in s for s in logs)
     out, source = _decode(next(tmp_path.glob("*.mp4"))), _decode(clips["face"])
@@ -67,7 +67,7 @@ def test_still_image_comes_to_life(it_stack, clips, tmp_path):
     status, info = run_ok(it_stack, tmp_path, clips["still"], clips["speech"], num_frames=12)
     assert info["frames"] == 12 and info["fps"] == 25 and info["size"] == (W, H)
     assert_audio_matches(info, 12, Fraction(25))
-    assert status["metrics"]["chunks"] == 1 and status["metrics"]["chunk_frames"] == 13
+    assert status["metrics"]["chunks"] == 1 and status["metrics"]["chunk_frames"] == 13  # 12 frames: 4n+1 = 13
     out = _decode(next(tmp_path.glob("*.mp4")))
     assert np.abs(out[0].astype(int) - out[11].astype(int)).mean() > 1  # the picture moves
 
