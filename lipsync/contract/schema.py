@@ -31,6 +31,7 @@ DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=
 STORAGE_SCHEME = "storage://"  # a file already in our storage (an upload, or a data URI the API unpacked)
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_FRAME_BLOCK_WIDTH = 10_000
 # Cost bounds checked at submit, so no accepted request can ask a worker for unbounded memory or time.
 MAX_SIDE = 4096  # output height/width: inputs stop at 4096 x 4096 (lipsync.media.probe.MAX_PIXELS)
 MAX_DOWNSCALE = 64  # -k means native/k: at most 4096/64 = 64 pixels
@@ -323,10 +324,11 @@ class LipsyncInput(BaseModel):
 
     @field_validator("frame_block_width")
     @classmethod
-    def _block(cls, value: int, info: ValidationInfo) -> int:
-        limit = _limit(info, "max_num_frames", 10_000)
-        if not 1 <= value <= limit:
-            raise ValueError(f"must be between 1 and {limit}")
+    def _block(cls, value: int) -> int:
+        # Not bounded by max_num_frames: a block wider than the clip is one block (and a deployment with a lower
+        # frame limit than the default 136 must still take requests that leave it out); engines cap it by memory.
+        if not 1 <= value <= MAX_FRAME_BLOCK_WIDTH:
+            raise ValueError(f"must be between 1 and {MAX_FRAME_BLOCK_WIDTH}")
         return value
 
     @field_validator("feed_forward_num_splits")
@@ -346,6 +348,17 @@ class LipsyncInput(BaseModel):
         if isinstance(value, list) and len(value) > limit:
             raise ValueError(f"must hold at most {limit} values")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_num_frames(cls, data: Any, info: ValidationInfo) -> Any:
+        """A deployment whose frame limit is below the default 100 takes requests that leave ``num_frames`` out
+        (``cut_off``: the default is then the limit, instead of a stored 100 the worker would refuse)."""
+        if isinstance(data, dict) and "num_frames" not in data and data.get("sync_mode", "cut_off") == "cut_off":
+            limit = _limit(info, "max_num_frames", 10_000)
+            if limit < cls.model_fields["num_frames"].default:
+                return {**data, "num_frames": limit}
+        return data
 
     @field_validator("speaker", mode="before")
     @classmethod
@@ -484,7 +497,7 @@ class LipsyncInput(BaseModel):
         added = sum(self.edit_addition_durations) + sum(self.edit_removal_bridge_durations)
         if removed >= bound and added == 0:
             return [("edit_removal_ranges", "removes every frame and adds none: the output would be empty")]
-        if bound > self.num_frames:
+        if self.sync_mode in WHOLE_VIDEO_MODES and "num_frames" not in self.model_fields_set:
             return []  # the whole input is read: the output's length is checked in the worker, where it is known
         length = bound - removed + added
         if length > max_frames:
