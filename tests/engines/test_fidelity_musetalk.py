@@ -1,6 +1,7 @@
 """MuseTalk with the default settings against its authors' published inference (TMElyralab/MuseTalk
 ``scripts/inference.py``, v1.5: one frame per VAE call, ``get_image`` in "jaw" mode): on a real tracked face clip
-and random weights in the published layout, the model's crops bit for bit at batch 1 on CPU in fp32; the pasted
+and random weights in the published layout, the model's crops bit for bit at batch 1 on CPU in fp32 and in fp16
+(the published ``--use_float16``); the pasted
 frames within one level of the published blend (``cv2.resize`` of the face into its box, the blurred 8-bit mask
 through PIL's paste); the blend region the published one (the chin and the margin below it in, the nose out);
 a crop the model returns unchanged pastes back without a colour shift; and each paste-back deviation setting
@@ -186,3 +187,14 @@ def test_antialias_setting_blurs_a_shrunk_face_only(engine, clip):
     alpha[y1:y2, x1:x2] = cv2.resize(masks[0], (x2 - x1, y2 - y1))
     diff = np.abs(plain.astype(int) - smooth).max(-1)
     assert diff[alpha == 0].max() == 0 and diff[alpha > 0.5].mean() > 5
+
+
+def test_fp16_is_the_published_fp16_inference(root, clip):
+    """fp16 (what a GPU runs by default) on the CPU: the engine at batch 1 against the published
+    ``--use_float16`` inference, bit for bit."""
+    crops = clip[2][:2]  # fp16 is slow on a CPU
+    audio = _speech(len(crops) / FPS)
+    engine = load_engine(root, EngineOptions(dtype="fp16"), None)
+    ours = _generate(engine, crops, audio, seed=7, frame_block_width=1, vae_chunk_size=1, feed_forward_num_splits=1)
+    published = reference_recipe(root, crops, audio, FPS, seed=7, unet_batch=1, dtype=torch.float16)
+    np.testing.assert_array_equal(ours, published)

@@ -64,21 +64,24 @@ def _run(engine, request: EngineRequest, crops: np.ndarray, chunk: int = 3) -> n
 
 
 def reference_recipe(root: Path, crops: np.ndarray, audio: np.ndarray, fps: float, seed: int,
-                     unet_batch: int, vae_batch: int | None = None) -> np.ndarray:
-    """TMElyralab/MuseTalk's scripts/inference.py for crops that are already 256² RGB, step by step."""
+                     unet_batch: int, vae_batch: int | None = None, dtype: torch.dtype = torch.float32) -> np.ndarray:
+    """TMElyralab/MuseTalk's scripts/inference.py for crops that are already 256² RGB, step by step; ``dtype``
+    fp16 is its ``--use_float16`` (UNet, VAE, whisper and the positional encoding halved; the whisper features
+    and latents cast to the UNet's dtype)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import AutoFeatureExtractor, WhisperModel
 
     unet = UNet2DConditionModel(**json.loads((root / "musetalkV15/musetalk.json").read_text()))
     unet.load_state_dict(torch.load(root / "musetalkV15/unet.pth", weights_only=True))
-    vae = AutoencoderKL.from_pretrained(root / "sd-vae")
-    whisper = WhisperModel.from_pretrained(root / "whisper").eval()
+    unet = unet.to(dtype)
+    vae = AutoencoderKL.from_pretrained(root / "sd-vae").to(dtype)
+    whisper = WhisperModel.from_pretrained(root / "whisper").eval().to(dtype)
     extractor = AutoFeatureExtractor.from_pretrained(root / "whisper")
     with torch.no_grad():
         # audio_processor.get_audio_feature + get_whisper_chunk
         seg = 30 * 16000
         feats = [whisper.encoder(extractor(audio[i : i + seg], return_tensors="pt", sampling_rate=16000)
-                                 .input_features, output_hidden_states=True).hidden_states
+                                 .input_features.to(dtype), output_hidden_states=True).hidden_states
                  for i in range(0, len(audio), seg)]
         whisper_feature = torch.cat([torch.stack(f, dim=2) for f in feats], dim=1)
         mult = 50 / fps
@@ -93,6 +96,7 @@ def reference_recipe(root: Path, crops: np.ndarray, audio: np.ndarray, fps: floa
         div_term = torch.exp(torch.arange(0, 384, 2).float() * (-math.log(10000.0) / 384))
         pe = torch.zeros(5000, 384)
         pe[:, 0::2], pe[:, 1::2] = torch.sin(position * div_term), torch.cos(position * div_term)
+        pe = pe.to(dtype)
         # vae.get_latents_for_unet: the crop in [0, 1] (float64 / 255 -> float32), its lower half zeroed, both to
         # [-1, 1]; the posterior sampled with noise from the seeded generator, one (2, 4, 32, 32) draw per frame
         # (masked, reference). ``vae_batch`` None encodes frame by frame, as published; else the images
@@ -110,10 +114,11 @@ def reference_recipe(root: Path, crops: np.ndarray, audio: np.ndarray, fps: floa
             step = vae_batch or 1
             order = (torch.arange(len(images)).view(2, -1).T.flatten() if vae_batch is None
                      else torch.arange(len(images)))  # per frame: masked j, full j
-            dists = [vae.encode(images[order[i : i + step]]).latent_dist for i in range(0, len(images), step)]
+            dists = [vae.encode(images[order[i : i + step]].to(dtype)).latent_dist for i in range(0, len(images), step)]
             mean = torch.cat([d.mean for d in dists])[torch.argsort(order)]
             std = torch.cat([d.std for d in dists])[torch.argsort(order)]
-            noise = torch.stack([torch.randn((2, 4, 32, 32), generator=generator) for _ in range(len(x))], 1)
+            noise = torch.stack([torch.randn((2, 4, 32, 32), generator=generator, dtype=dtype) for _ in range(len(x))],
+                                1)
             latents = vae.config.scaling_factor * (mean + std * noise.flatten(0, 1))
             batch = torch.cat([latents[: len(x)], latents[len(x) :]], dim=1)
             tokens = prompts[s : s + unet_batch] + pe[None, : prompts.shape[1]]
