@@ -25,7 +25,7 @@ def test_a_bad_value_stops_the_process_at_start_naming_the_allowed_values(tmp_pa
                           text=True, timeout=60)
     assert done.returncode == 2, done.stderr
     assert "LIPSYNC_DTYPE='fp8': Input should be 'auto', 'bf16', 'fp16' or 'fp32'" in done.stderr
-    assert "LIPSYNC_ENGINE='wav2lip': Input should be 'pipio', 'musetalk' or 'latentsync'" in done.stderr
+    assert "LIPSYNC_ENGINE='wav2lip': Input should be 'pipio', 'musetalk', 'latentsync' or 'infinitetalk'" in done.stderr
     assert "LIPSYNC_DEVICE='gpu0'" in done.stderr
     assert "Traceback" not in done.stderr
 
@@ -41,7 +41,7 @@ def test_typed_fields_and_their_aliases(monkeypatch):
     assert settings.device == "cuda:1"
     assert settings.stage_threads is False and settings.nvenc is False
     assert str(settings.insightface_root) == "/opt/insightface"
-    assert ENGINES == ("pipio", "musetalk", "latentsync")
+    assert ENGINES == ("pipio", "musetalk", "latentsync", "infinitetalk")  # the settings' Literal, in this order
     with pytest.raises(ValidationError, match="text_encoder"):
         Settings(text_encoder="gpu")
 
