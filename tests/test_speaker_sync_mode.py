@@ -128,7 +128,7 @@ def assert_audio_covers(info: dict, frames: int) -> None:
 AUDIO_FRAMES = 15  # 0.6 s at 25 fps
 
 
-@pytest.mark.parametrize("mode", ["loop", "bounce", "remap"])
+@pytest.mark.parametrize("mode", ["loop", "bounce", "remap", "published"])
 def test_sync_mode_follows_the_audio_with_the_mode_s_frame_order(sstack, clips, tmp_path, mode):
     status, info, frames = run_ok(sstack, tmp_path, clips["numbered"], clips["tone"], sync_mode=mode)
     want = sync_order(N, AUDIO_FRAMES, mode).tolist()
@@ -138,7 +138,9 @@ def test_sync_mode_follows_the_audio_with_the_mode_s_frame_order(sstack, clips, 
     assert metrics["sync_mode"] == mode and metrics["frames"] == AUDIO_FRAMES and metrics["source_frames"] == N
     assert {"loop": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4],
             "bounce": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 8, 7, 6, 5, 4],
-            "remap": [0, 1, 1, 2, 3, 3, 4, 5, 5, 6, 7, 7, 8, 9, 9]}[mode] == want
+            "remap": [0, 1, 1, 2, 3, 3, 4, 5, 5, 6, 7, 7, 8, 9, 9],
+            # MuseTalk's and LatentSync's published rule: the turning frame (9) twice
+            "published": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 8, 7, 6, 5]}[mode] == want
 
 
 def test_cut_off_and_silence_keep_the_video_s_length(sstack, clips, tmp_path):
@@ -191,6 +193,8 @@ def test_new_fields_are_checked_at_submit(sstack, clips):
         r = httpx.post(url, json={**body, **extra}, headers=AUTH)
         assert r.status_code == 422, (extra, r.text)
         assert [d["loc"] for d in r.json()["detail"]] == [["body", field]], (extra, r.text)
+    r = httpx.post(url, json={**body, "sync_mode": "Published"}, headers=AUTH)  # the preset's value is lower case
+    assert r.status_code == 422 and "'published'" in r.json()["detail"][0]["msg"], r.text
 
 
 # --- speaker ------------------------------------------------------------------------------------------------

@@ -126,11 +126,11 @@ FileInput = Annotated[
 ]
 
 
-SyncMode = Literal["cut_off", "loop", "bounce", "silence", "remap"]
+SyncMode = Literal["cut_off", "loop", "bounce", "silence", "remap", "published"]
 SYNC_MODES: tuple[str, ...] = get_args(SyncMode)
-AUDIO_LENGTH_MODES = frozenset({"loop", "bounce", "remap"})
+AUDIO_LENGTH_MODES = frozenset({"loop", "bounce", "remap", "published"})
 """Sync modes whose output length follows the audio."""
-WHOLE_VIDEO_MODES = frozenset({"loop", "bounce", "remap", "silence"})
+WHOLE_VIDEO_MODES = frozenset({"loop", "bounce", "remap", "silence", "published"})
 """Sync modes that read the whole input when ``num_frames`` is not given (``cut_off`` reads ``num_frames``)."""
 
 
@@ -272,7 +272,9 @@ class LipsyncInput(BaseModel):
         "cut_off",
         description="Extension of the hosted schema. When audio and video lengths differ: cut_off (the video's "
         "num_frames decide; audio padded or cut), loop, bounce (ping-pong) or remap (time-stretch) the video to "
-        "the audio's length, or silence (the whole video; audio padded with silence).")
+        "the audio's length, silence (the whole video; audio padded with silence), or published (the rule of "
+        "MuseTalk's and LatentSync's published inference: the output follows the audio, the video cycling forward "
+        "then backward with each turning frame shown twice; frame_rate 25 adds LatentSync's re-timing).")
     edit_addition_start_frames: list[int] = Field(default_factory=list, description="Where new frames go.")
     edit_addition_durations: list[int] = Field(default_factory=list, description="Frames added at each start.")
     edit_removal_ranges: list[int] = Field(default_factory=list, description="Flat [start, end, …] pairs, inclusive.")

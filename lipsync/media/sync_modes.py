@@ -13,13 +13,21 @@ clip over the output's N frames, output frame j showing clip frame ``order[j]``:
   frames not doubled): 0, 1, …, L-1, L-2, …, 1, 0, 1, …
 - ``remap``: N follows the audio; the clip is time-stretched to it by nearest frame:
   ``order[j] = floor((j + 1/2) · L / N)``.
+- ``published``: N follows the audio; the clip cycles forward then backward with each turning frame shown
+  twice: 0, 1, …, L-1, L-1, …, 1, 0, 0, 1, … (``k = j mod 2L``; ``k`` or ``2L-1-k``). This is the length rule
+  of both published inferences that fix one: MuseTalk's ``frame_list + frame_list[::-1]`` indexed modulo its
+  length, and LatentSync's ``loop_video`` (forward, reversed, forward, … cut to the whisper chunk count; the
+  video cut to the audio when the audio is shorter). pipio and InfiniteTalk publish no such rule: ``published``
+  means the same order for them, so a request's timeline never depends on the engine that serves it.
+  LatentSync's published run is also at 25 fps (its video re-timed first): that is ``frame_rate: 25``, a
+  separate field (MuseTalk's published run keeps the source's rate).
 
 "Follows the audio": N = ceil(audio seconds · fps), so the whole audio is heard (its last frame padded with at
 most one frame of silence); more than ``max_num_frames`` is refused (``InvalidInput`` on ``sync_mode``). The
 whole input is read for ``loop``/``bounce``/``remap`` too when ``num_frames`` is not given; a still image is one
 frame there. Generated frames (additions, bridges) repeat with their clip; each occurrence is generated.
 
-``loop`` and ``bounce`` show source frames out of order: ``iter_in_order`` streams such an order out of a
+``loop``, ``bounce`` and ``published`` show source frames out of order: ``iter_in_order`` streams such an order out of a
 forward-only decode through an on-disk ``FrameStore`` (memory flat in the video's length).
 """
 
@@ -62,6 +70,9 @@ def sync_order(length: int, target: int, mode: str) -> np.ndarray:
         period = 2 * (length - 1)
         k = j % period
         return np.where(k < length, k, period - k)
+    if mode == "published":  # forward, then backward from the last frame again (the turning frames doubled)
+        k = j % (2 * length)
+        return np.where(k < length, k, 2 * length - 1 - k)
     if mode == "remap":
         return np.minimum((2 * j + 1) * length // (2 * target), length - 1)
     raise ValueError(f"unknown sync_mode {mode!r}; one of {', '.join(SYNC_MODES)}")

@@ -138,6 +138,24 @@ def test_sync_orders(length, target):
         sync_order(length, length + 1, "silence")
 
 
+@pytest.mark.parametrize("length,target", [(1, 5), (2, 7), (5, 3), (4, 21), (7, 7)])
+def test_published_order_is_both_authors_rule(length, target):
+    """``published``: MuseTalk's cycle (the frames then the same reversed, indexed modulo the cycle) and
+    LatentSync's loop_video (forward and reversed copies alternating until the audio's count, then cut), re-told."""
+    frames = list(range(length))
+    cycle = frames + frames[::-1]
+    musetalk = [cycle[j % len(cycle)] for j in range(target)]
+    copies, latentsync = 0, []
+    while len(latentsync) < target:
+        latentsync += frames if copies % 2 == 0 else frames[::-1]
+        copies += 1
+    got = sync_order(length, target, "published").tolist()
+    assert got == musetalk == latentsync[:target]
+    if length > 1 and target > length:  # the turning frame twice, where bounce shows it once
+        assert got[length - 1] == got[length] == length - 1
+        assert sync_order(length, target, "bounce").tolist()[length] == length - 2
+
+
 def test_sync_mode_lays_the_edited_clip_over_the_output():
     clip = plan_timeline(6, addition_start_frames=[3], addition_durations=[2], removal_ranges=[0, 0],
                          removal_bridge_durations=[0])  # 1 2 + + 3 4 5
@@ -171,6 +189,7 @@ def test_what_a_sync_mode_reads_survives_the_queue():
 
     assert read() == 100 and read(sync_mode="cut_off") == 100 and read(num_frames=30) == 30
     assert read(sync_mode="loop") == 500 and read(sync_mode="silence") == 500 and read(sync_mode="remap", num_frames=30) == 30
+    assert read(sync_mode="published") == 500 and read(True, sync_mode="published") == 1
     assert read(True, sync_mode="loop") == 1 and read(True, sync_mode="silence") == 100 and read(True) == 100
     assert "num_frames" in LipsyncInput.model_validate(base).model_dump()  # requests without the fields: as before
 
