@@ -94,13 +94,19 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def engine_alone(engine, frames: int, batch: int, device: str) -> float:
-    """Frames/s of ``engine.generate`` over ``frames`` crops (after a warm-up batch)."""
+def engine_alone(engine, frames: int, batch: int, device: str, warm: int | None = None) -> float:
+    """Frames/s of ``engine.generate`` over ``frames`` crops (after a warm-up of ``warm`` frames, default one
+    batch). A whole-frame engine's crops are its bucket for a 16:9 1080p source (InfiniteTalk 480p: 896x448)."""
     import numpy as np
 
     from lipsync.model.engine import CropBatch, EngineRequest, Knobs
 
     size = engine.info.crop_size
+    shape = (size, size)
+    if engine.info.whole_frame:
+        from lipsync.model.infinitetalk import crop_rule
+
+        shape = crop_rule.size(1080, 1920, engine.table)
     rng = np.random.default_rng(0)
 
     def request(n: int) -> EngineRequest:
@@ -111,13 +117,13 @@ def engine_alone(engine, frames: int, batch: int, device: str) -> float:
                              knobs=knobs, log=lambda m: None, progress=lambda *a: None)
 
     def batches(n: int):
-        crops = rng.integers(0, 256, (min(n, 16), size, size, 3), dtype=np.uint8)
+        crops = rng.integers(0, 256, (min(n, 16), *shape, 3), dtype=np.uint8)
         landmarks = np.zeros((len(crops), 68, 2), np.float32)
         for start in range(0, n, len(crops)):
             k = min(len(crops), n - start)
             yield CropBatch(start, crops[:k], np.ones(k, bool), landmarks[:k])
 
-    warm = min(batch, frames)
+    warm = min(batch, frames) if warm is None else warm
     for _ in engine.generate(request(warm), batches(warm)):  # warm-up: kernels, allocator, whisper
         pass
     _sync(device)

@@ -25,6 +25,7 @@ import torch
 
 from lipsync.model.infinitetalk import keymaps, layout
 from lipsync.model.infinitetalk.config import SMALL, InfiniteTalkConfig
+from lipsync.model.loading import LazyCheckpoint
 
 AUDIO_KEYS = (".audio_cross_attn.", ".norm_x.", "audio_proj.")
 
@@ -266,3 +267,114 @@ def write_published_weights(root: Path, config: InfiniteTalkConfig | None = None
     torch.save(_fused_clip(split, c, g), wan / layout.CLIP_FILE)
     write_wav2vec(root / layout.WAV2VEC, config, seed, published=config.transformer.audio_channels == 768)
     return root
+
+
+class RandomCheckpoint(LazyCheckpoint):
+    """A checkpoint of random tensors with a module's own keys and shapes, made on ``device`` in ``dtype`` one
+    tensor at a time as ``load_weights`` asks for them: the published sizes filled on a GPU without a file (the
+    GPU check). The scale is the writers' (``_streamed``): norms 1 + 0.1·N(0, 1), the rest N(0, 1)/sqrt(fan-in)."""
+
+    def __init__(self, module: torch.nn.Module, *, device, dtype: torch.dtype):
+        self._where, self.ignored = {}, []
+        self._shapes = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+        self._sizes = {k: v.numel() * v.element_size() for k, v in module.state_dict().items()}
+        self.device, self.dtype = device, dtype
+
+    def __iter__(self):
+        return iter(self._shapes)
+
+    def __len__(self) -> int:
+        return len(self._shapes)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return next(self.tensors([name]))[1]
+
+    def tensors(self, names):
+        for name in names:
+            shape = self._shapes[name]
+            value = torch.randn(shape, device=self.device, dtype=self.dtype)
+            if name.endswith(("norm1.weight", "norm2.weight", "norm3.weight", "gamma")) or "layer_norm" in name \
+                    or "layernorm" in name:
+                value.mul_(0.1).add_(1)
+            elif len(shape):
+                value.div_(max(1.0, shape[1] if len(shape) > 1 else shape[0]) ** 0.5)
+            yield name, value
+
+
+def random_engine(options, config: InfiniteTalkConfig | None = None, *, seed: int = 0, steps: int | None = 4,
+                  text_guidance: float | None = 1.0, audio_guidance: float | None = 1.0):
+    """An InfiniteTalk engine at the published sizes (``config.PUBLISHED``) with random weights made straight on
+    ``options.device`` in the engine's dtype (the VAE in fp32, wav2vec2 in fp32, as loaded from files): no file
+    is written or read but a small tokenizer, so a GPU check needs neither the 50 GB of random files nor the
+    minutes to write them. The modules, dtypes and key sets are those ``load_engine`` fills from the published
+    files (``lipsync.model.loading.load_weights`` on meta-built modules, the same casts). Defaults: 4 steps
+    without guidance (what people run with a distillation LoRA); the engine's name and its logs say
+    "random weights"."""
+    import tempfile
+
+    from diffusers import AutoencoderKLWan
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    from lipsync.model.devices import configure_backends, resolve_dtype, torch_dtype
+    from lipsync.model.engine import EngineInfo
+    from lipsync.model.infinitetalk.config import BUCKETS, DEFAULT_PROMPT, NEGATIVE_PROMPT, PUBLISHED
+    from lipsync.model.infinitetalk.engine import InfiniteTalkEngine, log
+    from lipsync.model.infinitetalk.loading import clip_vision, load_tokenizer, umt5
+    from lipsync.model.infinitetalk.sampling import InfiniteTalkSampler
+    from lipsync.model.infinitetalk.text import PromptEncoder
+    from lipsync.model.infinitetalk.transformer import InfiniteTalkTransformer
+    from lipsync.model.loading import load_weights
+
+    config = config or PUBLISHED
+    device = options.device
+    dtype_name = resolve_dtype(options.dtype, device, prefer="bf16")
+    dtype = torch_dtype(dtype_name)
+    configure_backends(device, repeated_shapes=True)
+    torch.manual_seed(seed)  # every device's generator: the same seed, the same random model
+
+    def build(factory, component: str, module_dtype: torch.dtype, on=device):
+        with torch.device("meta"):
+            module = factory()
+        load_weights(module, RandomCheckpoint(module, device=on, dtype=module_dtype), component=component,
+                     source="random weights", device=on, dtype=module_dtype)
+        return module.eval().requires_grad_(False)
+
+    transformer = build(lambda: InfiniteTalkTransformer(config.transformer), "InfiniteTalk transformer", dtype)
+    vae = build(lambda: AutoencoderKLWan(**config.vae.diffusers_kwargs()), "Wan VAE", torch.float32)
+    with torch.device("meta"):
+        clip = clip_vision(config.clip)
+    positions = clip.embeddings.num_positions
+    del clip.embeddings._buffers["position_ids"]  # computed at init, not a weight: made again below (as load_clip)
+    load_weights(clip, RandomCheckpoint(clip, device=device, dtype=dtype), component="CLIP vision tower",
+                 source="random weights", device=device, dtype=dtype)
+    clip.embeddings.register_buffer("position_ids", torch.arange(positions, device=device)[None], persistent=False)
+    clip.image_size = config.clip.image_size
+    clip = clip.eval().requires_grad_(False)
+    t5_device = device if options.text_encoder == "device" else "cpu"
+    t5 = build(lambda: umt5(config.t5), "umT5 encoder", dtype, on=t5_device)
+    t = config.transformer
+    published = t.audio_channels == 768
+    w2v_config = Wav2Vec2Config(feat_extract_norm="group", do_stable_layer_norm=False) if published else Wav2Vec2Config(
+        hidden_size=t.audio_channels, num_hidden_layers=t.audio_layers, num_attention_heads=2,
+        intermediate_size=2 * t.audio_channels, conv_dim=(16,) * 7, num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2, feat_extract_norm="group", do_stable_layer_norm=False, vocab_size=8)
+    wav2vec = Wav2Vec2Model(w2v_config).to(device).eval().requires_grad_(False)
+    with tempfile.TemporaryDirectory() as folder:
+        write_tokenizer(Path(folder), config.t5.vocab_size)
+        tokenizer = load_tokenizer(Path(folder))
+    sampling = config.sampling.with_(steps=options.num_inference_steps or steps, text_guidance=text_guidance,
+                                     audio_guidance=options.guidance_scale or audio_guidance)
+    prompts = PromptEncoder(t5, tokenizer, t.text_len, device=device,
+                            placement="cpu" if options.text_encoder == "cpu" else "device")
+    if options.text_encoder == "drop":
+        prompts.drop(DEFAULT_PROMPT, NEGATIVE_PROMPT)
+    sampler = InfiniteTalkSampler(transformer, vae, clip, sampling, device=device, dtype=dtype)
+    side = max(max(b) for b in BUCKETS[sampling.table].values())
+    warning = ("InfiniteTalk with random weights built on the device (no files): the output is noise; speed and "
+               "memory are the published model's")
+    size = "published" if config == PUBLISHED else "custom"
+    info = EngineInfo(name=f"infinitetalk-{sampling.table}-random", crop_size=side, weights=f"random:{size}",
+                      random_weights_warning=warning, dtype=dtype_name, whole_frame=True)
+    log.warning("%s (%d layers x %d, %s buckets, %d steps, text guidance %g, audio guidance %g)", warning,
+                t.num_layers, t.dim, sampling.table, sampling.steps, sampling.text_guidance, sampling.audio_guidance)
+    return InfiniteTalkEngine(sampler, wav2vec, prompts, info, sampling, device=device)

@@ -143,6 +143,7 @@ class InfiniteTalkSampler:
         audio = windows[None].to(self.device)
         silent = torch.zeros_like(audio)
         two_pass = math.isclose(s.text_guidance, 1.0)
+        one_pass = two_pass and math.isclose(s.audio_guidance, 1.0)
         for i in range(s.steps):
             latent[:, :, :m] = motion_latent
             x = torch.cat([latent, y], dim=1).to(self.dtype)
@@ -153,7 +154,9 @@ class InfiniteTalkSampler:
                                         sound.to(self.dtype))
 
             cond = predict(prompts.text, audio)
-            if two_pass:
+            if one_pass:  # both scales 1: the guided sum is the conditional prediction itself
+                v = cond
+            elif two_pass:
                 no_audio = predict(prompts.text, silent)
                 v = no_audio + s.audio_guidance * (cond - no_audio)
             else:
