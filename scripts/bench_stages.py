@@ -138,17 +138,22 @@ def repeat_line(name: str, r: dict, frames: int) -> str:
             f"encoder calls {m.get('encoder_calls', 0)} | reused {reused}")
 
 
+def case_clip(args, case: str) -> tuple[int, int, str, int, Path]:
+    """``WxH:seconds`` -> (width, height, seconds, frames, the face clip, made once under ``--clips``)."""
+    size, seconds = case.split(":")
+    width, height = map(int, size.split("x"))
+    video = args.clips / f"face-{width}x{height}-{seconds}s.mp4"
+    if not video.exists():
+        make_clip(video, width, height, int(seconds))
+    return width, height, seconds, int(seconds) * FPS, video
+
+
 def repeat_main(args, audio: Path, other: Path) -> None:
     """First vs repeated request (same clip, another voice) per engine, each engine in its own worker process."""
     from lipsync.model.weights import write_random_weights
 
     for case in args.cases:
-        size, seconds = case.split(":")
-        width, height = map(int, size.split("x"))
-        frames = int(seconds) * FPS
-        video = args.clips / f"face-{width}x{height}-{seconds}s.mp4"
-        if not video.exists():
-            make_clip(video, width, height, int(seconds))
+        width, height, seconds, frames, video = case_clip(args, case)
         print(f"{width}x{height}, {seconds} s = {frames} frames, first vs repeated request (video-side cache):",
               flush=True)
         for engine in args.engines:
@@ -291,12 +296,7 @@ def main() -> None:
     peaks: dict[tuple[str, str], dict[int, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for case in args.cases:
-            size, seconds = case.split(":")
-            width, height = map(int, size.split("x"))
-            frames = int(seconds) * FPS
-            video = args.clips / f"face-{width}x{height}-{seconds}s.mp4"
-            if not video.exists():
-                make_clip(video, width, height, int(seconds))
+            width, height, seconds, frames, video = case_clip(args, case)
             print(f"{width}x{height}, {seconds} s = {frames} frames:", flush=True)
             results, outputs = {}, {}
             for name, tree in trees.items():
@@ -304,7 +304,7 @@ def main() -> None:
                 results[name] = run_child(tree, video, audio, outputs[name], frames,
                                           args.extra if name == "new+extra" else "")
                 print(report(name, results[name], frames), flush=True)
-                peaks.setdefault((name, size), {})[int(seconds)] = results[name]["peak_rss_mb"]
+                peaks.setdefault((name, f"{width}x{height}"), {})[int(seconds)] = results[name]["peak_rss_mb"]
             if "old" in results:
                 new, old = results["new"], results["old"]
                 cpu = [r["wall_s"] - r["metrics"].get("model_time", 0.0) for r in (old, new)]

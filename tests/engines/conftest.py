@@ -20,3 +20,14 @@ def small_weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Every engine's small random weights (``lipsync weights random ENGINE DIR``), written once a session."""
     root = tmp_path_factory.mktemp("small-weights")
     return {engine: weights.write_random_weights(engine, root / engine, size="small") for engine in weights.ENGINES}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matrices: extra threads only contend on a busy CPU (engine and recipe run alike); a module opts in."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -115,7 +115,10 @@ def published(root: Path, crops: np.ndarray, audio: np.ndarray, *, seed: int, st
     scheduler = DDIMScheduler.from_pretrained(CONFIG_DIR)
     scheduler.set_timesteps(steps)
     helper = DeepCacheHelper(unet, scheduler.timesteps) if deepcache else None
-    whisper = AudioFeatures(load_whisper_encoder(root / "whisper" / "tiny.pt"), audio, FPS)
+    # whisper in fp16 when weight_dtype is (transcribe's fp16 on a GPU): our fp16 encoder stands in for OpenAI's,
+    # bounded against it in test_latentsync_model.py::test_whisper_in_fp16_as_the_authors_run_it
+    whisper = AudioFeatures(load_whisper_encoder(root / "whisper" / "tiny.pt", dtype=torch.float16 if
+                                                 dtype == torch.float16 else torch.float32), audio, FPS)
     size, num_frames = cfg.resolution, 16
     mask_image = torch.from_numpy(np.repeat(mouth_mask(size)[None].astype(np.float64), 3, 0))  # (3, S, S)
     faces = torch.stack([torch.from_numpy(c).permute(2, 0, 1) for c in crops])  # affine_transform_video
@@ -231,13 +234,7 @@ def _run(engine, crops: np.ndarray, audio: np.ndarray, seed: int, **knobs) -> tu
     return out, dict(request.metrics, full_unet_calls=len(full_calls))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: extra threads only contend on a busy CPU (the engine and the recipe run alike)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -342,6 +339,7 @@ def test_fp16_sampler_is_the_published_fp16_one(root, clip):
     default 2 the chunked fp16 matrix products round apart: measured within one level, 0.03 on average)."""
     steps = 2  # fp16 is slow on a CPU: one whole step and one from the cache, one segment
     engine = load_engine(root, EngineOptions(num_inference_steps=steps, dtype="fp16"), "latentsync")
+    assert next(engine.whisper.parameters()).dtype == torch.float16  # whisper too, as the authors run it
     crops, audio = clip[2][:16], _audio(16)
     want, _, _ = published(root, crops, audio, seed=1247, steps=steps, guidance=1.5, deepcache=True,
                            dtype=torch.float16)

@@ -26,13 +26,7 @@ from tests.engines.test_musetalk_engine import reference_recipe
 FPS, T = 25.0, 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: extra threads only contend on a busy CPU (the engine and the recipe run alike)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
