@@ -115,26 +115,36 @@ def test_scheduler_config_gives_the_published_timesteps():
 
 
 # ------------------------------------------------------------------------------------------ whisper
-def _openai_encoder_forward(state: dict, dims: dict, mel: torch.Tensor) -> list[torch.Tensor]:
-    """OpenAI whisper's encoder, written from its published definition, returning every block's output."""
+def _openai_encoder_forward(state: dict, dims: dict, mel: torch.Tensor,
+                            dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+    """OpenAI whisper's encoder, written from its published definition, returning every block's output. ``dtype``
+    fp16 is its ``transcribe(fp16=True)`` on a GPU: the mel and each weight cast to fp16; LayerNorm and the
+    attention softmax in fp32, the fp32 positional embedding added, the sum cast back."""
     h, d = dims["n_audio_head"], dims["n_audio_state"]
-    x = F.gelu(F.conv1d(mel[None], state["encoder.conv1.weight"], state["encoder.conv1.bias"], padding=1))
-    x = F.gelu(F.conv1d(x, state["encoder.conv2.weight"], state["encoder.conv2.bias"], stride=2, padding=1))
-    x = x.permute(0, 2, 1) + state["encoder.positional_embedding"]
+
+    def w(key):
+        return None if key not in state else state[key].to(dtype)
+
+    def ln(v, key):
+        return F.layer_norm(v.float(), (d,), state[key + ".weight"], state[key + ".bias"]).to(v.dtype)
+
+    x = F.gelu(F.conv1d(mel[None].to(dtype), w("encoder.conv1.weight"), w("encoder.conv1.bias"), padding=1))
+    x = F.gelu(F.conv1d(x, w("encoder.conv2.weight"), w("encoder.conv2.bias"), stride=2, padding=1))
+    x = (x.permute(0, 2, 1) + state["encoder.positional_embedding"]).to(dtype)
     outs = [x]
     for i in range(dims["n_audio_layer"]):
         p = f"encoder.blocks.{i}."
 
         def lin(name, v):
-            return F.linear(v, state[p + name + ".weight"], state.get(p + name + ".bias"))
+            return F.linear(v, w(p + name + ".weight"), w(p + name + ".bias"))
 
-        y = F.layer_norm(x, (d,), state[p + "attn_ln.weight"], state[p + "attn_ln.bias"])
+        y = ln(x, p + "attn_ln")
         q, k, v = (lin(n, y).view(1, -1, h, d // h).permute(0, 2, 1, 3)
                    for n in ("attn.query", "attn.key", "attn.value"))
         scale = (d // h) ** -0.25
-        w = torch.softmax((q * scale) @ (k * scale).transpose(-1, -2), dim=-1)
-        x = x + lin("attn.out", (w @ v).permute(0, 2, 1, 3).flatten(2))
-        y = F.layer_norm(x, (d,), state[p + "mlp_ln.weight"], state[p + "mlp_ln.bias"])
+        att = torch.softmax(((q * scale) @ (k * scale).transpose(-1, -2)).float(), dim=-1).to(dtype)
+        x = x + lin("attn.out", (att @ v).permute(0, 2, 1, 3).flatten(2))
+        y = ln(x, p + "mlp_ln")
         x = x + lin("mlp.2", F.gelu(lin("mlp.0", y)))
         outs.append(x)
     return outs
@@ -177,6 +187,32 @@ def test_whisper_features_are_the_published_layers():
     want = torch.stack(_openai_encoder_forward(state, dims, mel), dim=2)[0]
     assert got.shape == (1500, dims["n_audio_layer"] + 1, dims["n_audio_state"])
     torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+
+
+def test_whisper_in_fp16_as_the_authors_run_it(tmp_path):
+    """dtype fp16 (a GPU's default): the engine's whisper runs in fp16 with OpenAI's fp32 LayerNorms and
+    positional sum; its features are within a bound of the authors' fp16 encoder (OpenAI's, re-told above in fp16)
+    and of fp32. Other dtypes keep whisper in fp32."""
+    from lipsync.model.latentsync.audio import load_whisper_encoder
+
+    dims = SMALL_WHISPER
+    state = openai_whisper_state(dims, torch.Generator().manual_seed(2), decoder=False)
+    torch.save({"dims": dims, "model_state_dict": state}, tmp_path / "tiny.pt")
+    half = load_whisper_encoder(tmp_path / "tiny.pt", dtype=torch.float16)
+    assert half.conv1.weight.dtype == half.layers[0].fc1.weight.dtype == torch.float16
+    assert half.layers[0].self_attn_layer_norm.weight.dtype == half.embed_positions.weight.dtype == torch.float32
+    mel = torch.randn(80, 3000, generator=torch.Generator().manual_seed(3)).clamp(-1, 1)
+    got = encoder_layers(half, mel)
+    assert got.dtype == torch.float16 and torch.isfinite(got).all()
+    authors = torch.stack(_openai_encoder_forward(state, dims, mel, torch.float16), dim=2)[0]
+    full = encoder_layers(load_whisper_encoder(tmp_path / "tiny.pt"), mel)
+    scale = full.abs().amax().item()
+    to_authors = (got.float() - authors.float()).abs()
+    to_full = (got.float() - full).abs()
+    assert to_authors.amax() <= 0.01 * scale and to_authors.mean() <= 1e-3 * scale, (to_authors.amax(), scale)
+    assert to_full.amax() <= 0.01 * scale and to_full.mean() <= 1e-3 * scale, (to_full.amax(), scale)
+    with pytest.raises(ValueError):
+        load_whisper_encoder(tmp_path / "tiny.pt", dtype=torch.bfloat16)
 
 
 def test_audio_window_is_ten_steps_around_the_frame_clamped():

@@ -62,16 +62,37 @@ def whisper_config(dims: dict):
                          decoder_layers=1, decoder_attention_heads=dims.get("n_text_head", dims["n_audio_head"]))
 
 
+class _Fp32LayerNorm(torch.nn.LayerNorm):
+    """OpenAI whisper's ``LayerNorm``: computed in fp32 whatever the input's dtype, the result cast back."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).to(x.dtype)
+
+
 def load_whisper_encoder(path: Path, device="cpu", dtype=torch.float32):
-    """OpenAI ``tiny.pt`` ({dims, model_state_dict}) -> transformers ``WhisperEncoder``, loaded strictly."""
+    """OpenAI ``tiny.pt`` ({dims, model_state_dict}) -> transformers ``WhisperEncoder``, loaded strictly.
+
+    ``dtype`` fp16 is how the authors' inference runs whisper on a GPU (``transcribe`` with its default
+    ``fp16=True``: the mel in fp16, each weight cast to it), with OpenAI's fp32 islands kept: the LayerNorms
+    computed in fp32 and the positional embedding an fp32 buffer (the sum cast to fp16, see ``encoder_layers``).
+    bf16 is refused: the authors never run whisper in it."""
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+    if dtype not in (torch.float32, torch.float16):
+        raise ValueError(f"whisper runs in fp32 or fp16, not {dtype}")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or "dims" not in ckpt or "model_state_dict" not in ckpt:
         raise ValueError(f"{path}: not an OpenAI whisper checkpoint (dims + model_state_dict)")
     encoder = WhisperEncoder(whisper_config(ckpt["dims"]))
     encoder.load_state_dict(openai_to_transformers(ckpt["model_state_dict"]), strict=True)
-    return encoder.to(device=device, dtype=dtype).eval()
+    encoder = encoder.to(device=device, dtype=dtype).eval()
+    if dtype == torch.float16:
+        for module in encoder.modules():
+            if type(module) is torch.nn.LayerNorm:
+                module.__class__ = _Fp32LayerNorm
+                module.float()
+        encoder.embed_positions.float()
+    return encoder
 
 
 # ------------------------------------------------------------------------------------------ features
@@ -95,7 +116,7 @@ def encoder_layers(encoder, mel_piece: torch.Tensor) -> torch.Tensor:
     x = mel_piece.to(device=param.device, dtype=param.dtype)[None]
     x = torch.nn.functional.gelu(encoder.conv1(x))
     x = torch.nn.functional.gelu(encoder.conv2(x)).permute(0, 2, 1)
-    x = x + encoder.embed_positions.weight[: x.shape[1]]
+    x = (x + encoder.embed_positions.weight[: x.shape[1]]).to(param.dtype)  # fp16: an fp32 sum, cast (OpenAI's)
     states = [x]
     for layer in encoder.layers:
         x = layer(x, None)

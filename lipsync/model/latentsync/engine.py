@@ -238,6 +238,8 @@ def _check_steps(steps: int) -> None:
 
 
 def load_engine(root: Path | None, layout: WeightsLayout, options: EngineOptions) -> LatentSyncEngine:
+    import torch
+
     from lipsync.model.latentsync.audio import load_whisper_encoder
     from lipsync.model.latentsync.loading import UNET_FILE, VAE_DIR, WHISPER_FILE, load_unet, load_vae
 
@@ -249,7 +251,9 @@ def load_engine(root: Path | None, layout: WeightsLayout, options: EngineOptions
     configure_backends(options.device, repeated_shapes=True)
     unet = load_unet(root / UNET_FILE, config.unet, device=options.device, dtype=dtype)
     vae = load_vae(root / VAE_DIR, device=options.device, dtype=dtype)
-    whisper = load_whisper_encoder(root / WHISPER_FILE, device=options.device)
+    # whisper in fp16 where the rest is (the authors' GPU inference); with bf16 (ours, opt-in) it stays fp32
+    whisper = load_whisper_encoder(root / WHISPER_FILE, device=options.device,
+                                   dtype=torch.float16 if dtype == torch.float16 else torch.float32)
     if whisper.config.d_model != config.unet.cross_attention_dim:
         raise WeightsFolderError(f"{root / WHISPER_FILE}: whisper width {whisper.config.d_model} but the UNet's "
                                  f"cross_attention_dim is {config.unet.cross_attention_dim}")
