@@ -58,7 +58,8 @@ class Calls:
 def count_encoder(engine) -> dict[str, int]:
     """Wrap the engine's image encoder (its VAE's encoder: every image-encoder call goes through it) with a counter."""
     vae = {"musetalk": lambda e: e.nets.vae, "latentsync": lambda e: e.sampler.vae,
-           "pipio": lambda e: e.model.vae}[type(engine).__module__.split(".")[2]](engine)
+           "pipio": lambda e: e.model.vae, "infinitetalk": lambda e: e.sampler.vae,
+           }[type(engine).__module__.split(".")[2]](engine)
     counter = {"calls": 0}
     encoder = vae.encoder
     original = encoder.forward
@@ -105,7 +106,7 @@ def run(pipeline, tmp_path: Path, media, audio: str, name: str, **fields):
 _DIGESTS: list = []
 
 
-@pytest.mark.parametrize("engine_name", ["musetalk", "latentsync", "pipio"])
+@pytest.mark.parametrize("engine_name", ["musetalk", "latentsync", "pipio", "infinitetalk"])
 def test_same_video_another_audio_reuses_the_video_side_byte_for_byte(engine_name, small_weights, media, tmp_path,
                                                                       encoded_frames):
     _DIGESTS[:] = [encoded_frames]

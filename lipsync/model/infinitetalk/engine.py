@@ -94,9 +94,12 @@ class InfiniteTalkEngine:
         bh, bw = crop_rule.size(*self._frame_size, self.table)
         return np.ones((len(landmarks), bh, bw), np.float32)
 
-    def encoder_cache_key(self, request: EngineRequest) -> None:
-        """Nothing to cache across requests: every chunk's encodings depend on the frames generated before it."""
-        return None
+    def encoder_cache_key(self, request: EngineRequest) -> dict:
+        """What each chunk computes from its reference frame alone (a crop of the video: the CLIP tokens, the VAE
+        latent of the reference followed by zero frames, and for the first chunk the reference's own latent, the
+        motion frame) depends on the crops, the weights, the dtype, the bucket table and the chunk's start and
+        length (in each name). A later chunk's motion latent encodes generated frames: never cached."""
+        return {"encoder": "infinitetalk-clip-vae", "dtype": self.info.dtype, "table": self.table}
 
     # ---------------------------------------------------------------------------------------- forward
     def generate(self, request: EngineRequest, batches: Iterable[CropBatch]) -> Iterator[np.ndarray]:
@@ -151,8 +154,10 @@ class InfiniteTalkEngine:
                 emb = audio_path.extended(emb, start + frames)
             windows = audio_path.windows(emb, start, frames)
             stage = f"denoising frames {start}-{start + frames - 1} (chunk {index + 1} of {len(starts)}), step"
+            encoded = None if request.encoded is None else (
+                lambda name, compute, prefix=f"chunk/{start}/{frames}": request.encoded(f"{prefix}/{name}", compute))
             result = self.sampler.chunk(reference, motion_frames, windows, prompts, generator, colour_ref,
-                                        on_step=lambda i, n: request.progress(stage, i, n))
+                                        on_step=lambda i, n: request.progress(stage, i, n), encoded=encoded)
             video = to_uint8(result.video)
             new = video if index == 0 else video[motion:]
             new = new[: total - done]

@@ -107,11 +107,11 @@ class InfiniteTalkSampler:
         cdtype = next(self.clip.parameters()).dtype
         return self.clip(pixel_values=x.to(self.device, cdtype)).last_hidden_state
 
-    def condition(self, reference: torch.Tensor, frames: int) -> torch.Tensor:
+    def condition(self, reference: torch.Tensor, frames: int, encoded: Callable | None = None) -> torch.Tensor:
         """y = [mask (4 ch) | VAE latent of the reference followed by zero frames] (1, 20, T_lat, h, w)."""
         _, c, _, h, w = reference.shape
         video = torch.cat([reference, torch.zeros(1, c, frames - 1, h, w)], dim=2)
-        latent = self.encode(video)
+        latent = _through(encoded, "condition", lambda: self.encode(video), self.device, torch.float32)
         t_lat, lh, lw = latent.shape[2:]
         mask = torch.zeros(1, 4, t_lat, lh, lw, device=latent.device)
         mask[:, :, 0] = 1
@@ -121,17 +121,20 @@ class InfiniteTalkSampler:
     @torch.no_grad()
     def chunk(self, reference: np.ndarray, motion: np.ndarray | None, windows: torch.Tensor, prompts: Prompts,
               generator: torch.Generator, colour_reference: np.ndarray | None,
-              on_step: Callable[[int, int], None] | None = None) -> ChunkResult:
+              on_step: Callable[[int, int], None] | None = None, encoded: Callable | None = None) -> ChunkResult:
         """One chunk. reference (H, W, 3) uint8; motion (M, H, W, 3) float32 in [−1, 1] (the previous chunk's
         decoded, corrected last frames) or None for the first chunk; windows (F, 5, L, C); colour_reference
-        (H, W, 3) in [−1, 1] (the first chunk's reference), None: no colour correction."""
+        (H, W, 3) in [−1, 1] (the first chunk's reference), None: no colour correction. ``encoded(name, compute)``:
+        what the chunk computes from its reference frame alone (the CLIP tokens, the condition latent, the first
+        chunk's motion latent) through the worker's video-side cache, None: computed."""
         s = self.sampling
         frames = windows.shape[0]
         ref = to_pixels(reference[None])  # (1, 3, 1, H, W)
-        image_tokens = self.clip_tokens(ref[:, :, 0])
-        y = self.condition(ref, frames)
-        if motion is None:
-            motion_latent = self.encode(ref)
+        cdtype = next(self.clip.parameters()).dtype
+        image_tokens = _through(encoded, "clip", lambda: self.clip_tokens(ref[:, :, 0]), self.device, cdtype)
+        y = self.condition(ref, frames, encoded)
+        if motion is None:  # the first chunk: the reference is its motion frame (from the video alone)
+            motion_latent = _through(encoded, "motion", lambda: self.encode(ref), self.device, torch.float32)
         else:
             motion_latent = self.encode(torch.from_numpy(motion).permute(3, 0, 1, 2)[None])
         m = motion_latent.shape[2]
@@ -178,6 +181,15 @@ class InfiniteTalkSampler:
         if self.trace is not None:
             self.trace.append(result.latents)
         return result
+
+
+def _through(encoded: Callable | None, name: str, compute: Callable[[], torch.Tensor], device,
+             dtype: torch.dtype) -> torch.Tensor:
+    """``compute()``, or through the video-side cache: a cached value (an ndarray of the same values; bf16 kept
+    as float32) comes back as the computed tensor was, on ``device`` in ``dtype``."""
+    if encoded is None:
+        return compute()
+    return torch.as_tensor(encoded(name, compute)).to(device, dtype)
 
 
 def chunk_starts(num_frames: int, frame_num: int, motion: int) -> list[int]:
