@@ -1,6 +1,7 @@
 """InfiniteTalk behind the real stack (redis-server, API, RQ worker with ``LIPSYNC_ENGINE=infinitetalk`` on random
 weights in the published layout, two steps): a video with an addition and a removal bridge through the official
-Python client, a still image brought to life, and an addition at the start through the official JS client. Whole frames are regenerated: the output has the requested
+Python client, a still image brought to life, an addition at the start and a removal with a bridge through the
+official JS client. Whole frames are regenerated: the output has the requested
 frames, rate, size and audio; the frames of an addition move (they are generated, not the held frame)."""
 
 from __future__ import annotations
@@ -83,3 +84,23 @@ def test_addition_at_the_start_through_the_js_client(it_stack, clips, tmp_path):
     assert (info["frames"], info["fps"], info["size"]) == (12, FPS, (W, H)), info
     assert_audio_matches(info, 12, Fraction(FPS))
     assert any(m.startswith("denoising frames 0-12") for m in result["logs"]), result["logs"]
+
+
+@requires_js
+def test_removal_with_a_bridge_through_the_js_client(it_stack, clips, tmp_path):
+    """Source frames 3-5 removed, a 4-frame bridge in their place: 12 - 3 + 4 = 13 output frames, one 13-frame
+    chunk; the bridge is generated motion, not either neighbour held."""
+    result = run_js(it_stack, {"video": clips["face"], "audio": clips["speech"]}, "request",
+                    request={"edit_removal_ranges": [3, 5], "edit_removal_bridge_durations": [4], "num_frames": 12},
+                    timeout=TIMEOUT)
+    path = tmp_path / "js-bridge.mp4"
+    path.write_bytes(httpx.get(result["data"]["video"]["url"]).content)
+    info = probe(path)
+    assert (info["frames"], info["fps"], info["size"]) == (13, FPS, (W, H)), info
+    assert_audio_matches(info, 13, Fraction(FPS))
+    assert any(m.startswith("denoising frames 0-12") for m in result["logs"]), result["logs"]
+    out, source = _decode(path), _decode(clips["face"])
+    for j in (3, 4, 5, 6):  # the bridge: neither the frame before the removal nor the one after it
+        for held in (source[2], source[6]):
+            assert np.abs(out[j].astype(int) - held.astype(int)).mean() > 5, j
+    assert np.abs(out[3].astype(int) - out[6].astype(int)).mean() > 1  # and it moves
