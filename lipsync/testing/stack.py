@@ -150,7 +150,9 @@ class Stack:
         def ready() -> bool:
             if not proc.alive():
                 raise RuntimeError(f"worker exited:\n{proc.log()}")
-            return any(w.name == name for w in Worker.all(connection=self.redis))
+            # idle (or busy): past RQ's bootstrap, which registers first and then writes its state; a test that
+            # stops Redis right after start must not catch the worker in between
+            return any(w.name == name and w.get_state() in ("idle", "busy") for w in Worker.all(connection=self.redis))
 
         wait_until(ready, timeout, f"worker {name}")
         self.workers.append(proc)
