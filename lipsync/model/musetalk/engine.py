@@ -35,7 +35,10 @@ from lipsync.model.devices import (
 )
 from lipsync.model.engine import CropBatch, EngineInfo, EngineOptions, EngineRequest
 from lipsync.model.musetalk import audio_features as af
-from lipsync.model.musetalk.crop_rule import CROP_SIZE, BoxRule, box_affines, crop_boxes, lower_face_masks
+from lipsync.model.musetalk import face_parsing
+from lipsync.model.musetalk.crop_rule import (
+    CROP_SIZE, BoxRule, affine_box, box_affines, crop_boxes, lower_face_masks,
+)
 from lipsync.model.musetalk.loading import MuseTalkNetworks, load_networks
 from lipsync.model.weights import WeightsFolderError, WeightsLayout
 
@@ -81,8 +84,15 @@ def feed_forward_chunks(unet: torch.nn.Module, splits: int, latent_side: int) ->
 
 
 class MuseTalkEngine:
-    def __init__(self, nets: MuseTalkNetworks, variant: Variant, info: EngineInfo, device: str, dtype: torch.dtype):
+    def __init__(self, nets: MuseTalkNetworks, variant: Variant, info: EngineInfo, device: str, dtype: torch.dtype,
+                 parser: torch.nn.Module | None = None):
         self.nets = nets
+        self.parser = parser
+        """The published face parser (``face-parse-bisent/``) when its files are in the folder: the blend masks
+        are then its "jaw" region (``face_parsing``), computed from the frame when it is cropped; else the
+        landmark-drawn region (``crop_rule.lower_face_mask``)."""
+        self._parsed: dict[bytes, np.ndarray] = {}  # crop digest → its jaw mask, from ``crop`` until ``generate``
+        self._masks: dict[int, np.ndarray] = {}  # output frame → its jaw mask, from ``generate`` to ``blend_masks``
         self.variant = variant
         self.info = info
         self.device = torch.device(device)
@@ -98,10 +108,39 @@ class MuseTalkEngine:
         return box_affines(track.landmarks, track.frame_size, self.variant.box)
 
     def crop(self, frames: np.ndarray, affines: np.ndarray) -> np.ndarray:
-        return crop_boxes(frames, affines)
+        crops = crop_boxes(frames, affines)
+        if self.parser is not None:  # the published parsing sees the frame around the box: done here
+            for k, (frame, m) in enumerate(zip(frames, affines)):
+                box = affine_box(m, CROP_SIZE) if np.isfinite(m).all() else None
+                if box is not None:
+                    self._parsed[_digest(crops[k])] = face_parsing.jaw_blend_mask(
+                        self.parser, np.asarray(frame), box, CROP_SIZE, self.device)
+        return crops
 
     def blend_masks(self, request: EngineRequest, start: int, landmarks: np.ndarray) -> np.ndarray:
-        return lower_face_masks(landmarks, CROP_SIZE)
+        masks = lower_face_masks(landmarks, CROP_SIZE)
+        if self.parser is not None:
+            for k in range(len(masks)):
+                parsed = self._masks.pop(start + k, None)
+                if parsed is not None:
+                    masks[k] = parsed
+        return masks
+
+    def _note_masks(self, request: EngineRequest, batches: Iterable[CropBatch]) -> Iterator[CropBatch]:
+        """Pass the batches on, keeping each output frame's parsed mask (found by its crop) for ``blend_masks``;
+        a crop that was not cut here (the worker's cache) keeps the landmark mask."""
+        self._masks = {}
+        try:
+            for batch in batches:
+                if self.parser is not None:
+                    for k in np.flatnonzero(batch.present):
+                        key = _digest(batch.crops[k])
+                        mask = self._parsed.get(key) if request.is_image else self._parsed.pop(key, None)
+                        if mask is not None:
+                            self._masks[batch.start + int(k)] = mask
+                yield batch
+        finally:
+            self._parsed.clear()  # nothing of this request's crops is kept past it
 
     # ---------------------------------------------------------------------------------------- forward
     def audio_tokens(self, audio: np.ndarray, num_frames: int, fps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,6 +196,7 @@ class MuseTalkEngine:
         return self.nets.unet(latents.to(self.dtype), timestep, encoder_hidden_states=tokens).sample
 
     def generate(self, request: EngineRequest, batches: Iterable[CropBatch]) -> Iterator[np.ndarray]:
+        batches = self._note_masks(request, batches)
         k = request.knobs
         device = str(self.device)
         # The VAE runs over a UNet batch's frames, so its batch is at most the UNet batch, and both are live
@@ -273,6 +313,10 @@ class MuseTalkEngine:
         request.log("MuseTalk has no mechanism for " + ", ".join(unused) + ": accepted, not used")
 
 
+def _digest(crop: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(crop).tobytes(), digest_size=16).digest()
+
+
 def _regroup(batches: Iterable[CropBatch], size: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """(start, crops, present) in runs of ``size`` frames (the last may be shorter), pulling lazily."""
     crops: list[np.ndarray] = []
@@ -305,9 +349,13 @@ def load_engine(root: Path | None, layout: WeightsLayout, options: EngineOptions
                         ("guidance_scale", options.guidance_scale)):
         if value is not None:
             log.info("%s: %s=%s is ignored (one UNet pass per frame, no guidance)", variant.name, name, value)
-    if any((root / p).is_file() for p in ("face-parse-bisent/79999_iter.pth",)):
-        log.info("%s: face-parse-bisent weights found; the blend mask is the published 'jaw' region drawn from "
-                 "the landmarks (face parsing itself is not run)", variant.name)
+    parser = None
+    if face_parsing.has_parser(root):  # fp32, as the published inference runs it
+        parser = face_parsing.load_parser(root).to(options.device)
+        log.info("%s: face-parse-bisent found; the blend mask is the published BiSeNet 'jaw' region", variant.name)
+    else:
+        log.info("%s: no face-parse-bisent files; the blend mask is the 'jaw' region drawn from the landmarks",
+                 variant.name)
     info = EngineInfo(name=variant.name, crop_size=CROP_SIZE, weights=root.name, dtype=dtype_name)
     log.info("%s loaded from %s on %s/%s", variant.name, root, options.device, dtype_name)
-    return MuseTalkEngine(nets, variant, info, options.device, dtype)
+    return MuseTalkEngine(nets, variant, info, options.device, dtype, parser=parser)

@@ -4,8 +4,9 @@ File names and sources as TMElyralab/MuseTalk's ``download_weights.sh`` and READ
 them (checked at commit 0a89dec): the MuseTalk UNet from the hub repo ``TMElyralab/MuseTalk``, the VAE from
 ``stabilityai/sd-vae-ft-mse``, whisper-tiny from ``openai/whisper-tiny``. The face-parsing BiSeNet files
 (``face-parse-bisent/``) are optional: the published script takes them from Google Drive and pytorch.org, not
-from the hub, so ``lipsync weights fetch`` does not download them, and this engine's blend mask is derived from
-the landmarks without them (lipsync/model/README.md). DWPose and SyncNet, which the authors also download, are not
+from the hub, so ``lipsync weights fetch`` does not download them; with both in the folder the blend mask is
+the published BiSeNet "jaw" region (``face_parsing.py``), without them it is derived from the landmarks
+(lipsync/model/README.md). DWPose and SyncNet, which the authors also download, are not
 used at inference by us (our landmarks are dlib's 68 points) and are not listed.
 """
 

@@ -104,3 +104,28 @@ def write_random_weights(root: Path, *, size: str = "small", seed: int = 0, vers
     torch.save({k: v.clone() for k, v in whisper.state_dict().items()}, root / "whisper" / "pytorch_model.bin")
     WhisperFeatureExtractor(feature_size=80).save_pretrained(root / "whisper")
     return root
+
+
+def write_random_face_parsing(root: Path, *, seed: int = 0) -> Path:
+    """Random face-parsing weights in the published files (``face-parse-bisent/79999_iter.pth``: the BiSeNet's
+    state dict, every key and shape of the published checkpoint; ``resnet18-5c106cde.pth``: a torchvision
+    ResNet-18 state dict with its ``fc``). Opt-in (``write_random_weights`` does not write them). The
+    BatchNorm statistics are drawn too, so that the argmax is not one class everywhere."""
+    from lipsync.model.musetalk.face_parsing import PARSER_FILE, RESNET_FILE, BiSeNet
+
+    torch.manual_seed(seed)
+    net = BiSeNet()
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            torch.nn.init.normal_(module.running_mean, std=0.1)
+            torch.nn.init.uniform_(module.running_var, 0.5, 1.5)
+    head = net.conv_out.conv_out.weight  # (19, 256, 1, 1): rows of zero sum, so no class wins everywhere
+    with torch.no_grad():
+        head.normal_(std=0.5).sub_(head.mean(1, keepdim=True))
+        head[[1, 15, 10, 9, 12, 17]] = head[[15, 1, 9, 10, 17, 12]].clone()  # seed 0's common classes → skin, nose, lips
+    (root / PARSER_FILE).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.clone() for k, v in net.state_dict().items()}, root / PARSER_FILE)
+    resnet = {k: v.clone() for k, v in net.cp.resnet.state_dict().items() if not k.endswith("num_batches_tracked")}
+    resnet.update({"fc.weight": torch.randn(1000, 512) * 0.01, "fc.bias": torch.zeros(1000)})
+    torch.save(resnet, root / RESNET_FILE)
+    return root
