@@ -91,6 +91,9 @@ class EngineInfo:
     """``face_affines(track)[i]`` depends on row ``i`` of the track alone (no smoothing across frames): the
     worker may then crop each frame during the tracking pass, as soon as its row is final, instead of
     decoding the video once more for the crops."""
+    crops_reusable: bool = True
+    """The worker may hand the engine crops from the video-side cache instead of calling ``crop`` (False: ``crop``
+    computes more than the crops, e.g. MuseTalk's face parsing of the frame around each box)."""
     whole_frame: bool = False
     """The "crop" is the whole frame at the engine's generation size for the request's aspect ratio (InfiniteTalk:
     its resolution bucket): crops and blend masks are (n, h, w) for that size, not square, and ``crop_size`` is

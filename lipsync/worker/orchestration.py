@@ -281,8 +281,9 @@ class LipSyncWorkerPipeline:
         cached_crops = crop_sink = None
         if vcache is not None:
             vcache.use_timeline(background, generate)
-            cached_crops = None if is_image else vcache.load_crops(num_out)
-            crop_sink = vcache.crops_sink() if cached_crops is None and not is_image else None
+            reusable = not is_image and self.info.crops_reusable
+            cached_crops = vcache.load_crops(num_out) if reusable else None
+            crop_sink = vcache.crops_sink() if cached_crops is None and reusable else None
             declares = getattr(self.engine, "encoder_cache_key", None)  # an engine without it reuses no encoder output
             request.encoded = vcache.encoder_memo(None if declares is None else declares(request))
         if early is not None and (timeline.spans or timeline.removed or len(early.store) != num_out

@@ -116,6 +116,7 @@ def test_engine_blends_the_published_jaw_region_with_parsing(parsing_dir, face):
     frames, affines, crop_lms = face
     engine = load_engine(parsing_dir, EngineOptions(), None)
     assert engine.parser is not None
+    assert not engine.info.crops_reusable  # the worker crops every frame: the parser sees it (no cached crops)
     masks = _masks(engine, frames, affines, crop_lms)
     for i in range(N):
         box = affine_box(affines[i])
@@ -133,5 +134,5 @@ def test_engine_blends_the_published_jaw_region_with_parsing(parsing_dir, face):
 def test_engine_keeps_the_landmark_region_without_parsing(musetalk_dir, face):
     frames, affines, crop_lms = face
     engine = load_engine(musetalk_dir, EngineOptions(), None)
-    assert engine.parser is None
+    assert engine.parser is None and engine.info.crops_reusable
     np.testing.assert_array_equal(_masks(engine, frames, affines, crop_lms), lower_face_masks(crop_lms, 256))

@@ -356,6 +356,8 @@ def load_engine(root: Path | None, layout: WeightsLayout, options: EngineOptions
     else:
         log.info("%s: no face-parse-bisent files; the blend mask is the 'jaw' region drawn from the landmarks",
                  variant.name)
-    info = EngineInfo(name=variant.name, crop_size=CROP_SIZE, weights=root.name, dtype=dtype_name)
+    # the parser sees the frame around each box in ``crop``: crops from the video-side cache would skip it
+    info = EngineInfo(name=variant.name, crop_size=CROP_SIZE, weights=root.name, dtype=dtype_name,
+                      crops_reusable=parser is None)
     log.info("%s loaded from %s on %s/%s", variant.name, root, options.device, dtype_name)
     return MuseTalkEngine(nets, variant, info, options.device, dtype, parser=parser)
