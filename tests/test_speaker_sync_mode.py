@@ -22,8 +22,8 @@ import skimage.data
 from lipsync.client import point_fal_client
 from lipsync.media.sync_modes import sync_order
 from lipsync.testing.media import make_wav, probe
-from lipsync.testing.stack import make_stack, wait_until
-from tests.conftest import ALICE
+from lipsync.testing.stack import wait_until
+from tests.conftest import ALICE, _stack
 from tests.test_js_client import requires_js, run_js
 
 W, H, FPS, N = 160, 128, 25, 10
@@ -78,14 +78,8 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def sstack(tmp_path_factory: pytest.TempPathFactory):
-    stack = make_stack(tmp_path_factory.mktemp("speaker-sync-stack"), pipeline="lipsync", num_inference_steps="2",
-                       max_num_frames=str(MAX_FRAMES))
-    try:
-        stack.start_api()
-        stack.start_worker("sync-w1")
-        yield stack
-    finally:
-        stack.stop()
+    yield from _stack(tmp_path_factory, "speaker-sync", pipeline="lipsync", num_inference_steps="2",
+                      max_num_frames=str(MAX_FRAMES))
 
 
 def submit(stack, video: Path, audio: Path, **params) -> str:

@@ -7,13 +7,14 @@ hashed by the worker."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import fal_client
 import pytest
 
 from lipsync.client import point_fal_client
 from lipsync.testing.media import make_speech
-from lipsync.testing.stack import make_stack
-from tests.conftest import ALICE
+from tests.conftest import ALICE, _stack
 from tests.test_lipsync_pipeline import clips, finished, messages
 
 __all__ = ["clips"]
@@ -21,15 +22,8 @@ __all__ = ["clips"]
 
 @pytest.fixture(scope="module")
 def cstack(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cache-stack")
-    stack = make_stack(root, pipeline="lipsync", device="cpu", num_inference_steps="2", cache_dir=str(root / "cache"),
-                       cache_bytes=str(1 << 30))
-    try:
-        stack.start_api()
-        stack.start_worker("cache-w1")
-        yield stack
-    finally:
-        stack.stop()
+    yield from _stack(tmp_path_factory, "cache-stack", pipeline="lipsync", device="cpu", num_inference_steps="2",
+                      cache_dir=str(tmp_path_factory.mktemp("cache")), cache_bytes=str(1 << 30))
 
 
 def run(stack, video_url: str, audio_url: str, **params) -> dict:
@@ -46,7 +40,7 @@ def test_one_video_two_voices_through_the_stack(cstack, clips, tmp_path):
     video = client.upload_file(clips["face"])
     speech = client.upload_file(clips["speech"])
     other = client.upload_file(make_speech(tmp_path / "other.wav", "Another voice."))
-    cache = cstack.workdir / "cache"
+    cache = Path(cstack.env["LIPSYNC_CACHE_DIR"])
 
     first = run(cstack, video, speech)["metrics"]
     assert first["input_cache"] == "filled"  # the upload's bytes kept: hashed once, when it was stored
