@@ -77,14 +77,45 @@ def test_loading_is_strict_and_names_every_bad_key(root, tmp_path):
     assert e.mismatched == ["audio_proj.proj2.weight (checkpoint (3, 3), model (32, 32))"]
 
 
+def test_wav2vec_loads_the_hub_bin_and_the_readme_safetensors_alike_and_strictly(root, tmp_path):
+    """``pytorch_model.bin`` (main: a ``Wav2Vec2ForPreTraining`` save) and ``model.safetensors`` (the README's
+    ``refs/pr/1``, the same tensors) load to the same model; a missing, extra or mis-shaped key is named."""
+    src = root / layout.WAV2VEC
+    hub = torch.load(src / "pytorch_model.bin", weights_only=True)
+    assert "wav2vec2.encoder.pos_conv_embed.conv.weight_g" in hub and "project_q.weight" in hub
+    assert json.loads((src / "config.json").read_text())["architectures"] == ["Wav2Vec2ForPreTraining"]
+    converted = tmp_path / "pr1"
+    converted.mkdir()
+    for name in ("config.json", "preprocessor_config.json"):
+        shutil.copy(src / name, converted / name)
+    save_file({k: v.contiguous() for k, v in hub.items()}, str(converted / "model.safetensors"))
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 8000)).astype(np.float32))
+    a, b = (loading.load_wav2vec(f)(x).last_hidden_state for f in (src, converted))
+    assert torch.equal(a, b)
+
+    bad = tmp_path / "bad"
+    shutil.copytree(src, bad)
+    state = dict(hub)
+    state.pop("wav2vec2.encoder.layers.0.attention.k_proj.bias")
+    state["wav2vec2.encoder.extra.weight"] = torch.zeros(1)
+    state["wav2vec2.feature_projection.projection.weight"] = torch.zeros(3, 3)
+    torch.save(state, bad / "pytorch_model.bin")
+    with pytest.raises(WeightsLoadError) as err:
+        loading.load_wav2vec(bad)
+    e = err.value
+    assert e.missing == ["encoder.layers.0.attention.k_proj.bias"] and e.unexpected == ["encoder.extra.weight"]
+    assert e.mismatched and e.mismatched[0].startswith("feature_projection.projection.weight (checkpoint (3, 3)")
+
+
 def meta_state(name: str) -> dict[str, torch.Tensor]:
     return {k: torch.empty(shape, device="meta") for k, shape in AUTHORS[name].items()}
 
 
 def test_full_size_modules_load_the_authors_keys_on_meta():
     """Acceptance 3: 0 missing, 0 unexpected, 0 mis-shaped — through the strict loader, on the meta device."""
-    from transformers import Wav2Vec2Config, Wav2Vec2Model
+    from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining, Wav2Vec2Model
 
+    from lipsync.model.infinitetalk import random_weights
     from lipsync.model.infinitetalk.transformer import InfiniteTalkTransformer
 
     state = meta_state("transformer")
@@ -129,12 +160,23 @@ def test_full_size_modules_load_the_authors_keys_on_meta():
     assert not report.ignored
     assert all(k.startswith(("textual.", "log_scale", "visual.head", "visual.transformer.31.")) for k in ignored)
 
-    # chinese-wav2vec2-base is the wav2vec2 base architecture (its hub config); its 12 layers x 768 are what the
-    # adapter's first projection takes
-    w2v = Wav2Vec2Config(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                         feat_extract_norm="group", do_stable_layer_norm=False)
+    # chinese-wav2vec2-base: the hub's config.json (the fields that shape its keys) and its pytorch_model.bin's keys,
+    # a transformers 4.16 save of Wav2Vec2ForPreTraining (``wav2vec2.`` prefix, weight norm as weight_g/weight_v)
+    hub_config = {"architectures": ["Wav2Vec2ForPreTraining"], "hidden_size": 768, "num_hidden_layers": 12,
+                  "num_attention_heads": 12, "intermediate_size": 3072, "conv_dim": [512] * 7,
+                  "conv_kernel": [10, 3, 3, 3, 3, 2, 2], "conv_stride": [5, 2, 2, 2, 2, 2, 2], "conv_bias": False,
+                  "feat_extract_norm": "group", "do_stable_layer_norm": False, "num_conv_pos_embeddings": 128,
+                  "num_conv_pos_embedding_groups": 16, "num_codevector_groups": 2, "num_codevectors_per_group": 320,
+                  "codevector_dim": 256, "proj_codevector_dim": 256, "mask_time_prob": 0.05, "vocab_size": 32}
+    w2v = Wav2Vec2Config(**hub_config)
     with torch.device("meta"):
-        Wav2Vec2Model(w2v)
+        hub = {random_weights.wav2vec_hub_key(k): v for k, v in Wav2Vec2ForPreTraining(w2v).state_dict().items()}
+        wav2vec = Wav2Vec2Model(w2v)
+    assert "wav2vec2.encoder.pos_conv_embed.conv.weight_g" in hub and "quantizer.codevectors" in hub
+    report = load_weights(wav2vec, hub, component="wav2vec2", source="hub", device="meta", rename=keymaps.wav2vec)
+    assert len(report.loaded) == len(wav2vec.state_dict()) == 211
+    assert sorted(report.ignored) == sorted(k for k in hub if not k.startswith("wav2vec2."))  # the heads only
+    assert sum(p.numel() for p in wav2vec.parameters()) == 94_371_712  # wav2vec2 base ("95 M") without its heads
     assert AUTHORS["transformer"]["audio_proj.proj1.weight"] == [512, 5 * w2v.num_hidden_layers * w2v.hidden_size]
 
 

@@ -140,3 +140,22 @@ def mapper(pairs: Pairs, *, reverse: bool = False) -> Callable[[str], str | None
         return None
 
     return rename
+
+
+WAV2VEC_HEADS = ("quantizer.", "project_q.", "project_hid.", "lm_head.", "dropout_features.")
+"""chinese-wav2vec2-base's file is a ``Wav2Vec2ForPreTraining`` save: its pre-training heads are not used."""
+
+
+def wav2vec(key: str) -> str | None:
+    """chinese-wav2vec2-base's key (``wav2vec2.``-prefixed, weight norm as ``weight_g``/``weight_v``: transformers
+    4.16's save of ``Wav2Vec2ForPreTraining``) -> ``Wav2Vec2Model``'s (weight norm as a parametrization); None for
+    the pre-training heads. Keys already in ``Wav2Vec2Model``'s form (a ``save_pretrained`` of the bare model)
+    map to themselves."""
+    if key.startswith(WAV2VEC_HEADS):
+        return None
+    key = key.removeprefix("wav2vec2.")
+    if key.endswith(".weight_g"):
+        return key.removesuffix(".weight_g") + ".parametrizations.weight.original0"
+    if key.endswith(".weight_v"):
+        return key.removesuffix(".weight_v") + ".parametrizations.weight.original1"
+    return key

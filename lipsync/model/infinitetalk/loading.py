@@ -8,8 +8,9 @@
 - ``Wan2.1_VAE.pth``, ``models_t5_umt5-xxl-enc-bf16.pth``, ``models_clip_…vit-huge-14.pth``: ``torch.load`` with
   ``mmap`` and ``weights_only``, renamed onto diffusers' ``AutoencoderKLWan``, transformers' ``UMT5EncoderModel``
   and ``CLIPVisionModel``; their sizes are read from the tensors' shapes (the authors hard-code them);
-- ``chinese-wav2vec2-base/``: transformers' ``Wav2Vec2Model.from_pretrained``, with missing or mis-shaped keys an
-  error (the pre-training heads the hub file also holds are named and ignored).
+- ``chinese-wav2vec2-base/``: its ``config.json`` builds transformers' ``Wav2Vec2Model`` on meta, filled from
+  ``pytorch_model.bin`` (memory-mapped) or ``model.safetensors`` through ``keymaps.wav2vec`` (the pre-training
+  heads the hub file also holds are ignored, the weight norm renamed).
 
 Every missing, unexpected or mis-shaped key raises ``lipsync.model.loading.WeightsLoadError`` naming all of them.
 """
@@ -208,19 +209,36 @@ def load_clip(path: Path, *, device: str = "cpu", dtype: torch.dtype = torch.flo
     return model.eval().requires_grad_(False)
 
 
-WAV2VEC_PRETRAINING = ("quantizer.", "project_q.", "project_hid.", "lm_head.", "masked_spec_embed")
+WAV2VEC_FILES = ("pytorch_model.bin", "model.safetensors")
+"""The hub's main branch holds ``pytorch_model.bin``; the README fetches ``model.safetensors`` from ``refs/pr/1``."""
+
+
+def wav2vec_file(folder: Path) -> Path:
+    for name in WAV2VEC_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"{folder}: none of {', '.join(WAV2VEC_FILES)}")
+
+
+def wav2vec_state(path: Path):
+    """The checkpoint's tensors without reading them: safetensors lazily, the ``.bin`` memory-mapped."""
+    if path.suffix == ".safetensors":
+        return LazyCheckpoint(path, keymaps.wav2vec)
+    return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
 
 
 def load_wav2vec(folder: Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    from transformers import Wav2Vec2Model
+    """``config.json`` + the weights, strictly (through ``keymaps.wav2vec``), built on meta and filled in ``dtype``
+    on ``device`` as every other part (``from_pretrained`` would also accept a file it fills only in part)."""
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-    model, info = Wav2Vec2Model.from_pretrained(folder, output_loading_info=True, torch_dtype=dtype)
-    missing = [k for k in info.get("missing_keys", []) if "masked_spec_embed" not in k]
-    unexpected = [k for k in info.get("unexpected_keys", []) if not any(p in k for p in WAV2VEC_PRETRAINING)]
-    mismatched = [str(k) for k in info.get("mismatched_keys", [])]
-    if missing or unexpected or mismatched:
-        raise WeightsLoadError("wav2vec2", str(folder), sorted(missing), sorted(unexpected), mismatched)
-    return model.to(device).eval().requires_grad_(False)
+    config = Wav2Vec2Config.from_pretrained(folder)
+    path = wav2vec_file(folder)
+    with torch.device("meta"):
+        model = Wav2Vec2Model(config)
+    load_weights(model, wav2vec_state(path), component="wav2vec2", source=str(path), rename=keymaps.wav2vec,
+                 device=device, dtype=dtype)
+    return model.eval().requires_grad_(False)
 
 
 def load_tokenizer(folder: Path):

@@ -7,7 +7,8 @@
   (fp16, with a token text tower, logit scale and head as the published file has them): ``torch.save`` state
   dicts in the authors' names;
 - ``google/umt5-xxl/``: a small unigram tokenizer made here (``tokenizer.json`` + configs; pad 0, end 1, unk 2);
-- ``chinese-wav2vec2-base/``: a small ``Wav2Vec2Model`` (``save_pretrained``) and its preprocessor config.
+- ``chinese-wav2vec2-base/``: a small ``Wav2Vec2ForPreTraining`` saved as the hub holds it (``config.json``,
+  ``preprocessor_config.json``, ``pytorch_model.bin``).
 
 The networks are ``config.SMALL`` (the published structures at small widths); the tests check the published
 sizes on the ``meta`` device (``tests/engines/test_infinitetalk_weights.py``). ``write_published_weights`` writes
@@ -148,17 +149,40 @@ def _fused_clip(split: dict[str, torch.Tensor], c, g: torch.Generator) -> dict[s
     return {k: v.to(torch.float16) for k, v in state.items()}
 
 
-def write_wav2vec(folder: Path, config: InfiniteTalkConfig, seed: int, *, published: bool = False) -> None:
-    """``published``: the wav2vec2 base architecture (chinese-wav2vec2-base's: 12 x 768, 512-channel convs)."""
-    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+def wav2vec_config(config: InfiniteTalkConfig, *, published: bool = False):
+    """``published``: chinese-wav2vec2-base's hub ``config.json`` (the wav2vec2 base architecture: 12 x 768,
+    seven 512-channel convolutions without bias, group norm, post-norm layers, a ``Wav2Vec2ForPreTraining``)."""
+    from transformers import Wav2Vec2Config
 
     t = config.transformer
+    common = dict(feat_extract_norm="group", do_stable_layer_norm=False, conv_bias=False,
+                  architectures=["Wav2Vec2ForPreTraining"])
+    if published:
+        return Wav2Vec2Config(**common)
+    return Wav2Vec2Config(hidden_size=t.audio_channels, num_hidden_layers=t.audio_layers, num_attention_heads=2,
+                          intermediate_size=2 * t.audio_channels, conv_dim=(16,) * 7, num_conv_pos_embeddings=16,
+                          num_conv_pos_embedding_groups=2, vocab_size=8, codevector_dim=16, proj_codevector_dim=16,
+                          num_codevectors_per_group=8, **common)
+
+
+def wav2vec_hub_key(key: str) -> str:
+    """``Wav2Vec2ForPreTraining``'s key today -> as the hub file names it (transformers 4.16's weight norm)."""
+    return key.replace(".parametrizations.weight.original0", ".weight_g").replace(
+        ".parametrizations.weight.original1", ".weight_v")
+
+
+def write_wav2vec(folder: Path, config: InfiniteTalkConfig, seed: int, *, published: bool = False) -> None:
+    """The hub folder: ``config.json``, ``preprocessor_config.json`` and ``pytorch_model.bin``, a
+    ``Wav2Vec2ForPreTraining`` state dict (``wav2vec2.``-prefixed, weight norm as ``weight_g``/``weight_v``,
+    the quantizer and projection heads), as the main branch holds it."""
+    from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2ForPreTraining
+
     torch.manual_seed(seed)
-    cfg = Wav2Vec2Config(feat_extract_norm="group", do_stable_layer_norm=False) if published else Wav2Vec2Config(
-        hidden_size=t.audio_channels, num_hidden_layers=t.audio_layers, num_attention_heads=2,
-        intermediate_size=2 * t.audio_channels, conv_dim=(16,) * 7, num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2, feat_extract_norm="group", do_stable_layer_norm=False, vocab_size=8)
-    Wav2Vec2Model(cfg).save_pretrained(folder, safe_serialization=True)
+    cfg = wav2vec_config(config, published=published)
+    model = Wav2Vec2ForPreTraining(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg.save_pretrained(folder)
+    torch.save({wav2vec_hub_key(k): v.contiguous() for k, v in model.state_dict().items()}, folder / "pytorch_model.bin")
     Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
                              return_attention_mask=True).save_pretrained(folder)
 
@@ -313,7 +337,7 @@ def random_engine(options, config: InfiniteTalkConfig | None = None, *, seed: in
     import tempfile
 
     from diffusers import AutoencoderKLWan
-    from transformers import Wav2Vec2Config, Wav2Vec2Model
+    from transformers import Wav2Vec2Model
 
     from lipsync.model.devices import configure_backends, resolve_dtype, torch_dtype
     from lipsync.model.engine import EngineInfo
@@ -353,11 +377,7 @@ def random_engine(options, config: InfiniteTalkConfig | None = None, *, seed: in
     t5_device = device if options.text_encoder == "device" else "cpu"
     t5 = build(lambda: umt5(config.t5), "umT5 encoder", dtype, on=t5_device)
     t = config.transformer
-    published = t.audio_channels == 768
-    w2v_config = Wav2Vec2Config(feat_extract_norm="group", do_stable_layer_norm=False) if published else Wav2Vec2Config(
-        hidden_size=t.audio_channels, num_hidden_layers=t.audio_layers, num_attention_heads=2,
-        intermediate_size=2 * t.audio_channels, conv_dim=(16,) * 7, num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2, feat_extract_norm="group", do_stable_layer_norm=False, vocab_size=8)
+    w2v_config = wav2vec_config(config, published=t.audio_channels == 768)
     wav2vec = Wav2Vec2Model(w2v_config).to(device).eval().requires_grad_(False)
     with tempfile.TemporaryDirectory() as folder:
         write_tokenizer(Path(folder), config.t5.vocab_size)
