@@ -68,8 +68,14 @@ def child(video: Path, audio: Path, out: Path, frames: int) -> None:
                       inputs={"video": LocalFile(video, "video/mp4"), "audio": LocalFile(audio, "audio/wav")},
                       workdir=workdir, log=lambda *a: None, progress=lambda *a: None)
     audios = [audio] + [Path(a) for a in os.environ.get("LIPSYNC_BENCH_MORE_AUDIO", "").split(os.pathsep) if a]
+    null_from = int(os.environ.get("LIPSYNC_BENCH_NULL_ENCODE_FROM") or len(audios))
     for k, voice in enumerate(audios):  # --repeat: the same video again with each further voice
         job.inputs["audio"] = LocalFile(voice, "audio/wav")
+        if k == null_from:  # the same again without the output encode, from a cold cache
+            _null_encoder()
+            cache = getattr(pipeline, "cache", None)
+            for entry in [] if cache is None else cache.directory.glob("*.lsc"):
+                entry.unlink()
         t0, r0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
         result = pipeline(job)
         wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
@@ -79,6 +85,57 @@ def child(video: Path, audio: Path, out: Path, frames: int) -> None:
         print(json.dumps({"wall_s": wall, "cpu_s": cpu, "load_s": load_s, "rss_loaded_mb": rss_loaded,
                           "peak_rss_mb": peak, "metrics": result.metrics}), flush=True)
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _null_encoder() -> None:
+    """Replace the worker's MP4 writer by one that takes the frames and encodes nothing (and writes an empty
+    file): what the request costs without the output encode (a GPU host encodes with NVENC)."""
+    import lipsync.media.writer as writer
+
+    class NullWriter:
+        encoder_name = "none (benchmark: no output encode)"
+
+        def __init__(self, path, *, fps, width, height, **_):
+            self.path, self.fps, self.width, self.height, self.frames = path, fps, width, height, 0
+            self.result = None
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            Path(self.path).write_bytes(b"")
+            self.result = writer.WrittenVideo(str(self.path), self.frames, self.fps, self.width, self.height, 0, None)
+
+        def write_i420(self, frames):
+            self.frames += 1 if frames.ndim == 2 else len(frames)
+
+    writer.Mp4Writer = NullWriter
+
+
+def encode_alone(video: Path, frames: int) -> dict[str, float]:
+    """The output encode by itself: the clip's first ``frames`` frames decoded to I420 in memory first, then
+    written by the worker's ``Mp4Writer`` (libx264 at its preset and CRF, its own threads; NVENC where the
+    settings and the host have it), timed: wall and process CPU seconds."""
+    import av
+    import numpy as np
+
+    from lipsync.contract.settings import Settings
+    from lipsync.media.writer import Mp4Writer
+
+    with av.open(str(video)) as c:
+        s = c.streams.video[0]
+        planes = [f.to_ndarray(format="yuv420p") for _, f in zip(range(frames), c.decode(s))]
+        width, height = s.width, s.height
+    planes = np.stack(planes)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0, r0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+        with Mp4Writer(Path(tmp) / "x.mp4", fps=FPS, width=width, height=height, nvenc=Settings().nvenc) as w:
+            for k in range(0, len(planes), 5):
+                w.write_i420(planes[k : k + 5])
+        wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    return {"wall_s": wall, "cpu_s": cpu, "frames": len(planes), "encoder": w.encoder_name,
+            "size": f"{width}x{height}"}
 
 
 # ---------------------------------------------------------------------------------------------------- parent
@@ -117,6 +174,13 @@ REPEAT_STAGES = ("cache_key_time", "probe_time", "face_track_time", "face_id_tim
                  "model_time", "paste_encode_time")
 
 
+OUTPUT_STAGES = ("audio_time", "model_first_out_time", "paste_time", "encode_time", "output_tail_time",
+                 "cpu_decode_paste_time", "cpu_paste_time", "cpu_model_time")
+"""Finer timing of pass 2 (the output phase): when the engine gave its first crops (from the request's start),
+the paste and the encode (each stage's wall time, overlapped), the tail after the engine's last crops, and the
+CPU seconds of the stage threads (the encoder's own threads not included)."""
+
+
 VIDEO_SIDE = ("cache_key_time", "probe_time", "face_track_time", "face_id_time", "crop_time", "encoder_time")
 """What the cache serves (``cache_key``: hashing the video, the cache's own cost)."""
 
@@ -134,8 +198,10 @@ def repeat_line(name: str, r: dict, frames: int) -> str:
     stages = "  ".join(f"{k.removesuffix('_time')} {m[k]:6.2f}" if k in m else f"{k.removesuffix('_time')}     -"
                        for k in REPEAT_STAGES)
     reused = ",".join(m.get("cache_reused", [])) or "-"
+    detail = "  ".join(f"{k.removesuffix('_time')} {m[k]:6.2f}" for k in OUTPUT_STAGES if k in m)
     return (f"  {name:6s} wall {r['wall_s']:7.2f} s | CPU stages (wall - model + encoder) {cpu:7.2f} s | {stages} s | "
-            f"encoder calls {m.get('encoder_calls', 0)} | reused {reused}")
+            f"encoder calls {m.get('encoder_calls', 0)} | reused {reused}\n"
+            f"  {'':6s} output phase: {detail} s | process CPU {r['cpu_s']:6.1f} s")
 
 
 def case_clip(args, case: str) -> tuple[int, int, str, int, Path]:
@@ -156,6 +222,10 @@ def repeat_main(args, audio: Path, other: Path) -> None:
         width, height, seconds, frames, video = case_clip(args, case)
         print(f"{width}x{height}, {seconds} s = {frames} frames, first vs repeated request (video-side cache):",
               flush=True)
+        encode = encode_alone(video, frames)
+        print(f"  the output encode alone ({encode['encoder']}, {encode['frames']} I420 frames {encode['size']} "
+              f"from memory through lipsync.media.writer.Mp4Writer): wall {encode['wall_s']:.2f} s, process CPU "
+              f"{encode['cpu_s']:.2f} s ({1000 * encode['cpu_s'] / encode['frames']:.1f} ms a frame)", flush=True)
         for engine in args.engines:
             env = {"LIPSYNC_ENGINE": engine, "LIPSYNC_CACHE_BYTES": str(8 << 30)}
             if engine != "pipio":
@@ -163,13 +233,21 @@ def repeat_main(args, audio: Path, other: Path) -> None:
                 if not weights.exists():
                     write_random_weights(engine, weights, size=args.weights_size)
                 env["LIPSYNC_WEIGHTS_DIR"] = str(weights)
+            more = [other] if args.skip_no_encode else [other, audio, other]  # the last two: no output encode
             with tempfile.TemporaryDirectory() as tmp:
-                env |= {"LIPSYNC_CACHE_DIR": str(Path(tmp) / "cache"), "LIPSYNC_BENCH_MORE_AUDIO": str(other)}
-                first, repeat = run_child(ROOT, video, audio, Path(tmp) / "out.mp4", frames, env_extra=env,
-                                          requests=2)
+                env |= {"LIPSYNC_CACHE_DIR": str(Path(tmp) / "cache"),
+                        "LIPSYNC_BENCH_MORE_AUDIO": os.pathsep.join(map(str, more)),
+                        "LIPSYNC_BENCH_NULL_ENCODE_FROM": "2"}
+                first, repeat, *no_encode = run_child(ROOT, video, audio, Path(tmp) / "out.mp4", frames,
+                                                      env_extra=env, requests=1 + len(more))
             print(f"  {engine} ({first['metrics'].get('engine')}, {first['metrics'].get('model')}):")
             print(repeat_line("first", first, frames))
             print(repeat_line("repeat", repeat, frames))
+            if no_encode:
+                print("  without the output encode (the same two requests again, the encoder replaced by one that "
+                      "takes the frames and encodes nothing; a GPU host encodes with NVENC):")
+                print(repeat_line("first", no_encode[0], frames))
+                print(repeat_line("repeat", no_encode[1], frames))
             cpu = [_cpu_stages(r) for r in (first, repeat)]
             enc = [r["metrics"].get("encoder_time", 0.0) for r in (first, repeat)]
             side = [sum(r["metrics"].get(k, 0.0) for k in VIDEO_SIDE) for r in (first, repeat)]
@@ -180,6 +258,11 @@ def repeat_main(args, audio: Path, other: Path) -> None:
                   f"wall {first['wall_s'] / repeat['wall_s']:.2f}x "
                   f"faster; image encoder {enc[0]:.2f} s -> {enc[1]:.2f} s; metrics' time saved "
                   f"{repeat['metrics'].get('cache_saved_time', 0.0):.2f} s", flush=True)
+            if no_encode:
+                cpu = [_cpu_stages(r) for r in no_encode]
+                print(f"  {engine}: repeated/first WITHOUT the output encode (not the goal's measure): CPU stages "
+                      f"{cpu[0]:.2f} s -> {cpu[1]:.2f} s, {cpu[0] / cpu[1]:.2f}x faster; with it (the goal's "
+                      f"measure, above): the encode alone is {encode['wall_s']:.2f} s of wall time", flush=True)
 
 
 def iter_frames(path: Path):
@@ -273,6 +356,8 @@ def main() -> None:
                         "video-side cache), instead of old vs new")
     parser.add_argument("--engines", nargs="+", default=["pipio"], help="--repeat: engines to run")
     parser.add_argument("--weights-size", default="small", help="--repeat: random weights size (small|published)")
+    parser.add_argument("--skip-no-encode", action="store_true", help="--repeat: skip the two requests without the "
+                        "output encode")
     parser.add_argument("--extra", default="", help="JSON of request fields: each case runs again on this "
                         "checkout with them ('new+extra'), and the cost of the fields is printed")
     args = parser.parse_args()

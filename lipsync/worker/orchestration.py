@@ -21,8 +21,9 @@ passes so that full-size frames are never all in memory at once:
 
 Every pass is a bounded pipeline of threads (``lipsync.worker.stages``): decode runs ahead of tracking; in pass 2
 decode+crop, the engine, the second decode, paste-back and encode each run in their own thread with a queue
-of two chunks between them, so a GPU engine never waits on a CPU stage that could have been ready, and
-memory is bounded by the queues (plus whatever the engine itself holds).
+of two chunks between them (after the engine: two of the engine's own batches of crops), so a GPU engine never
+waits on a CPU stage that could have been ready, and memory is bounded by the queues (plus whatever the engine
+itself holds).
 
 The worker has no engine-specific branch: what differs between models is behind ``lipsync.model.engine``.
 """
@@ -119,6 +120,7 @@ class LipSyncWorkerPipeline:
         video_path, audio_path = job.inputs["video"].path, job.inputs["audio"].path
         timings: dict[str, float] = {}
         clock = _Clock(timings)
+        started = time.perf_counter()
         vcache = self._request_cache(job, clock)
         if vcache is not None:
             cleanup.callback(vcache.close)
@@ -306,11 +308,20 @@ class LipSyncWorkerPipeline:
                                                         clock, still=is_image, sink=crop_sink), name="crop")
             waited = _timed(batches, clock, "model_wait_time")  # the engine waiting for crops is not model time
             engine_chunks = typed_out_of_memory(self.engine.generate(request, waited), what=self.info.name)
-            generated = stages.run(rebatch(_timed(engine_chunks, clock, "model_time"), chunk), name="model")
+            marks: dict[str, float] = {}  # when the engine gave its first and its last crops
+            # The queue holds the engine's own batches (re-cut to chunks on the paste side): an engine that gives
+            # a large batch at once (MuseTalk: a UNet batch of frame_block_width frames) goes on to the next
+            # while that one is pasted and encoded, instead of waiting until all but two chunks of it are.
+            generated = rebatch(stages.run(_marked(_timed(engine_chunks, clock, "model_time"), marks),
+                                           name="model"), chunk)
             background_frames = stages.run(frames(i420=True), name="decode_paste")
             pasted = stages.run(self._pasted(job, background_frames, generated, request, affines,
                                              present, crop_landmarks, colour, clock), name="paste")
             _encode(job, pasted, audio, spec, colour, num_out, clock, nvenc=self.settings.nvenc)
+        ended = time.perf_counter()
+        if marks:  # the output phase not overlapped with the engine: pasting and encoding its last crops
+            timings["model_first_out_time"] = marks["first"] - started
+            timings["output_tail_time"] = ended - marks["last"]
         timings.update({f"cpu_{name}_time": cpu for name, cpu in stages.cpu_s.items()})
         metrics.update(request.metrics)
         if vcache is not None:
@@ -449,6 +460,14 @@ def _progress_chunks(job: PipelineJob, chunks, stage: str, expected: int):
 def _timed_call(clock: "_Clock", name: str, fn, *args):
     with clock(name):
         return fn(*args)
+
+
+def _marked(items, marks: dict[str, float]):
+    """Yield from ``items``, noting when the first (``marks["first"]``) and the last (``"last"``) came."""
+    for item in items:
+        marks.setdefault("first", time.perf_counter())
+        marks["last"] = time.perf_counter()
+        yield item
 
 
 def _timed(items, clock: "_Clock", name: str):
