@@ -21,6 +21,11 @@ to (W, H) (bicubic, antialiased, in float), warped into the frame bilinearly (pi
 ``2 w_edge + 1`` Gaussian (sigma ``0.3 (w_edge - 1) + 0.8``, reflected borders); ``frame (1 - soft) + soft ·
 eroded · face``, truncated to uint8. Isotropic in the frame whatever the crop's aspect; the engine's crop-space
 mask is not used.
+
+Crops are uint8, or float32 in pixel units (0-255 scale, unclamped, unrounded: an engine's float output, as
+LatentSync's authors restore it). The restore rule resamples either in float and clamps and truncates once, after
+the warp — a float crop overshooting [0, 255] is clamped in the frame, not before the resize — so a uint8 crop
+gives what it always gave. The mask paths quantise a float crop first (``as_uint8``: clamped, truncated).
 """
 
 from __future__ import annotations
@@ -40,6 +45,14 @@ CHROMA_TO_LUMA = np.array([[2.0, 0, 0.5], [0, 2.0, 0.5], [0, 0, 1]])
 """A 4:2:0 chroma sample's coordinates -> the luma coordinates of its 2x2 block's centre (affine, 3x3)."""
 COLOUR_STATS_SIZE = 64
 """Side (pixels) at which the seam colours are compared: a mean needs no detail."""
+
+
+def as_uint8(crop: np.ndarray) -> np.ndarray:
+    """A crop as uint8: unchanged when it is; a float one (pixel units) clamped to [0, 255] and truncated, as the
+    published ``(x / 2 + 0.5).clamp(0, 1) * 255`` then ``.to(uint8)`` makes an image."""
+    if crop.dtype == np.uint8:
+        return crop
+    return np.clip(crop, 0, 255).astype(np.uint8)
 
 
 def colour_shift(crop: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -91,14 +104,16 @@ def _frame_from_warp(affine: np.ndarray, size: int, warp: tuple[int, int]) -> np
 def restore_face(crop: np.ndarray, affine: np.ndarray, warp: tuple[int, int],
                  region: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
     """The aligned-restore rule on the frame box ``region``: (face (h, w, 3) float32 in [0, 255] = eroded mask x
-    the warped face, soft (h, w) float32 blend weight). ``out = frame (1 - soft) + face soft``."""
+    the warped face, soft (h, w) float32 blend weight). ``out = frame (1 - soft) + face soft``. ``crop``: uint8,
+    or float in pixel units (unclamped: clamped here, after the resize and the warp, as published)."""
     import torch
     import torch.nn.functional as F
 
     x0, y0, x1, y1 = region
     w, h = warp
     m = _frame_from_warp(affine, crop.shape[0], warp)
-    # the face in float: uint8 -> [0, 1], resized to the warp's (H, W) as torchvision does (bicubic, antialiased)
+    # the face in float: pixel units -> [0, 1] (unclamped), resized to the warp's (H, W) as torchvision does
+    # (bicubic, antialiased)
     pixels = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float() / 255.0
     face = F.interpolate(pixels, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
     # bilinear sampling at frame pixel (x, y) -> warp point m (x, y, 1); zeros outside; align_corners grid
@@ -135,7 +150,8 @@ def paste_face(
     bounding box are touched, in uint8 (a saturating colour shift and one ``cv2.blendLinear``; within one code
     value of the float blend). ``out``: where to write (may be ``frame`` itself, which is then changed in
     place); by default a copy of ``frame``. ``restore_warp`` (W, H): the aligned-restore rule instead of
-    ``mask`` (module docstring); no colour matching there.
+    ``mask`` (module docstring); no colour matching there. ``crop``: uint8, or float32 in pixel units (the restore
+    rule resamples it unclamped, as published; the mask paths take ``as_uint8`` of it).
     """
     h, w = frame.shape[:2]
     if out is None:
@@ -151,6 +167,7 @@ def paste_face(
             blended = soft * face + (1 - soft) * frame[y0:y1, x0:x1].astype(np.float32)
             out[y0:y1, x0:x1] = blended.astype(np.uint8)  # truncated, as published
         return out
+    crop = as_uint8(crop)
     region = _mask_region(affine, mask, w, h)
     if region is None:
         return out
@@ -183,6 +200,7 @@ def paste_face_i420(i420: np.ndarray, crop: np.ndarray, affine: np.ndarray, mask
     if restore_warp is not None:
         _restore_i420(i420, crop, affine, restore_warp, colour)
         return
+    crop = as_uint8(crop)
     region = _mask_region(affine, mask, w, h)
     region = region and even_box(*region, w, h)
     if region is None:

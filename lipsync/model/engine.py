@@ -12,7 +12,10 @@ cancel — and asks the engine only for what differs between models:
 3. ``generate(request, batches)``: consumes :class:`CropBatch` items in timeline order, yields generated crops
    (any number of frames per item) in the same order, exactly ``request.num_frames`` in all. It pulls input only
    as far as it needs, so an engine that works frame by frame (MuseTalk) or segment by segment (LatentSync)
-   keeps memory flat in video length.
+   keeps memory flat in video length. The crops are uint8, or float32 in pixel units (0-255 scale, neither
+   clamped nor rounded) where the engine's authors resample their model's float output before quantising it
+   (LatentSync's restore): the paste (``lipsync.media.paste``) then resamples in float and clamps and truncates
+   once, at the end; a paste that has no float path takes ``paste.as_uint8`` of them (clamped, truncated).
 4. ``blend_masks(request, start, landmarks)``: (n, S, S) float32 paste-back masks in crop coordinates for output
    frames ``start .. start + n - 1``; the worker warps crop and mask back with the inverse affine. Outside the
    mask the frame is never touched.

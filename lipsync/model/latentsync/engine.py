@@ -3,8 +3,10 @@ interface.
 
 - Faces: the published template alignment (``crop_rule.align_track``) and its two-stage crop; paste-back by the
   published restore (``info.restore_warp``: the crop resized to the 420 x 560 warp, warped back, through a mask
-  eroded and feathered in frame pixels, ``lipsync.media.paste``). ``blend_masks`` gives that mask's crop-space
-  likeness (``crop_rule.restore_mask``) for callers that paste through masks.
+  eroded and feathered in frame pixels, ``lipsync.media.paste``). The generated crops are handed over as the
+  published restore takes the decoded face: float32 in pixel units, ``(x / 2 + 0.5) * 255``, unclamped and
+  unrounded (``sampling.to_pixels``); the paste clamps and truncates once, after its resampling. ``blend_masks``
+  gives that mask's crop-space likeness (``crop_rule.restore_mask``) for callers that paste through masks.
 - ``generate`` pulls the worker's crops as it needs them, cut into 16-frame segments (fixed by training: the
   temporal layers and the UNet's GroupNorms span a segment), runs ``segments_per_call`` segments per UNet call
   and yields each call's frames: memory is flat in the video's length. Cancel (``request.progress`` raising)
@@ -157,10 +159,12 @@ class LatentSyncEngine:
 
             outs = in_halves_on_oom(sample, todo, what="LatentSync", say=request.log)
             results = {g.start: o for g, o in zip(todo, outs)}
-        for g in group:
-            out = results.get(g.start, g.crops)
-            if g.start in results and not g.present.all():  # frames without a face keep their input crop
-                out = np.where(g.present[:, None, None, None], out, g.crops)
+        for g in group:  # float32 pixel units throughout (``sampling.to_pixels``), passed-through crops too
+            out = results.get(g.start)
+            if out is None:
+                out = g.crops.astype(np.float32)
+            elif not g.present.all():  # frames without a face keep their input crop
+                out = np.where(g.present[:, None, None, None], out, g.crops.astype(np.float32))
             yield out
 
 

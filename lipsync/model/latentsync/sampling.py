@@ -8,8 +8,10 @@ of the masked crops, then of the crops themselves (the reference) — each one d
 the same generator — times 0.18215; DDIM (eta 0) over the steps with the UNet fed
 ``[noisy latent, mask, masked latent, reference latent]`` and, when guidance > 1, a batch of zeros-audio and
 audio whose noise predictions combine as ``uncond + g (audio - uncond)``; decode (/ 0.18215); output
-``decoded (1 - mask) + crop (1 - (1 - mask))`` (the published rounding), to uint8 as published
-(``(x / 2 + 0.5).clamp(0, 1) * 255``, truncated).
+``decoded (1 - mask) + crop (1 - (1 - mask))`` (the published rounding), in pixel units as float32
+(``(x / 2 + 0.5) * 255``, neither clamped nor rounded): the published restore (``restore_video``) resizes and warps
+the float face and clamps and truncates once, at the end (``lipsync.media.paste``); ``to_uint8`` of the same
+values is the published ``pixel_values_to_images`` (clamped, truncated).
 
 Several segments of the same length can go through the UNet together (``segments_per_call``): each segment is
 its own batch item, so every norm and attention sees exactly the frames it would see alone; the draws keep
@@ -123,7 +125,8 @@ class SamplingRun:
     # ------------------------------------------------------------------------------------------ segments
     @torch.no_grad()
     def segments(self, items: Sequence[SegmentInput], on_step: Callable[[int, int], None] | None = None):
-        """Generate k segments of the same length together; returns k (n, S, S, 3) uint8 arrays."""
+        """Generate k segments of the same length together; returns k (n, S, S, 3) float32 arrays in pixel units
+        (``to_pixels``)."""
         n = len(items[0].crops)
         if any(len(it.crops) != n for it in items):
             raise ValueError("segments batched together must have the same length")
@@ -151,11 +154,18 @@ class SamplingRun:
         for k, (pixels, repaint, _) in enumerate(prepared):
             decoded = self._decode(latents[k].permute(1, 0, 2, 3))
             combined = decoded * repaint + pixels * (1 - repaint)
-            outputs.append(to_uint8(combined))
+            outputs.append(to_pixels(combined))
         return outputs
 
 
+def to_pixels(pixels: torch.Tensor) -> np.ndarray:
+    """(n, 3, S, S) in [-1, 1] -> (n, S, S, 3) float32 in pixel units, ``(x / 2 + 0.5) * 255``, unclamped: what the
+    engine hands the paste (``lipsync.media.paste``), which clamps and truncates after the restore's resampling."""
+    return ((pixels.float() / 2 + 0.5) * 255).permute(0, 2, 3, 1).cpu().numpy()
+
+
 def to_uint8(pixels: torch.Tensor) -> np.ndarray:
-    """(n, 3, S, S) in [-1, 1] -> (n, S, S, 3) uint8, as published (scaled, clamped, truncated)."""
+    """(n, 3, S, S) in [-1, 1] -> (n, S, S, 3) uint8, as published (scaled, clamped, truncated): the same as
+    ``lipsync.media.paste.as_uint8(to_pixels(pixels))``."""
     images = ((pixels.float() / 2 + 0.5).clamp(0, 1) * 255).to(torch.uint8)
     return images.permute(0, 2, 3, 1).cpu().numpy()
