@@ -234,7 +234,38 @@ def check_engine(engine: str, folder: Path | None, dtype: str, args, workdir: Pa
                 traceback.print_exc()
             rows.append(row)
             print(f"  {engine} {dtype} {row.what}: peak {row.peak_gib} GiB, {row.status}", flush=True)
+            if on_device:  # the 14B model on a card smaller than its weights: LIPSYNC_OFFLOAD=blocks
+                del pipeline
+                rows.append(offloaded_row(settings, args))
     return rows
+
+
+def offloaded_row(settings, args) -> Row:
+    """InfiniteTalk with its blocks in host memory (``LIPSYNC_OFFLOAD=blocks``, umT5 on the CPU) on a card of
+    ``--free-gib`` in all: one 81-frame chunk, its time and peak."""
+    import gc
+
+    import torch
+
+    from lipsync.worker.orchestration import load_lipsync_pipeline
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    row = Row("infinitetalk", settings.dtype.value, f"{args.free_gib:g} GiB card, model offload (blocks streamed "
+              f"from host memory, umT5 on the CPU), 81 frames ({BUILT_ON_DEVICE})")
+    try:
+        with random_infinitetalk_loader():
+            pipeline = load_lipsync_pipeline(settings.model_copy(update={"offload": "blocks", "text_encoder": "cpu"}))
+        start = time.perf_counter()
+        peak, bound = capped_card(pipeline.engine, args.free_gib, 81, None)
+        row.fps, row.peak_gib = f"{81 / (time.perf_counter() - start):.2f}", f"{peak:.1f}"
+        row.status = "ok; " + "; ".join(": ".join(line.split(": ")[:2]) for line in bound)
+    except Exception as exc:
+        row.status = f"FAILED: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        traceback.print_exc()
+    print(f"  infinitetalk {row.dtype} {row.what}: {row.fps} frames/s, peak {row.peak_gib} GiB, {row.status}",
+          flush=True)
+    return row
 
 
 def check_serve(engine: str, folder: Path, args, workdir: Path, clip: tuple[Path, Path]) -> Row:

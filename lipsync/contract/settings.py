@@ -178,6 +178,12 @@ class Settings(BaseSettings):
         default="device", description="Where the prompt encoder (T5) lives: device "
         "(with the model), cpu (host memory; encodes a new prompt there), drop (the default prompt is encoded at "
         "start, then T5 is freed; custom prompts are refused). Prompt embeddings are cached in every case.")
+    offload: Literal["auto", "none", "blocks"] = Field(
+        default="auto", description="Model offload, InfiniteTalk: blocks keeps the transformer's blocks in host "
+        "memory and streams each to the GPU as it runs (a 14B model on a 16-24 GB card; one host-to-device copy "
+        "of the blocks per step, overlapped with compute); none keeps every weight on the GPU; auto offloads when "
+        "the weights and a chunk's working memory would not fit the GPU's free memory. Other engines fit any "
+        "card they run on: ignored.")
     deep_cache: bool = Field(
         default=True, description="LatentSync: DeepCache as its authors' published inference runs it (the UNet "
         "whole on every third denoising step, its shallow branch in between: 7 of 20 steps whole); false runs "

@@ -68,6 +68,9 @@ class EngineOptions:
     """Text-conditioned engines: ``device`` | ``cpu`` | ``drop`` (``LIPSYNC_TEXT_ENCODER``)."""
     deep_cache: bool = True
     """LatentSync: DeepCache as published (``LIPSYNC_DEEP_CACHE``)."""
+    offload: str = "auto"
+    """InfiniteTalk: ``auto`` | ``none`` | ``blocks``, the transformer's blocks streamed from host memory
+    (``LIPSYNC_OFFLOAD``)."""
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,7 @@ def engine_options(settings: Settings) -> EngineOptions:
                          num_inference_steps=settings.num_inference_steps, guidance_scale=settings.guidance_scale,
                          random_weights_config=settings.random_weights_config, face_crop_size=settings.face_crop_size,
                          compile=settings.compile, text_encoder=settings.text_encoder,
-                         deep_cache=settings.deep_cache)
+                         deep_cache=settings.deep_cache, offload=settings.offload)
 
 
 class LipSyncWorkerPipeline:

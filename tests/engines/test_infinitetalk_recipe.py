@@ -144,11 +144,15 @@ class Stock:
         _, _, f, hh, ww = x.shape
         rope = WanRotaryPosEmbed(cfg.dim // cfg.num_heads, (1, 2, 2), 1024)(x)
         h = w.patch_embedding(x).flatten(2).transpose(1, 2)
-        temb, e0, ctx, ctx_img = w.condition_embedder(t, context, clip_fea)
+        # sinusoidal_embedding_1d in float64, then time_embedding / time_projection (fp32 under autocast)
+        ce, half = w.condition_embedder, w.condition_embedder.timesteps_proj.num_channels // 2
+        phase = torch.outer(t.double(), torch.pow(10000, -torch.arange(half).to(torch.float64).div(half)))
+        temb = ce.time_embedder(torch.cat([torch.cos(phase), torch.sin(phase)], dim=1).float())
+        e0, ctx, ctx_img = ce.time_proj(torch.nn.functional.silu(temb)), ce.text_embedder(context), ce.image_embedder(clip_fea)
         e0 = e0.unflatten(1, (6, -1))
         ctx = torch.cat([ctx_img, ctx], dim=1)
         # the audio windows regrouped: frame 0's five rows; per later latent 4 frames → rows 0-2, 2, 2, 2-4
-        lin = lambda v, name: v @ a[f"{name}.weight"].T + a[f"{name}.bias"]  # noqa: E731
+        lin = lambda v, name: torch.nn.functional.linear(v, a[f"{name}.weight"], a[f"{name}.bias"])  # noqa: E731
         first = audio[:, :1]
         later = audio[:, 1:].reshape(1, -1, 4, *audio.shape[2:])
         later = torch.cat([later[:, :, 0, :3], later[:, :, 1:3, 2], later[:, :, 3, 2:]], dim=2)
@@ -165,8 +169,9 @@ class Stock:
             q = lin(n, f"blocks.{i}.audio_cross_attn.q_linear").reshape(f, -1, cfg.num_heads, cfg.dim // cfg.num_heads)
             kv = lin(tokens[0], f"blocks.{i}.audio_cross_attn.kv_linear").reshape(f, -1, 2, cfg.num_heads, cfg.dim // cfg.num_heads)
             k, v = kv[:, :, 0], kv[:, :, 1]
-            att = torch.softmax(torch.einsum("fqhd,fkhd->fhqk", q, k) / math.sqrt(q.shape[-1]), dim=-1)
-            o = torch.einsum("fhqk,fkhd->fqhd", att, v).reshape(1, -1, cfg.dim)
+            # softmax(q k^T / sqrt(d)) v (xformers' memory_efficient_attention in theirs; torch's fused kernel here)
+            o = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                                                 v.transpose(1, 2)).transpose(1, 2).reshape(1, -1, cfg.dim)
             h = h + lin(o, f"blocks.{i}.audio_cross_attn.proj")
             h = h + block.ffn(block.norm3(h) * (1 + e[4]) + e[3]) * e[5]
         shift, scale = (w.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
@@ -253,7 +258,7 @@ def test_the_engine_computes_the_authors_recipe_for_one_and_two_chunks(two_chunk
     for got, want in zip(latents, expected):
         assert got.shape == want.shape == (1, 16, 6, 4, 6)
         assert want.abs().mean() > 0.1  # not a degenerate comparison
-        torch.testing.assert_close(got, want, rtol=0, atol=2e-5)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
     assert not torch.equal(latents[1][:, :, 2:], expected[0][:, :, 2:])
 
 
@@ -275,4 +280,36 @@ def test_text_guidance_one_is_the_authors_two_pass_form(engine, stock):
     with torch.no_grad():
         expected = recipe(stock, crops, request.audio, 21, seed=9, text_guidance=1.0)
     assert len(latents) == len(expected) == 1
-    torch.testing.assert_close(latents[0], expected[0], rtol=0, atol=2e-5)
+    torch.testing.assert_close(latents[0], expected[0], rtol=0, atol=0)
+
+
+def test_bf16_keeps_the_authors_fp32_regions():
+    """The authors build the model in bf16 and run the time embedding (a float64 sinusoid) and the output head under
+    ``autocast(float32)``: fp32 arithmetic on the bf16 weights. Ours equals that to the bit; diffusers' stock
+    embedder (fp32 sinusoid, bf16 projection) does not."""
+    from lipsync.model.devices import cast_module
+    from lipsync.model.infinitetalk.transformer import InfiniteTalkTransformer
+
+    torch.manual_seed(0)
+    model = cast_module(InfiniteTalkTransformer(SMALL.transformer).eval(), torch.bfloat16)
+    ce, wan = model.wan.condition_embedder, model.wan
+    up = lambda lin, x: torch.nn.functional.linear(x, lin.weight.float(), lin.bias.float())  # noqa: E731  (autocast fp32)
+    t = torch.tensor([999.4, 3.7])
+    half = ce.timesteps_proj.num_channels // 2
+    phase = torch.outer(t.double(), torch.pow(10000, -torch.arange(half).double().div(half)))
+    sin = torch.cat([torch.cos(phase), torch.sin(phase)], dim=1).float()
+    temb_want = up(ce.time_embedder.linear_2, torch.nn.functional.silu(up(ce.time_embedder.linear_1, sin)))
+    with torch.no_grad():
+        temb, tproj = model.time_embedding(t)
+        torch.testing.assert_close(temb, temb_want, rtol=0, atol=0)
+        torch.testing.assert_close(tproj, up(ce.time_proj, torch.nn.functional.silu(temb_want)), rtol=0, atol=0)
+        assert temb.dtype == tproj.dtype == torch.float32
+        stock_temb, stock_proj, _, _ = ce(t, torch.zeros(2, 4, SMALL.transformer.text_dim, dtype=torch.bfloat16))
+        assert stock_proj.dtype == torch.bfloat16 and (stock_proj.float() - tproj).abs().max() > 1e-4
+
+        x = torch.randn(2, 6, SMALL.transformer.dim).to(torch.bfloat16)
+        out = model.head(x, temb)
+        shift, scale = (wan.scale_shift_table.float() + temb[:, None]).chunk(2, dim=1)
+        want = up(wan.proj_out, wan.norm_out(x.float()) * (1 + scale) + shift)
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, want, rtol=0, atol=0)

@@ -199,6 +199,30 @@ class _References:
             pass
 
 
+WORKING_BYTES = {"480p": 8 << 30, "720p": 14 << 30}
+"""GPU memory besides the transformer's weights, predicted (``lipsync/model/README.md``): one transformer call's
+activations (3-4 GB at 480p, 7-9 GB at 720p), the VAE decode of a chunk (~2 GB), CLIP, the VAE and wav2vec2."""
+
+
+def offload_plan(options: EngineOptions, tconfig, dtype, table: str, beside: int = 0) -> tuple[bool, str]:
+    """(offload the transformer's blocks?, why). ``auto`` offloads on a CUDA device when the transformer's
+    weights, ``beside`` (bytes of other weights on the device: umT5's) and ``WORKING_BYTES`` exceed the free
+    memory."""
+    import torch
+
+    from lipsync.model.infinitetalk.transformer import InfiniteTalkTransformer
+
+    if options.offload != "auto":
+        return options.offload == "blocks", f"LIPSYNC_OFFLOAD={options.offload}"
+    if torch.device(options.device).type != "cuda":
+        return False, f"auto: {options.device} is not a GPU"
+    with torch.device("meta"):
+        count = sum(p.numel() for p in InfiniteTalkTransformer(tconfig).parameters())
+    need = count * dtype.itemsize + beside + WORKING_BYTES[table]
+    free, _ = torch.cuda.mem_get_info(torch.device(options.device))
+    return need > free, f"auto: {need / 2**30:.1f} GiB needed, {free / 2**30:.1f} GiB free"
+
+
 def load_engine(root: Path | None, layout: WeightsLayout, options: EngineOptions) -> InfiniteTalkEngine:
     import json
 
@@ -218,14 +242,19 @@ def load_engine(root: Path | None, layout: WeightsLayout, options: EngineOptions
     w2v_dir = root / files.WAV2VEC
     wav2vec_config = json.loads((w2v_dir / "config.json").read_text())
     tconfig = loading.transformer_config(wan, root / files.SINGLE, wav2vec_config)
-    transformer = loading.load_transformer(wan, root / files.SINGLE, tconfig, device=options.device, dtype=dtype)
+    table = "720p" if layout.variant.endswith("720p") else "480p"
+    t5_bytes = (wan / files.T5_FILE).stat().st_size if options.text_encoder == "device" else 0  # bf16 on disk
+    offload, why = offload_plan(options, tconfig, dtype, table, t5_bytes)
+    log.info("InfiniteTalk: model offload %s (%s)", "on: the blocks stream from host memory" if offload else "off",
+             why)
+    transformer = loading.load_transformer(wan, root / files.SINGLE, tconfig, dtype=dtype,
+                                           device="cpu" if offload else options.device)
     vae = loading.load_vae(wan / files.VAE_FILE, device=options.device, dtype=torch.float32)  # fp32, as theirs
     clip = loading.load_clip(wan / files.CLIP_FILE, device=options.device, dtype=dtype)
     t5_device = options.device if options.text_encoder == "device" else "cpu"
     t5 = loading.load_t5(wan / files.T5_FILE, device=t5_device, dtype=dtype)
     tokenizer = loading.load_tokenizer(wan / files.T5_TOKENIZER)
     wav2vec = loading.load_wav2vec(w2v_dir, device=options.device)
-    table = "720p" if layout.variant.endswith("720p") else "480p"
     if tconfig.dim < 256:  # the small random test model: the small recipe (tiny buckets, 9-frame chunks)
         from lipsync.model.infinitetalk.config import SMALL
 
@@ -236,6 +265,8 @@ def load_engine(root: Path | None, layout: WeightsLayout, options: EngineOptions
     for path, scale in loras.files:
         changed = lora.merge(transformer, path, scale)
         log.info("InfiniteTalk: LoRA %s merged at scale %g (%d tensors)", path.name, scale, changed)
+    if offload:
+        transformer.offload_blocks(options.device)
     sampling = sampling.with_(steps=loras.steps, text_guidance=loras.text_guidance, audio_guidance=loras.audio_guidance)
     sampling = sampling.with_(steps=options.num_inference_steps, audio_guidance=options.guidance_scale)
     prompts = PromptEncoder(t5, tokenizer, tconfig.text_len, device=options.device,

@@ -363,7 +363,11 @@ def random_engine(options, config: InfiniteTalkConfig | None = None, *, seed: in
                      source="random weights", device=on, dtype=module_dtype)
         return module.eval().requires_grad_(False)
 
-    transformer = build(lambda: InfiniteTalkTransformer(config.transformer), "InfiniteTalk transformer", dtype)
+    offload = options.offload == "blocks"  # the check's smaller card: made in host memory, streamed
+    transformer = build(lambda: InfiniteTalkTransformer(config.transformer), "InfiniteTalk transformer", dtype,
+                        on="cpu" if offload else device)
+    if offload:
+        transformer.offload_blocks(device)
     vae = build(lambda: AutoencoderKLWan(**config.vae.diffusers_kwargs()), "Wan VAE", torch.float32)
     with torch.device("meta"):
         clip = clip_vision(config.clip)

@@ -5,7 +5,8 @@ added between the text/image cross-attention and the feed-forward, as ``wan/modu
 
 Our ``forward`` is the stock one with that one insertion: it calls the stock submodules (patch embedding,
 condition embedder, each block's norms, ``attn1``, ``attn2``, ``ffn``, modulation tables, output head) with the
-stock formulas, including the regions kept in fp32 (modulation, norms, gated residuals). Single speaker only:
+stock formulas, including the regions the authors keep in fp32 (modulation, norms, gated residuals, the time
+embedding with its float64 sinusoid, the output head). Single speaker only:
 the authors' two-speaker path (RoPE over speaker classes from the reference attention map) is not implemented.
 The RoPE tables are computed here, outside the module tree, so that the model can be built on ``meta`` and
 loaded without a random initialisation (diffusers keeps them as non-persistent buffers).
@@ -80,11 +81,46 @@ def audio_rows(windows: torch.Tensor, vae_scale: int, audio_window: int) -> tupl
     return first, later
 
 
+class BlockStep(nn.Module):
+    """One stock Wan block with InfiniteTalk's audio cross-attention inserted after its text/image
+    cross-attention: the unit model offload moves to the device and back."""
+
+    def __init__(self, block: nn.Module, norm: nn.Module, attn: AudioCrossAttention):
+        super().__init__()
+        self.block, self.norm, self.attn = block, norm, attn
+
+    def forward(self, x, tproj, context, audio, rotary, frames: int) -> torch.Tensor:
+        block = self.block
+        shift, scale, gate, c_shift, c_scale, c_gate = (block.scale_shift_table + tproj.float()).chunk(6, dim=1)
+        y = (block.norm1(x.float()) * (1 + scale) + shift).type_as(x)
+        x = (x.float() + block.attn1(y, None, None, rotary) * gate).type_as(x)
+        x = x + block.attn2(block.norm2(x.float()).type_as(x), context, None, None)
+        x = x + self.attn(self.norm(x), audio, frames)
+        y = (block.norm3(x.float()) * (1 + c_scale) + c_shift).type_as(x)
+        return (x.float() + block.ffn(y).float() * c_gate).type_as(x)
+
+
+class Blocks(nn.Module):
+    """The blocks in order. Not a child of the transformer (its state-dict names stay the checkpoint's): a view
+    of the same modules, which diffusers' group offloading hooks per ``BlockStep``."""
+
+    def __init__(self, steps: list[BlockStep]):
+        super().__init__()
+        self.steps = nn.ModuleList(steps)
+
+    def forward(self, x, tproj, context, audio, rotary, frames: int) -> torch.Tensor:
+        for step in self.steps:
+            x = step(x, tproj, context, audio, rotary, frames)
+        return x
+
+
 class InfiniteTalkTransformer(nn.Module):
     """``wan`` (stock) + ``audio_proj`` + ``audio_norm[i]`` / ``audio_attn[i]`` per block."""
 
-    _keep_in_fp32_modules = ["time_embedder", "norm1", "norm2", "norm3", "norm_out", "audio_norm"]
-    """Kept in fp32 when the rest is fp16 (``lipsync.model.devices.cast_module``), as diffusers keeps them."""
+    _keep_in_fp32_modules = ["norm1", "norm2", "norm3", "norm_out", "audio_norm"]
+    """Kept in fp32 when the rest is fp16 (``lipsync.model.devices.cast_module``), as diffusers keeps them. The time
+    embedding and the output head are computed in fp32 from the run dtype's weights (``time_embedding``, ``head``),
+    as the authors' model, built in the run dtype, computes them under ``autocast(float32)``."""
 
     def __init__(self, config: TransformerConfig):
         from diffusers import WanTransformer3DModel
@@ -98,6 +134,27 @@ class InfiniteTalkTransformer(nn.Module):
         self.audio_attn = nn.ModuleList(AudioCrossAttention(config.dim, config.output_dim, config.num_heads)
                                         for _ in range(config.num_layers))
         object.__setattr__(self, "_rope_cache", {})
+        object.__setattr__(self, "blocks", Blocks([BlockStep(b, n, a) for b, n, a in
+                                                   zip(self.wan.blocks, self.audio_norm, self.audio_attn)]))
+        self.offloaded = False
+
+    def offload_blocks(self, device: str | torch.device) -> None:
+        """Model offload, for a card smaller than the model: the blocks' weights (98 % of them) stay in host
+        memory and each block comes to ``device`` as it runs, the next one copied on a side stream meanwhile
+        (diffusers' group offloading, block level, from pinned memory); the embedders, the audio projection
+        and the head live on ``device``. Costs one host-to-device copy of the blocks per transformer call."""
+        from diffusers.hooks import apply_group_offloading
+
+        cuda = torch.device(device).type == "cuda" and _streams_work()
+        self.to("cpu")
+        apply_group_offloading(self.blocks, onload_device=torch.device(device), offload_device=torch.device("cpu"),
+                               offload_type="block_level", num_blocks_per_group=1, use_stream=cuda,
+                               record_stream=cuda, non_blocking=cuda)
+        wan = self.wan
+        for module in (wan.patch_embedding, wan.condition_embedder, wan.norm_out, wan.proj_out, self.audio_proj):
+            module.to(device)
+        wan.scale_shift_table.data = wan.scale_shift_table.data.to(device)
+        self.offloaded = True
 
     def rotary(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """diffusers' ``WanRotaryPosEmbed`` tables for this latent shape, made on the CPU once and cached."""
@@ -124,21 +181,48 @@ class InfiniteTalkTransformer(nn.Module):
         b, _, f, h, w = latents.shape
         rotary = self.rotary(latents)
         x = wan.patch_embedding(latents.to(wan.patch_embedding.weight.dtype)).flatten(2).transpose(1, 2).contiguous()
-        temb, tproj, context, context_img = wan.condition_embedder(timestep, text, image)
+        temb, tproj = self.time_embedding(timestep)
         tproj = tproj.unflatten(1, (6, -1))
-        context = torch.cat([context_img, context], dim=1)
+        embed = wan.condition_embedder
+        context = torch.cat([embed.image_embedder(image), embed.text_embedder(text)], dim=1)
         first, later = audio_rows(audio_windows.to(x.dtype), c.vae_scale, c.audio_window)
         audio = self.audio_proj(first, later)  # (B, F, tokens, output_dim)
-        for block, norm, attn in zip(wan.blocks, self.audio_norm, self.audio_attn):
-            shift, scale, gate, c_shift, c_scale, c_gate = (block.scale_shift_table + tproj.float()).chunk(6, dim=1)
-            y = (block.norm1(x.float()) * (1 + scale) + shift).type_as(x)
-            x = (x.float() + block.attn1(y, None, None, rotary) * gate).type_as(x)
-            x = x + block.attn2(block.norm2(x.float()).type_as(x), context, None, None)
-            x = x + attn(norm(x), audio, f)
-            y = (block.norm3(x.float()) * (1 + c_scale) + c_shift).type_as(x)
-            x = (x.float() + block.ffn(y).float() * c_gate).type_as(x)
-        shift, scale = (wan.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
-        x = (wan.norm_out(x.float()) * (1 + scale) + shift).type_as(x)
-        x = wan.proj_out(x)
+        x = self.blocks(x, tproj, context, audio, rotary, f)
+        x = self.head(x, temb)
         x = x.reshape(b, f, h // 2, w // 2, 1, 2, 2, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
-        return x.flatten(6, 7).flatten(4, 5).flatten(2, 3).float()
+        return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+    def time_embedding(self, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(temb, the six modulations) in fp32, as the authors' ``sinusoidal_embedding_1d`` (float64) and
+        ``time_embedding`` / ``time_projection`` under ``autocast(float32)``: the stock modules' weights upcast.
+        (diffusers' ``Timesteps`` makes the sinusoid in fp32: at t near 1000 its phases are off by ~1e-4 rad.)"""
+        embed = self.wan.condition_embedder
+        half = embed.timesteps_proj.num_channels // 2
+        position = timestep.to(torch.float64)
+        phases = torch.outer(position, torch.pow(10000, -torch.arange(half, dtype=torch.float64,
+                                                                       device=position.device).div(half)))
+        x = torch.cat([torch.cos(phases), torch.sin(phases)], dim=1).float()
+        mlp = embed.time_embedder
+        temb = _linear32(torch.nn.functional.silu(_linear32(x, mlp.linear_1)), mlp.linear_2)
+        return temb, _linear32(torch.nn.functional.silu(temb), embed.time_proj)
+
+    def head(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        """The output head in fp32 (the authors' ``Head`` under ``autocast(float32)``): modulated norm, then the
+        projection with its weights upcast."""
+        wan = self.wan
+        shift, scale = (wan.scale_shift_table.float() + temb.unsqueeze(1)).chunk(2, dim=1)
+        return _linear32(wan.norm_out(x.float()) * (1 + scale) + shift, wan.proj_out)
+
+
+def _streams_work() -> bool:
+    """A CUDA stream can be made (not on an emulated device: there the copies are synchronous)."""
+    try:
+        torch.cuda.Stream()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _linear32(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """``linear`` computed in fp32 whatever its weights' dtype (what autocast(float32) does to a bf16 Linear)."""
+    return nn.functional.linear(x.float(), linear.weight.float(), linear.bias.float())
