@@ -4,10 +4,12 @@ Each engine (small random weights in its published layout, a real tracked face) 
 this process: the same video with a second audio reuses the probe, the face track, the crops and the engine's
 image-encoder outputs — counted here, on the face analyzer's and the image encoder's own calls — and what it
 hands the MP4 encoder is byte for byte what the same request hands it with the cache off (every I420 frame; the
-audio is the request's own). Not the MP4 file's bytes: libx264 here does not repeat itself run to run on the same
-frames (in one process, even single-threaded: tests/engines/test_video_cache_engines.py's finding, see
-docs/performance.md), so the file bytes differ between two cache-off runs too. A corrupted or truncated entry
-between two requests gives the same frames again and one log line.
+audio is the request's own), and so is the MP4 file itself. For the file, the tests encode with x264's macroblock
+tree off (``mbtree=0``, ``deterministic_x264``): the libx264 bundled with PyAV 18.1 (core 165) does not repeat
+itself on a CPU with AVX-512 — its AVX-512 code on the macroblock-tree path gives other bits in 1 encode of 6 to
+20 of the same frames, threads or not; not once in 40 encodes with AVX-512 masked off (``asm=`` up to AVX2), in 32
+without assembly, in 80 without the macroblock tree (docs/performance.md) —, so two cache-off runs would differ too. A corrupted or
+truncated entry between two requests gives the same frames again and one log line.
 """
 
 from __future__ import annotations
@@ -85,6 +87,20 @@ def encoded_frames(monkeypatch) -> list:
     return digests
 
 
+@pytest.fixture(autouse=True)
+def deterministic_x264(monkeypatch) -> None:
+    """libx264 with its macroblock tree off, so that the same frames give the same bits (see the module docstring):
+    the MP4 files of two requests can then be compared byte for byte."""
+    add_video = writer.Mp4Writer._add_video
+
+    def without_mbtree(self, codec, width, height, options):
+        if codec == "libx264":
+            options = {**options, "x264-params": "mbtree=0"}
+        return add_video(self, codec, width, height, options)
+
+    monkeypatch.setattr(writer.Mp4Writer, "_add_video", without_mbtree)
+
+
 def run(pipeline, tmp_path: Path, media, audio: str, name: str, **fields):
     params = validate_input(LipsyncInput, {"video": STORAGE_SCHEME + "x/video", "audio": STORAGE_SCHEME + "x/audio",
                                            "num_frames": FRAMES, **fields},
@@ -99,8 +115,9 @@ def run(pipeline, tmp_path: Path, media, audio: str, name: str, **fields):
     digests = _DIGESTS[0]
     digests.append(hashlib.blake2b())
     out = pipeline(job)
-    assert out.files["video"].path.stat().st_size > 0
-    return digests[-1].hexdigest(), out.metrics, logs
+    mp4 = out.files["video"].path.read_bytes()
+    assert mp4
+    return (digests[-1].hexdigest(), hashlib.blake2b(mp4).hexdigest()), out.metrics, logs
 
 
 _DIGESTS: list = []
