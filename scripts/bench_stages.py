@@ -17,7 +17,11 @@ how close their paste-back is (PSNR of each output against the input, and of the
 ``--repeat``: one video, many voices (``lipsync.worker.video_cache``). Per engine (random weights of
 ``--weights-size`` in its published layout; pipio: the tiny config), one worker process with a fresh cache runs
 the same clip twice with two different audio tracks, and the script prints the first and the repeated request:
-wall time, CPU stages (wall - model), face tracking, crops, the image encoder's time, and the repeated/first ratios.
+wall time, CPU stages (wall - model), face tracking, crops, the image encoder's time, the output phase (when the
+engine gave its first crops, paste, encode, the tail after its last crops, stage threads' CPU), and the
+repeated/first ratios. Also, labelled apart from the goal's measure: the output encode alone (the clip's frames
+from memory through ``Mp4Writer``), and the same two requests without the output encode (``--skip-no-encode``:
+not run).
 
 The model is the engine the settings select (``LIPSYNC_*`` pass through; default the tiny pipio config with
 random weights, so the model costs almost nothing and the CPU stages dominate).
