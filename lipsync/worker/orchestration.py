@@ -21,9 +21,9 @@ passes so that full-size frames are never all in memory at once:
 
 Every pass is a bounded pipeline of threads (``lipsync.worker.stages``): decode runs ahead of tracking; in pass 2
 decode+crop, the engine, the second decode, paste-back and encode each run in their own thread with a queue
-of two chunks between them (after the engine: two of the engine's own batches of crops), so a GPU engine never
-waits on a CPU stage that could have been ready, and memory is bounded by the queues (plus whatever the engine
-itself holds).
+of two chunks between them (after the engine: its own batches of crops, handed over one at a time), so a GPU
+engine never waits on a CPU stage that could have been ready, and memory is bounded by the queues (plus whatever
+the engine itself holds).
 
 The worker has no engine-specific branch: what differs between models is behind ``lipsync.model.engine``.
 """
@@ -309,11 +309,12 @@ class LipSyncWorkerPipeline:
             waited = _timed(batches, clock, "model_wait_time")  # the engine waiting for crops is not model time
             engine_chunks = typed_out_of_memory(self.engine.generate(request, waited), what=self.info.name)
             marks: dict[str, float] = {}  # when the engine gave its first and its last crops
-            # The queue holds the engine's own batches (re-cut to chunks on the paste side): an engine that gives
-            # a large batch at once (MuseTalk: a UNet batch of frame_block_width frames) goes on to the next
-            # while that one is pasted and encoded, instead of waiting until all but two chunks of it are.
+            # The engine's own batches are handed over whole (re-cut to chunks on the paste side): an engine that
+            # gives a large batch at once (MuseTalk: a UNet batch of frame_block_width frames) makes the next one
+            # while that one is pasted and encoded, instead of waiting until all but two chunks of it are; it
+            # starts a batch once the last was taken, so two are alive (one pasted, one made), as with any overlap.
             generated = rebatch(stages.run(_marked(_timed(engine_chunks, clock, "model_time"), marks),
-                                           name="model"), chunk)
+                                           name="model", queue_size=1, handoff=True), chunk)
             background_frames = stages.run(frames(i420=True), name="decode_paste")
             pasted = stages.run(self._pasted(job, background_frames, generated, request, affines,
                                              present, crop_landmarks, colour, clock), name="paste")

@@ -46,9 +46,14 @@ class Stages:
         self.cpu_s: dict[str, float] = {}
         """CPU seconds each stage's thread used (its own work; native threads of codecs not included)."""
 
-    def run(self, items: Iterable[T], *, name: str, queue_size: int | None = None) -> Iterator[T]:
+    def run(self, items: Iterable[T], *, name: str, queue_size: int | None = None,
+            handoff: bool = False) -> Iterator[T]:
         """Start pulling ``items`` in a thread now; returns the iterator over what it produces. With
-        ``threaded=False`` (``LIPSYNC_STAGE_THREADS=false``: profiling, debugging) it is ``items`` itself."""
+        ``threaded=False`` (``LIPSYNC_STAGE_THREADS=false``: profiling, debugging) it is ``items`` itself.
+
+        ``handoff``: the thread pulls the next item only once the consumer has taken the last one (for large
+        items: at most two alive, the one the consumer works on and the one being made, and still made while
+        the consumer works)."""
         if not self.threaded:
             return iter(items)
         q: queue.Queue = queue.Queue(queue_size or self.queue_size)
@@ -58,6 +63,9 @@ class Stages:
             try:
                 for item in items:
                     if not self._put(q, (_ITEM, item)):
+                        return
+                    del item  # not held while the next is made
+                    if handoff and not self._taken(q):
                         return
                 self._put(q, (_END, None))
             except BaseException as exc:  # handed to the consumer, who re-raises it
@@ -92,6 +100,15 @@ class Stages:
                 continue
         return False
 
+    def _taken(self, q: queue.Queue) -> bool:
+        """Wait until the consumer has taken everything put in ``q``; False when the pipeline stopped first."""
+        with q.all_tasks_done:
+            while q.unfinished_tasks:
+                if self._stop.is_set():
+                    return False
+                q.all_tasks_done.wait(_POLL_S)
+        return True
+
     def _consume(self, q: queue.Queue) -> Iterator:
         while True:
             try:
@@ -100,6 +117,7 @@ class Stages:
                 if self._stop.is_set():
                     raise StagesStopped("the pipeline was stopped") from None
                 continue
+            q.task_done()  # taken (``handoff``)
             if kind == _END:
                 return
             if kind == _ERROR:
