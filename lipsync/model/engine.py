@@ -106,6 +106,19 @@ class EngineInfo:
     only the largest side any request can get."""
 
 
+HOSTED_FEED_FORWARD_SPLITS = 2
+"""The hosted schema's default ``feed_forward_num_splits``."""
+
+
+def authors_feed_forward_splits(asked: int) -> tuple[int, str]:
+    """(chunks, what to log) for an engine whose authors run the feed-forward layers whole (MuseTalk,
+    LatentSync): the hosted default means theirs, one chunk (the kernels' shapes theirs: their output bit for bit
+    on a CPU); any other value chunks as asked (less memory, the same maths in another summation order)."""
+    if asked == HOSTED_FEED_FORWARD_SPLITS:
+        return 1, f"feed_forward_num_splits {asked} (the hosted default): whole, as the authors run it"
+    return asked, ""
+
+
 @dataclass(frozen=True)
 class Knobs:
     """The schema's model knobs, as validated at submit (``lipsync.contract.schema.LipsyncInput``)."""
@@ -114,7 +127,7 @@ class Knobs:
     frame_block_width: int = 136
     vae_chunk_size: int = 65
     vae_overlap_window_width: int = 16
-    feed_forward_num_splits: int = 2
+    feed_forward_num_splits: int = HOSTED_FEED_FORWARD_SPLITS
     face_id_cond_strength: int = -1
     appearance_cond_strength: int = 1
     prompt: str | None = None

@@ -34,7 +34,7 @@ from lipsync.media.faces import FaceTrack
 from lipsync.model.devices import (
     BatchFit, bytes_per_item, configure_backends, fit_batch, in_halves_on_oom, resolve_dtype, torch_dtype,
 )
-from lipsync.model.engine import CropBatch, EngineInfo, EngineOptions, EngineRequest
+from lipsync.model.engine import CropBatch, EngineInfo, EngineOptions, EngineRequest, authors_feed_forward_splits
 from lipsync.model.latentsync import crop_rule
 from lipsync.model.latentsync.config import LatentSyncConfig, folder_config, scheduler_config
 from lipsync.model.weights import WeightsFolderError, WeightsLayout
@@ -104,11 +104,14 @@ class LatentSyncEngine:
             asked = max(1, k.frame_block_width // seg_len)
             fit = BatchFit(min(asked, self.cpu_segments_per_call), asked, "")
         per_call = fit.size
-        self.unet.set_feed_forward_splits(k.feed_forward_num_splits)
+        splits, why = authors_feed_forward_splits(k.feed_forward_num_splits)
+        self.unet.set_feed_forward_splits(splits)
+        if why:
+            request.log(f"LatentSync: {why}")
         num_segments = -(-request.num_frames // seg_len)
         request.metrics.update(num_inference_steps=self.steps, guidance_scale=self.guidance_scale,
                                segment_frames=seg_len, segments=num_segments, segments_per_call=per_call,
-                               vae_batch=k.vae_chunk_size, feed_forward_num_splits=k.feed_forward_num_splits,
+                               vae_batch=k.vae_chunk_size, feed_forward_num_splits=splits,
                                seed=k.seed, deep_cache_interval=self.deep_cache_interval)
         request.log(f"LatentSync ({self.info.name}): {request.num_frames} frames in {num_segments} segments of "
                     f"{seg_len} (fixed by training), {per_call} segment(s) per UNet call, {self.steps} DDIM steps"

@@ -33,7 +33,7 @@ import torch
 from lipsync.model.devices import (
     BatchFit, bytes_per_item, configure_backends, fit_batch, in_halves_on_oom, resolve_dtype, torch_dtype,
 )
-from lipsync.model.engine import CropBatch, EngineInfo, EngineOptions, EngineRequest
+from lipsync.model.engine import CropBatch, EngineInfo, EngineOptions, EngineRequest, authors_feed_forward_splits
 from lipsync.model.musetalk import audio_features as af
 from lipsync.model.musetalk import face_parsing
 from lipsync.model.musetalk.crop_rule import (
@@ -213,8 +213,11 @@ class MuseTalkEngine:
         vae_fit = BatchFit(vae_batch, vae_asked, "" if vae_batch == vae_asked else
                            f"MuseTalk VAE batch (vae_chunk_size): {vae_asked} asked, {vae_batch} used: at most the "
                            f"UNet batch")
-        splits = feed_forward_chunks(self.nets.unet, k.feed_forward_num_splits, self.latent_side)
+        asked, why = authors_feed_forward_splits(k.feed_forward_num_splits)
+        splits = feed_forward_chunks(self.nets.unet, asked, self.latent_side)
         self._say_knobs(request, unet_batch, vae_batch, splits)
+        if why:
+            request.log(f"MuseTalk: {why}")
         for fit in (unet_fit, vae_fit):
             if fit.bound:
                 request.log(fit.why)
