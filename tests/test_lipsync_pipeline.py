@@ -118,14 +118,24 @@ def run_ok(stack, tmp_path: Path, video: Path, audio: Path, **params) -> tuple[d
     assert status.get("error") is None, (status, stack.logs())
     out = fal_client.SyncClient(key=ALICE).result("pipio/lipsync", submitted["request_id"])["video"]
     assert out["content_type"] == "video/mp4" and out["file_name"] == "output.mp4"
-    path = tmp_path / f"{submitted['request_id']}.mp4"
-    path.write_bytes(httpx.get(out["url"]).content)
-    return status, probe(path)
+    return status, fetched(out["url"], tmp_path / f"{submitted['request_id']}.mp4")
 
 
 def assert_audio_matches(info: dict, frames: int, fps: Fraction) -> None:
     want = frames / fps
     assert float(want) - 0.002 <= info["audio_seconds"] <= float(want) + AAC_FRAME_S + 0.002, (info, float(want))
+
+
+def fetched(url: str, path: Path) -> dict:
+    """A result's MP4 fetched over HTTP to ``path``, probed."""
+    path.write_bytes(httpx.get(url).content)
+    return probe(path)
+
+
+def assert_video(info: dict, frames: int, fps: float, size: tuple[int, int]) -> None:
+    """The probed MP4 has ``frames`` frames at ``fps`` and ``size``, and audio as long as those frames."""
+    assert (info["frames"], info["fps"], info["size"]) == (frames, fps, size), info
+    assert_audio_matches(info, frames, Fraction(fps))
 
 
 def messages(status: dict, level: str | None = None) -> list[str]:
@@ -300,11 +310,7 @@ def test_official_js_client(lstack, clips, tmp_path, case):
         assert result["error"]["body"]["detail"][0]["type"] == "no_face_detected"
         return
     _, _, frames, fps, size = JS_CASES[case]
-    path = tmp_path / "js.mp4"
-    path.write_bytes(httpx.get(result["data"]["video"]["url"]).content)
-    info = probe(path)
-    assert (info["frames"], info["fps"], info["size"]) == (frames, fps, size), info
-    assert_audio_matches(info, frames, Fraction(fps))
+    assert_video(fetched(result["data"]["video"]["url"], tmp_path / "js.mp4"), frames, fps, size)
     assert any("NOT A TRAINED MODEL" in m for m in result["logs"])
 
 

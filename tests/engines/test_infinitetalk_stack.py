@@ -8,15 +8,13 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-import httpx
 import numpy as np
 import pytest
 
-from lipsync.testing.media import probe
 from tests.engines.test_latentsync_stack import run_ok
 from tests.test_js_client import requires_js, run_js
 from tests.test_lipsync_pipeline import clips  # noqa: F401  (the module's media fixture)
-from tests.test_lipsync_pipeline import FPS, H, N, W, _decode, assert_audio_matches, messages
+from tests.test_lipsync_pipeline import FPS, H, N, W, _decode, assert_audio_matches, assert_video, fetched, messages
 from lipsync.testing.stack import make_stack
 
 TIMEOUT = 300
@@ -78,11 +76,7 @@ def test_addition_at_the_start_through_the_js_client(it_stack, clips, tmp_path):
     result = run_js(it_stack, {"video": clips["face"], "audio": clips["speech"]}, "request",
                     request={"edit_addition_start_frames": [0], "edit_addition_durations": [4], "num_frames": 8},
                     timeout=TIMEOUT)
-    path = tmp_path / "js.mp4"
-    path.write_bytes(httpx.get(result["data"]["video"]["url"]).content)
-    info = probe(path)
-    assert (info["frames"], info["fps"], info["size"]) == (12, FPS, (W, H)), info
-    assert_audio_matches(info, 12, Fraction(FPS))
+    assert_video(fetched(result["data"]["video"]["url"], tmp_path / "js.mp4"), 12, FPS, (W, H))
     assert any(m.startswith("denoising frames 0-12") for m in result["logs"]), result["logs"]
 
 
@@ -94,10 +88,7 @@ def test_removal_with_a_bridge_through_the_js_client(it_stack, clips, tmp_path):
                     request={"edit_removal_ranges": [3, 5], "edit_removal_bridge_durations": [4], "num_frames": 12},
                     timeout=TIMEOUT)
     path = tmp_path / "js-bridge.mp4"
-    path.write_bytes(httpx.get(result["data"]["video"]["url"]).content)
-    info = probe(path)
-    assert (info["frames"], info["fps"], info["size"]) == (13, FPS, (W, H)), info
-    assert_audio_matches(info, 13, Fraction(FPS))
+    assert_video(fetched(result["data"]["video"]["url"], path), 13, FPS, (W, H))
     assert any(m.startswith("denoising frames 0-12") for m in result["logs"]), result["logs"]
     out, source = _decode(path), _decode(clips["face"])
     for j in (3, 4, 5, 6):  # the bridge: neither the frame before the removal nor the one after it

@@ -7,17 +7,15 @@ from __future__ import annotations
 from fractions import Fraction
 
 import fal_client
-import httpx
 import numpy as np
 import pytest
 
 from tests.conftest import ALICE
-from lipsync.testing.media import probe
 from lipsync.testing.stack import make_stack
 from tests.test_js_client import requires_js, run_js
 from tests.test_lipsync_pipeline import clips  # noqa: F401  (the module's media fixture)
-from tests.test_lipsync_pipeline import (FPS, H, N, W, _decode, assert_audio_matches, cancel_while_denoising,
-                                         finished, messages, submit)
+from tests.test_lipsync_pipeline import (FPS, H, N, W, _decode, assert_audio_matches, assert_video,
+                                         cancel_while_denoising, fetched, finished, messages, submit)
 
 TIMEOUT = 300
 """A diffusion UNet on a shared CPU: minutes, not seconds."""
@@ -29,9 +27,7 @@ def run_ok(stack, tmp_path, video, audio, **params):
     status = finished(stack, submitted, timeout=TIMEOUT)
     assert status.get("error") is None, (status, stack.logs())
     out = fal_client.SyncClient(key=ALICE).result("pipio/lipsync", submitted["request_id"])["video"]
-    path = tmp_path / f"{submitted['request_id']}.mp4"
-    path.write_bytes(httpx.get(out["url"]).content)
-    return status, probe(path)
+    return status, fetched(out["url"], tmp_path / f"{submitted['request_id']}.mp4")
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +73,7 @@ def test_edit_through_the_js_client(ls_stack, clips, tmp_path):
              "edit_removal_ranges": [10, 12, 15, 16], "edit_removal_bridge_durations": [4, 0]}
     result = run_js(ls_stack, {"video": clips["face"], "audio": clips["speech"]}, "request", request=edits,
                     timeout=300)
-    path = tmp_path / "js.mp4"
-    path.write_bytes(httpx.get(result["data"]["video"]["url"]).content)
-    info = probe(path)
-    assert (info["frames"], info["fps"], info["size"]) == (22, FPS, (W, H)), info
-    assert_audio_matches(info, 22, Fraction(FPS))
+    assert_video(fetched(result["data"]["video"]["url"], tmp_path / "js.mp4"), 22, FPS, (W, H))
     assert any(m.startswith("denoising frames 16-21") for m in result["logs"]), result["logs"]
 
 
